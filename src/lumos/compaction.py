@@ -1,0 +1,119 @@
+"""Cut closed channels out of the weights and return a plain PyTorch module.
+
+The result is a ``torch.fx.GraphModule`` made only of the model's own layer classes (smaller)
+and torch ops: it pickles with ``torch.save``, scripts with ``torch.jit.script`` and reloads
+without LUMOS. Fractional deterministic gates are folded into the reading layer's weights, so
+``compact(sm)(x)`` equals ``sm.eval()(x)`` to float tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+from torch import fx, nn
+
+from .errors import ConfigurationError
+from .topology import registry
+from .topology.spaces import Layout
+
+INPUT_MODES = ("full", "selected")
+
+
+def compact(sm, inputs: str = "full") -> fx.GraphModule:
+    """Compacted copy of ``sm``'s model at its deterministic gates.
+
+    ``inputs="full"`` keeps the original call signature: the model takes every input column and
+    picks the kept features itself. ``inputs="selected"`` expects only the kept features, in
+    the order of ``sm.selected_features()``.
+    """
+    if inputs not in INPUT_MODES:
+        raise ConfigurationError(f"inputs must be one of {INPUT_MODES}, got {inputs!r}.")
+    graph_info = sm.graph_info
+    with torch.no_grad():
+        z = sm.gates.deterministic().detach()
+        values = torch.cat([z, z.new_ones(1)]).double()
+    keep = values > 0
+    gm = copy.deepcopy(sm.model)
+    nodes = {n.name: n for n in gm.graph.nodes}
+
+    def kept(layout: Layout) -> torch.Tensor:
+        return torch.nonzero(keep[graph_info.gate_index(layout)]).flatten()
+
+    # 1. fold fractional gates into the readers, then slice every role's dimension.
+    roles_by_tensor = defaultdict(list)
+    for role in graph_info.records.roles:
+        roles_by_tensor[(role.owner, role.name)].append(role)
+    touched = set()
+    with torch.no_grad():
+        for (owner, name), roles in roles_by_tensor.items():
+            module = gm.get_submodule(owner) if owner else gm
+            tensor = getattr(module, name)
+            new = tensor.detach().clone()
+            for role in roles:
+                idx = graph_info.gate_index(role.layout)
+                if role.fold:
+                    shape = [1] * new.dim()
+                    shape[role.dim] = -1
+                    new = new * values[idx].to(new.dtype).view(shape)
+                new = new.index_select(role.dim, torch.nonzero(keep[idx]).flatten())
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+            else:
+                setattr(module, name, new)
+            touched.add(owner)
+    for owner in touched:
+        module = gm.get_submodule(owner) if owner else gm
+        resize = registry.resize_hook(module)
+        if resize is not None:
+            resize(module)
+
+    # 2. literal sizes in view/reshape/expand follow the kept channel counts.
+    for rw in graph_info.records.rewrites:
+        node = nodes[rw.node.name]
+        node.args = _replace_at(node.args, rw.arg_path, int(kept(rw.layout).numel()) * rw.factor)
+
+    # 3. drop the gate nodes and the gate placeholder.
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "apply_gates":
+            index_node = node.args[2]
+            node.replace_all_uses_with(node.args[0])
+            g.erase_node(node)
+            if not index_node.users:
+                g.erase_node(index_node)
+                delattr(gm, index_node.target)
+    for node in list(g.nodes):
+        if node.op == "placeholder" and node.target == "lumos_gates":
+            g.erase_node(node)
+
+    # 4. the compacted model picks its kept features itself (inputs="full").
+    if inputs == "full":
+        for name, space in graph_info.feature_spaces.items():
+            idx = kept(Layout.of(space))
+            if idx.numel() == space.size:
+                continue
+            node = next(n for n in g.nodes if n.op == "placeholder" and n.target == name)
+            buffer = f"kept_features_{name}"
+            gm.register_buffer(buffer, idx)
+            dim = graph_info.feature_dims[name]
+            users = list(node.users)
+            with g.inserting_after(node):
+                idx_node = g.get_attr(buffer)
+            with g.inserting_after(idx_node):
+                selected = g.call_function(torch.index_select, (node, dim, idx_node))
+            for user in users:
+                user.replace_input_with(node, selected)
+    g.lint()
+    gm.recompile()
+    gm.eval()
+    return gm
+
+
+def _replace_at(args, path: tuple, value: int):
+    """Copy of nested tuple ``args`` with the entry at ``path`` replaced."""
+    head, rest = path[0], path[1:]
+    items = list(args)
+    items[head] = value if not rest else _replace_at(items[head], rest, value)
+    return type(args)(items) if isinstance(args, tuple) else items

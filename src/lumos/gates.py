@@ -1,0 +1,124 @@
+"""Hard-concrete gates (Louizos, Welling & Kingma, 2018).
+
+A gate z in [0, 1] multiplies one channel group. During training z is a reparameterised sample
+so the L0 "is this channel alive" decision gets gradients; at evaluation it is deterministic.
+
+Deterministic (eval) gate used throughout LUMOS: ``clamp(sigmoid(log_alpha) * (zeta - gamma) +
+gamma, 0, 1)`` — the estimator of the original paper. A group is removed by compaction exactly
+when this value is 0; fractional values are folded into the consumer's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigurationError
+
+#: keeps the uniform draw away from 0 and 1 so log(u) and log(1 - u) stay finite in float32.
+_UNIFORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class HardConcreteConfig:
+    """Shape of the hard-concrete distribution: temperature ``beta`` and stretch (gamma, zeta)."""
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+
+    def __post_init__(self) -> None:
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ConfigurationError(f"gate temperature beta must be > 0, got {self.beta}.")
+        if not (self.gamma < 0.0 < 1.0 < self.zeta):
+            raise ConfigurationError(
+                f"gate stretch must satisfy gamma < 0 < 1 < zeta, got gamma={self.gamma}, "
+                f"zeta={self.zeta}; the defaults are gamma=-0.1, zeta=1.1."
+            )
+
+
+def sample_gates(log_alpha: Tensor, cfg: HardConcreteConfig, u: Tensor | None = None) -> Tensor:
+    """Reparameterised hard-concrete sample; ``u`` may be passed for testing (any values in [0, 1])."""
+    if u is None:
+        u = torch.rand_like(log_alpha)
+    u = u.clamp(_UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / cfg.beta)
+    return (s * (cfg.zeta - cfg.gamma) + cfg.gamma).clamp(0.0, 1.0)
+
+
+def deterministic_gates(log_alpha: Tensor, cfg: HardConcreteConfig) -> Tensor:
+    """Evaluation-time gate value (see module docstring)."""
+    return (torch.sigmoid(log_alpha) * (cfg.zeta - cfg.gamma) + cfg.gamma).clamp(0.0, 1.0)
+
+
+def prob_nonzero(log_alpha: Tensor, cfg: HardConcreteConfig) -> Tensor:
+    """Closed form P(z != 0): the differentiable expected-L0 contribution of each gate."""
+    return torch.sigmoid(log_alpha - cfg.beta * math.log(-cfg.gamma / cfg.zeta))
+
+
+def log_alpha_for_keep_probability(p: float, cfg: HardConcreteConfig) -> float:
+    """Inverse of :func:`prob_nonzero`: the log alpha whose P(z != 0) equals ``p``."""
+    if not 0.0 < p < 1.0:
+        raise ConfigurationError(f"initial keep probability must lie in (0, 1), got {p}.")
+    return math.log(p / (1.0 - p)) + cfg.beta * math.log(-cfg.gamma / cfg.zeta)
+
+
+class GateBank(nn.Module):
+    """All gates of a model in one parameter vector, so one call samples every gate.
+
+    Groups are contiguous slices; ``kinds`` records what each gate stands for ("feature",
+    "neuron", ...). Keeping one vector avoids a Python loop over groups on the training path.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        kinds: list[str],
+        cfg: HardConcreteConfig | None = None,
+        init_keep_probability: float = 0.95,
+    ) -> None:
+        super().__init__()
+        if len(sizes) != len(kinds):
+            raise ValueError("one kind per group is required")
+        self.cfg = cfg or HardConcreteConfig()
+        total = int(sum(sizes))
+        init = log_alpha_for_keep_probability(init_keep_probability, self.cfg)
+        # Small jitter breaks ties between otherwise identical gates.
+        generator = torch.Generator().manual_seed(0)
+        jitter = 0.01 * torch.randn(total, generator=generator)
+        self.log_alpha = nn.Parameter(torch.full((total,), init) + jitter)
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + int(s))
+        self.offsets = offsets
+        self.kinds = list(kinds)
+
+    @property
+    def num_gates(self) -> int:
+        return self.log_alpha.numel()
+
+    def group_slice(self, group: int) -> slice:
+        return slice(self.offsets[group], self.offsets[group + 1])
+
+    def mask_of_kind(self, kind: str) -> Tensor:
+        """Boolean mask over all gates belonging to groups of ``kind``."""
+        groups = [i for i, k in enumerate(self.kinds) if k == kind]
+        mask = torch.zeros(self.num_gates, dtype=torch.bool, device=self.log_alpha.device)
+        for g in groups:
+            mask[self.group_slice(g)] = True
+        return mask
+
+    def forward(self) -> Tensor:
+        """Gate values for this forward pass: a sample in training, deterministic in eval."""
+        if self.training:
+            return sample_gates(self.log_alpha, self.cfg)
+        return deterministic_gates(self.log_alpha, self.cfg)
+
+    def deterministic(self) -> Tensor:
+        return deterministic_gates(self.log_alpha, self.cfg)
+
+    def prob_nonzero(self) -> Tensor:
+        return prob_nonzero(self.log_alpha, self.cfg)

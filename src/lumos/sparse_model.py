@@ -1,0 +1,432 @@
+"""``lumos.sparsify``: wrap any traceable model with gates on its channel groups."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from . import topology
+from .controller import BudgetController
+from .cost import CostModel
+from .errors import ConfigurationError, InputError, UntraceableModelError
+from .gates import GateBank, HardConcreteConfig
+from .topology import registry
+from .topology.analysis import ChannelGraph
+
+#: default strength of the feature-selection pressure (see ``sparsify``).
+DEFAULT_FEATURE_PENALTY = 0.05
+
+GATES_PLACEHOLDER = "lumos_gates"
+
+
+def apply_gates(x: Tensor, gates: Tensor, index: Tensor, dim: int) -> Tensor:
+    """Multiply ``x`` along ``dim`` by the gate of each position (``index`` into ``gates``)."""
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return x * gates.index_select(0, index).view(shape).to(x.dtype)
+
+
+torch.fx.wrap("apply_gates")
+
+
+def _as_call(example_inputs) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise ConfigurationError(
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
+        f"inputs, got {type(example_inputs).__name__}."
+    )
+
+
+def _check_finite(name: str, value, when: str) -> None:
+    if isinstance(value, Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise InputError(
+            f"input '{name}' of the {when} contains {bad} NaN/Inf value(s). LUMOS cannot learn "
+            "gates from non-finite data: drop or impute those rows (e.g. torch.nan_to_num, or "
+            "filter with torch.isfinite(x).all(dim=-1)) before passing them."
+        )
+
+
+class SparseModel(nn.Module):
+    """A model with hard-concrete gates on its channel groups (see :func:`sparsify`)."""
+
+    def __init__(
+        self,
+        gated: fx.GraphModule,
+        graph: ChannelGraph,
+        signature: inspect.Signature,
+        example_args: tuple,
+        *,
+        budget: float | None,
+        lam: float | None,
+        feature_penalty: float,
+        feature_names: dict[str, list[str]],
+        gate_config: HardConcreteConfig,
+        init_keep_probability: float,
+        warmup: float,
+    ) -> None:
+        super().__init__()
+        self.model = gated
+        self.graph_info = graph
+        self.signature = signature
+        self.example_args = example_args
+        self.gates = GateBank(
+            [g.size for g in graph.groups],
+            [g.kind for g in graph.groups],
+            gate_config,
+            init_keep_probability,
+        )
+        self.cost = CostModel(graph)
+        self.dense_params = self.cost.dense("params")
+        self.dense_flops = self.cost.dense("flops")
+        self.budget = budget
+        self.lam = lam
+        self.feature_penalty = float(feature_penalty)
+        self.controller = BudgetController(budget, warmup) if budget is not None else None
+        self.feature_names = feature_names
+        self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
+        self._input_dims = {
+            name: (graph.feature_dims[name], space.size)
+            for name, space in graph.feature_spaces.items()
+        }
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        bound = self._bind(args, kwargs)
+        z = self.gates()
+        gates = torch.cat([z, z.new_ones(1)])
+        return self.model(*bound, **{GATES_PLACEHOLDER: gates})
+
+    def _bind(self, args: tuple, kwargs: dict) -> list:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InputError(
+                f"the inputs do not match the model's forward signature {self.signature}: {exc}."
+            ) from None
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        for name, (dim, size) in self._input_dims.items():
+            value = bound.arguments.get(name)
+            if not isinstance(value, Tensor):
+                raise InputError(f"input '{name}' must be a tensor, got {type(value).__name__}.")
+            if value.dim() < -dim or value.shape[dim] != size:
+                raise InputError(
+                    f"input '{name}' has shape {tuple(value.shape)} but the model was sparsified "
+                    f"with {size} features along dim {dim}; pass inputs with the same feature "
+                    "columns (in the same order) as example_inputs."
+                )
+            if self.training:
+                _check_finite(name, value, "training batch")
+        return values
+
+    # ---- penalty ---------------------------------------------------------------------------
+    def expected_fraction(self, kind: str = "params") -> Tensor:
+        """Expected kept fraction of parameters (or FLOPs) under the current gate probabilities."""
+        keep = self.gates.prob_nonzero()
+        dense = self.dense_params if kind == "params" else self.dense_flops
+        return self.cost.total(keep, kind) / max(dense, 1.0)
+
+    def penalty(self) -> Tensor:
+        """Term to add to the task loss once per step: size pressure plus feature selection.
+
+        With ``budget`` the size term is the Lagrangian of :class:`BudgetController`; with
+        ``lam`` it is ``lam * expected_live_params / dense_params``. Feature gates get their own
+        pressure, ``feature_penalty * mean P(feature kept)``, because an input column costs so
+        few parameters that a size budget alone would never close it.
+        """
+        keep = self.gates.prob_nonzero()
+        total = keep.new_zeros(())
+        if self.controller is not None or self.lam is not None:
+            fraction = self.cost.total(keep, "params") / max(self.dense_params, 1.0)
+            if self.controller is not None:
+                total = total + self.controller(fraction)
+            else:
+                total = total + self.lam * fraction
+        if self.feature_penalty > 0 and bool(self.feature_mask.any()):
+            total = total + self.feature_penalty * keep[self.feature_mask].mean()
+        return total
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the budget schedule how far training is (0 = start, 1 = end)."""
+        if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
+            raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
+        if self.controller is not None:
+            self.controller.progress.fill_(fraction)
+
+    def parameter_groups(
+        self, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0
+    ) -> list[dict]:
+        """Optimizer parameter groups: gates get their own learning rate and no weight decay.
+
+        Gates have to travel a few units of log-alpha to close, so by default they learn at
+        ``max(50 * lr, 0.05)``-ish speed; weight decay on log-alpha would pull every gate to
+        "half open" and is never applied to them.
+        """
+        gate_params = list(self.gates.parameters())
+        ids = {id(p) for p in gate_params}
+        weights = [p for p in self.parameters() if id(p) not in ids]
+        gate_lr = gate_lr if gate_lr is not None else max(50.0 * lr, 0.05)
+        return [
+            {"params": weights, "lr": lr, "weight_decay": weight_decay},
+            {"params": gate_params, "lr": gate_lr, "weight_decay": 0.0},
+        ]
+
+    # ---- results ---------------------------------------------------------------------------
+    def kept_mask(self) -> Tensor:
+        """Which gates survive compaction (deterministic gate > 0)."""
+        return self.gates.deterministic().detach() > 0
+
+    def selected_features(self) -> dict[str, list]:
+        """Kept input features per model argument: indices, or names if ``feature_names`` given."""
+        kept = self.kept_mask()
+        out: dict[str, list] = {}
+        for name, space in self.graph_info.feature_spaces.items():
+            group = self.graph_info.group_of(space)
+            if group is None:
+                idx = list(range(space.size))
+            else:
+                sl = kept[group.offset : group.offset + group.size]
+                idx = torch.nonzero(sl).flatten().tolist()
+            names = self.feature_names.get(name)
+            out[name] = [names[i] for i in idx] if names else idx
+        return out
+
+    def feature_scores(self) -> dict[str, Tensor]:
+        """Probability that each input feature is kept (a ranking, 1 for ungated inputs)."""
+        probs = self.gates.prob_nonzero().detach()
+        out: dict[str, Tensor] = {}
+        for name, space in self.graph_info.feature_spaces.items():
+            group = self.graph_info.group_of(space)
+            out[name] = (
+                torch.ones(space.size)
+                if group is None
+                else probs[group.offset : group.offset + group.size].clone()
+            )
+        return out
+
+    def compacted_counts(self) -> dict[str, float]:
+        """Parameters and FLOPs that compaction will leave, from the cost model."""
+        keep = self.kept_mask().double()
+        return {k: float(self.cost.total(keep, k)) for k in ("params", "flops")}
+
+    def compact(self, inputs: str = "full") -> fx.GraphModule:
+        """A plain PyTorch module without the closed channels (see :mod:`lumos.compaction`)."""
+        from .compaction import compact
+
+        return compact(self, inputs=inputs)
+
+    def report(self) -> str:
+        from .reporting import report
+
+        return report(self)
+
+    def extra_repr(self) -> str:
+        mode = f"budget={self.budget}" if self.budget is not None else f"lam={self.lam}"
+        return f"groups={len(self.graph_info.groups)}, gates={self.gates.num_gates}, {mode}"
+
+
+def _feature_dim(gm: fx.GraphModule, placeholder: fx.Node) -> int:
+    """The dim of an input that holds its features: the one its first layer reads (default -1)."""
+    frontier = list(placeholder.users)
+    seen = set()
+    while frontier:
+        node = frontier.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module":
+            rule = registry.module_rule(gm.get_submodule(node.target))
+            if rule is not None and rule.input_dim is not None:
+                return rule.input_dim
+        if node.op in ("call_function", "call_method", "call_module") and len(seen) < 64:
+            frontier.extend(node.users)
+    return -1
+
+
+def sparsify(
+    model: nn.Module,
+    example_inputs,
+    *,
+    budget: float | None = None,
+    lam: float | None = None,
+    features: bool | Sequence[str] = True,
+    feature_names: Sequence[str] | dict[str, Sequence[str]] | None = None,
+    feature_penalty: float = DEFAULT_FEATURE_PENALTY,
+    strict: bool = False,
+    concrete_args: dict | None = None,
+    gate_config: HardConcreteConfig | None = None,
+    init_keep_probability: float = 0.95,
+    warmup: float = 0.5,
+) -> SparseModel:
+    """Wrap ``model`` so training learns which input features and hidden channels to keep.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace. Its parameters are shared, not copied.
+        example_inputs: a tensor, tuple of positional inputs, or dict of keyword inputs.
+        budget: keep at most this fraction of the parameters (0 < budget <= 1); a Lagrangian
+            controller finds the penalty strength. Give ``budget`` or ``lam``, not both.
+        lam: fixed penalty strength on the expected fraction of live parameters.
+        features: gate the features of every floating input (True), of none (False), or of
+            the named arguments only.
+        feature_names: names of the feature columns (for one input), or ``{arg: names}``.
+        feature_penalty: strength of the feature-selection pressure (0 disables it).
+        strict: raise instead of keeping channels whole when an op has no channel rule.
+        concrete_args: constants for torch.fx (e.g. flags that steer Python control flow).
+        warmup: fraction of training over which the budget target goes from dense to budget.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(
+            f"sparsify expects a torch.nn.Module, got {type(model).__name__}; wrap your function "
+            "in a module first."
+        )
+    if budget is not None and lam is not None:
+        raise ConfigurationError(
+            "give either budget= (LUMOS finds the penalty) or lam= (a fixed penalty), not both."
+        )
+    if budget is not None and not (isinstance(budget, (int, float)) and 0.0 < budget <= 1.0):
+        raise ConfigurationError(
+            f"budget must be a fraction of the dense parameter count in (0, 1], got {budget!r}; "
+            "e.g. budget=0.25 keeps at most 25% of the parameters."
+        )
+    if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
+        raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
+    if not (feature_penalty >= 0 and math.isfinite(feature_penalty)):
+        raise ConfigurationError(f"feature_penalty must be >= 0, got {feature_penalty!r}.")
+    if not 0.0 < init_keep_probability < 1.0:
+        raise ConfigurationError(
+            f"init_keep_probability must lie in (0, 1), got {init_keep_probability!r}."
+        )
+    args, kwargs = _as_call(example_inputs)
+    signature = inspect.signature(model.forward)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InputError(
+            f"example_inputs do not match {type(model).__name__}.forward{signature}: {exc}."
+        ) from None
+    bound.apply_defaults()
+    for name, value in bound.arguments.items():
+        _check_finite(name, value, "example inputs")
+
+    gm = topology.trace(model, registry.leaf_types(), concrete_args)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    example_args = []
+    for node in placeholders:
+        if node.target not in bound.arguments:
+            raise UntraceableModelError(
+                f"forward argument '{node.target}' of {type(model).__name__} could not be matched "
+                "to example_inputs (variadic *args/**kwargs are not supported); give the model "
+                "explicit named arguments."
+            )
+        example_args.append(bound.arguments[node.target])
+
+    wanted = _feature_arguments(features, [n.target for n in placeholders])
+    feature_inputs = {}
+    for node, value in zip(placeholders, example_args):
+        if node.target in wanted and isinstance(value, Tensor) and value.is_floating_point():
+            if value.dim() >= 2:
+                feature_inputs[node.target] = _feature_dim(gm, node) % value.dim()
+    names = _feature_names(feature_names, feature_inputs, example_args, placeholders)
+
+    graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict)
+    if strict and graph.records.ungated:
+        from .errors import UnsupportedModelError
+
+        first = graph.records.ungated[0]
+        raise UnsupportedModelError(f"{first.where}: {first.reason}.")
+    _insert_gates(gm, graph)
+    return SparseModel(
+        gm,
+        graph,
+        signature,
+        tuple(example_args),
+        budget=budget,
+        lam=lam,
+        feature_penalty=feature_penalty,
+        feature_names=names,
+        gate_config=gate_config or HardConcreteConfig(),
+        init_keep_probability=init_keep_probability,
+        warmup=warmup,
+    )
+
+
+def _feature_arguments(features, names: list[str]) -> set[str]:
+    if features is True:
+        return set(names)
+    if features is False or features is None:
+        return set()
+    if isinstance(features, str):
+        features = [features]
+    unknown = [f for f in features if f not in names]
+    if unknown:
+        raise ConfigurationError(
+            f"features= names {unknown} are not arguments of the model's forward {names}."
+        )
+    return set(features)
+
+
+def _feature_names(feature_names, feature_inputs, example_args, placeholders) -> dict:
+    if feature_names is None:
+        return {}
+    if not isinstance(feature_names, dict):
+        if len(feature_inputs) != 1:
+            raise ConfigurationError(
+                "feature_names given as a list but the model has "
+                f"{len(feature_inputs)} gated inputs {list(feature_inputs)}; pass a dict "
+                "{argument name: [names]}."
+            )
+        feature_names = {next(iter(feature_inputs)): feature_names}
+    values = {n.target: v for n, v in zip(placeholders, example_args)}
+    out = {}
+    for arg, names in feature_names.items():
+        if arg not in feature_inputs:
+            raise ConfigurationError(
+                f"feature_names given for '{arg}', which is not a gated input "
+                f"(gated: {list(feature_inputs)})."
+            )
+        names = [str(n) for n in names]
+        size = values[arg].shape[feature_inputs[arg]]
+        if len(names) != size:
+            raise ConfigurationError(
+                f"{len(names)} feature_names given for '{arg}', which has {size} features."
+            )
+        out[arg] = names
+    return out
+
+
+def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
+    """Rewrite the traced graph: each gate site reads its input through ``apply_gates``."""
+    g = gm.graph
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    with g.inserting_after(placeholders[-1]):
+        gates_node = g.placeholder(GATES_PLACEHOLDER, default_value=None)
+    for k, site in enumerate(graph.records.sites):
+        index = graph.gate_index(site.layout)
+        if not bool((index < graph.num_gates).any()):
+            continue
+        buffer = f"lumos_gate_index_{k}"
+        gm.register_buffer(buffer, index, persistent=False)
+        value = site.node.args[site.arg] if isinstance(site.arg, int) else site.node.kwargs[site.arg]
+        with g.inserting_before(site.node):
+            idx_node = g.get_attr(buffer)
+            gated = g.call_function(apply_gates, (value, gates_node, idx_node, site.dim))
+        if isinstance(site.arg, int):
+            args = list(site.node.args)
+            args[site.arg] = gated
+            site.node.args = tuple(args)
+        else:
+            kwargs = dict(site.node.kwargs)
+            kwargs[site.arg] = gated
+            site.node.kwargs = kwargs
+    g.lint()
+    gm.recompile()

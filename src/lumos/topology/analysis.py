@@ -1,0 +1,328 @@
+"""Propagate channel infos through an fx graph and collect the gate groups.
+
+The result, :class:`ChannelGraph`, is everything the later layers need: which spaces are gate
+groups, where gates are applied, which parameter dims each group slices, and the cost terms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import UnsupportedModelError
+from . import registry
+from .infos import (
+    AttrInfo,
+    CostTerm,
+    GateSite,
+    ParamRole,
+    Records,
+    ShapeInfo,
+    ShapeRewrite,
+    TensorInfo,
+    TupleInfo,
+    Ungated,
+)
+from .spaces import Layout, Space, unify
+
+
+def _iter_infos(info):
+    if isinstance(info, (TensorInfo, ShapeInfo)):
+        yield info
+    elif isinstance(info, TupleInfo):
+        for item in info.items:
+            yield from _iter_infos(item)
+    elif isinstance(info, (list, tuple)):
+        for item in info:
+            yield from _iter_infos(item)
+
+
+def describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module '{node.target}'"
+    if node.op == "call_function":
+        return f"function {getattr(node.target, '__name__', node.target)}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    return f"{node.op} '{node.target}'"
+
+
+class RuleContext:
+    """What a rule may ask and record. One context per traced model."""
+
+    def __init__(self, gm: fx.GraphModule, strict: bool) -> None:
+        self.gm = gm
+        self.strict = strict
+        self.infos: dict[fx.Node, object] = {}
+        self.records = Records()
+        self._roles: dict[tuple[str, str, int], ParamRole] = {}
+        self._fixed_attrs: set[tuple[str, str]] = set()
+
+    # ---- reading -------------------------------------------------------------------------
+    def info(self, arg):
+        if isinstance(arg, fx.Node):
+            return self.infos.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return [self.info(a) for a in arg]
+        return None
+
+    def tensor_info(self, arg) -> TensorInfo | None:
+        info = self.info(arg)
+        return info if isinstance(info, TensorInfo) else None
+
+    @staticmethod
+    def shape(arg) -> tuple[int, ...] | None:
+        if not isinstance(arg, fx.Node):
+            return None
+        meta = arg.meta.get("tensor_meta")
+        shape = getattr(meta, "shape", None)
+        return tuple(shape) if shape is not None else None
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def attr(self, owner: str, name: str):
+        mod = self.gm.get_submodule(owner) if owner else self.gm
+        return getattr(mod, name)
+
+    # ---- recording -----------------------------------------------------------------------
+    def new_space(self, size: int, kind: str, origin: str) -> Space:
+        return Space(size, kind, origin)
+
+    def opaque(self, size: int, reason: str, origin: str = "opaque") -> Layout:
+        space = Space(size, "opaque", origin)
+        space.pin(reason)
+        return Layout.of(space)
+
+    def pin(self, info, reason: str) -> None:
+        for item in _iter_infos(info):
+            item.layout.pin(reason)
+
+    def role(self, owner: str, name: str, dim: int, layout: Layout, fold: bool = False) -> None:
+        """Record that ``owner.name``'s dimension ``dim`` is indexed by ``layout``."""
+        key = (owner, name, dim)
+        existing = self._roles.get(key)
+        if existing is None:
+            role = ParamRole(owner, name, dim, layout, fold)
+            self._roles[key] = role
+            self.records.roles.append(role)
+            return
+        # A shared module called twice reads both inputs with the same columns: tie them.
+        unify(existing.layout, layout, f"parameter {owner}.{name} shared between call sites")
+        if fold != existing.fold:
+            existing.layout.pin(f"parameter {owner}.{name} is both read and passed through")
+
+    def fix_attr(self, info: AttrInfo) -> None:
+        """A parameter used in a way no rule understands must keep its shape."""
+        self._fixed_attrs.add((info.owner, info.name))
+
+    def finish(self) -> None:
+        """Pin the channels of parameters that must keep their shape (used opaquely or tied)."""
+        by_tensor: dict[int, set[tuple[str, str]]] = {}
+        for role in self.records.roles:
+            tensor = self.attr(role.owner, role.name)
+            by_tensor.setdefault(id(tensor), set()).add((role.owner, role.name))
+        for role in self.records.roles:
+            key = (role.owner, role.name)
+            if key in self._fixed_attrs:
+                role.layout.pin(f"parameter {role.owner}.{role.name} is also used by an op "
+                                "without a channel rule")
+            elif len(by_tensor[id(self.attr(*key))]) > 1:
+                role.layout.pin(f"parameter {role.owner}.{role.name} is tied to another module")
+
+    def site(self, node: fx.Node, arg: int | str, dim: int, layout: Layout) -> None:
+        self.records.sites.append(GateSite(node, arg, dim, layout))
+
+    def cost(self, kind: str, coeff: float, factors: tuple[Layout, ...], label: str) -> None:
+        self.records.costs.append(CostTerm(kind, float(coeff), tuple(factors), label))
+
+    def param_cost(self, owner: str, name: str, factors: tuple[Layout, ...]) -> None:
+        """Count parameter ``owner.name`` once, as ``numel / prod(len(factors)) * prod(live)``."""
+        if (owner, name) in self.records.claimed:
+            return
+        tensor = self.attr(owner, name)
+        if not isinstance(tensor, nn.Parameter):
+            return
+        self.records.claimed.add((owner, name))
+        denom = math.prod(f.length for f in factors) if factors else 1
+        if denom == 0:
+            return
+        label = f"{owner}.{name}" if owner else name
+        self.cost("params", tensor.numel() / denom, factors, label)
+
+    def rewrite(self, node: fx.Node, path: tuple, layout: Layout, factor: int = 1) -> None:
+        self.records.rewrites.append(ShapeRewrite(node, path, layout, factor))
+
+    def ungated(self, where: str, reason: str) -> None:
+        self.records.ungated.append(Ungated(where, reason))
+
+    def unknown(self, node: fx.Node) -> None:
+        """No rule for this op: pin every tracked channel that reaches it."""
+        infos = [self.info(a) for a in node.args] + [self.info(v) for v in node.kwargs.values()]
+        touched = [i for i in _iter_infos(infos) if any(s.pinned is None for s in i.layout.spaces())]
+        reason = f"{describe(node)} has no channel rule"
+        for a in list(node.args) + list(node.kwargs.values()):
+            if isinstance(self.info(a), AttrInfo):
+                self.fix_attr(self.info(a))
+        if touched and self.strict:
+            raise UnsupportedModelError(
+                f"{describe(node)} (node '{node.name}') reads gated channels but LUMOS has no "
+                "rule for it. Ways out: register one with lumos.register_rule(...) (see "
+                "docs/custom_layers.md), or call sparsify(..., strict=False) to keep the "
+                "channels that reach it whole (they are then listed in report())."
+            )
+        if touched:
+            self.ungated(describe(node), "no channel rule: the channels reaching it are kept")
+        self.pin(infos, reason)
+
+
+@dataclass
+class Group:
+    """One gate group: a merged space whose channels each get one gate."""
+
+    index: int
+    root: Space
+    name: str
+    kind: str
+    size: int
+    offset: int = 0
+
+
+class ChannelGraph:
+    """The coordinator's reading of one traced model on its example inputs."""
+
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        example_args: tuple,
+        feature_inputs: dict[str, int],
+        strict: bool = False,
+    ) -> None:
+        self.gm = gm
+        self.ctx = RuleContext(gm, strict)
+        ShapeProp(gm).propagate(*example_args)
+        self.feature_spaces: dict[str, Space] = {}
+        self.feature_dims: dict[str, int] = {}
+        for node in gm.graph.nodes:
+            self.ctx.infos[node] = self._propagate(node, feature_inputs)
+        self.ctx.finish()
+        self.records = self.ctx.records
+        self._count_unclaimed_params()
+        self.groups = self._collect_groups()
+
+    # ---- propagation ---------------------------------------------------------------------
+    def _propagate(self, node: fx.Node, feature_inputs: dict[str, int]):
+        ctx = self.ctx
+        if node.op == "placeholder":
+            shape = ctx.shape(node)
+            if node.target not in feature_inputs or shape is None:
+                return None
+            dim = feature_inputs[node.target]
+            space = Space(shape[dim], "feature", node.target)
+            self.feature_spaces[node.target] = space
+            self.feature_dims[node.target] = dim - len(shape) if dim >= 0 else dim
+            return TensorInfo(self.feature_dims[node.target], Layout.of(space))
+        if node.op == "get_attr":
+            owner, _, name = node.target.rpartition(".")
+            return AttrInfo(owner, name)
+        if node.op == "output":
+            for value in node.all_input_nodes:
+                info = ctx.info(value)
+                ctx.pin(info, "model output (outputs are never pruned)")
+                if isinstance(info, AttrInfo):
+                    ctx.fix_attr(info)
+            return None
+        rule = self._rule_for(node)
+        if rule is None:
+            ctx.unknown(node)
+            return None
+        if node.op == "call_module":
+            out = rule.propagate(ctx, node, ctx.module(node))
+        else:
+            out = rule(ctx, node)
+        self._check(node, out)
+        return out
+
+    def _rule_for(self, node: fx.Node):
+        if node.op == "call_module":
+            return registry.module_rule(self.ctx.module(node))
+        if node.op == "call_function":
+            return registry.FUNCTION_RULES.get(node.target)
+        if node.op == "call_method":
+            return registry.METHOD_RULES.get(node.target)
+        return None
+
+    def _check(self, node: fx.Node, out) -> None:
+        """A rule's claim must agree with the real shape: catches rule bugs, never user errors."""
+        if isinstance(out, TensorInfo):
+            shape = self.ctx.shape(node)
+            if shape is None or -out.dim > len(shape) or shape[out.dim] != out.layout.length:
+                raise AssertionError(
+                    f"internal: rule for {describe(node)} produced a layout of length "
+                    f"{out.layout.length} for a tensor of shape {shape} at dim {out.dim}"
+                )
+
+    # ---- after propagation ---------------------------------------------------------------
+    def _count_unclaimed_params(self) -> None:
+        """Parameters no rule claimed still count (as constant) so totals equal the real model."""
+        seen: set[int] = set()
+        for mod_name, module in self.gm.named_modules():
+            for p_name, p in module.named_parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if (mod_name, p_name) not in self.records.claimed:
+                    label = f"{mod_name}.{p_name}" if mod_name else p_name
+                    self.ctx.cost("params", p.numel(), (), label)
+
+    def _collect_groups(self) -> list[Group]:
+        roots: dict[int, Space] = {}
+        for site in self.records.sites:
+            for seg in site.layout.segments:
+                root = seg.space.find()
+                if root.pinned is None and root.size > 0:
+                    roots.setdefault(id(root), root)
+        groups = []
+        offset = 0
+        for i, root in enumerate(roots.values()):
+            groups.append(Group(i, root, root.origin, root.kind, root.size, offset))
+            offset += root.size
+        self._group_of = {id(g.root): g for g in groups}
+        return groups
+
+    def group_of(self, space: Space) -> Group | None:
+        return self._group_of.get(id(space.find()))
+
+    @property
+    def num_gates(self) -> int:
+        return sum(g.size for g in self.groups)
+
+    def gate_index(self, layout: Layout) -> torch.Tensor:
+        """For each position of ``layout``, its gate's index (``num_gates`` = always open)."""
+        parts = []
+        sentinel = self.num_gates
+        for seg in layout.segments:
+            group = self.group_of(seg.space)
+            if group is None:
+                parts.append(torch.full((seg.length,), sentinel, dtype=torch.long))
+            else:
+                idx = torch.arange(seg.start, seg.stop) + group.offset
+                parts.append(idx.repeat_interleave(seg.block))
+        if not parts:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat(parts)
+
+    def pinned_spaces(self) -> list[Space]:
+        """Roots that carry channels but were kept whole, for the report."""
+        seen: dict[int, Space] = {}
+        for site in self.records.sites:
+            for seg in site.layout.segments:
+                root = seg.space.find()
+                if root.pinned is not None and root.kind != "opaque":
+                    seen.setdefault(id(root), root)
+        return list(seen.values())
+

@@ -1,0 +1,140 @@
+"""Channel spaces: the unit the coordinator reasons about.
+
+A *space* is a set of channels that live or die together channel by channel: the output
+neurons of a Linear, the input features of a model argument, a residual stream shared by every
+block that adds into it. Spaces that an op ties together (``a + b``) are merged with union-find;
+the root of a merged set becomes one gate group. A *layout* says how the positions of one tensor
+dimension map onto spaces: a concatenation of segments, each a slice of a space whose channels
+may each span ``block`` consecutive positions (``flatten`` of C x H x W, or a head of size d).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+_ids = itertools.count()
+
+
+class Space:
+    """A set of channels; merged spaces share a root found by :meth:`find`."""
+
+    __slots__ = ("size", "kind", "origin", "_parent", "_pinned", "id")
+
+    def __init__(self, size: int, kind: str, origin: str) -> None:
+        self.size = int(size)
+        self.kind = kind
+        self.origin = origin
+        self._parent: Space | None = None
+        self._pinned: str | None = None
+        self.id = next(_ids)
+
+    def find(self) -> Space:
+        root = self
+        while root._parent is not None:
+            root = root._parent
+        node = self
+        while node._parent is not None and node._parent is not root:
+            node._parent, node = root, node._parent
+        return root
+
+    @property
+    def pinned(self) -> str | None:
+        """Why this space may not be gated, or None if it may."""
+        return self.find()._pinned
+
+    def pin(self, reason: str) -> None:
+        root = self.find()
+        if root._pinned is None:
+            root._pinned = reason
+
+    def __repr__(self) -> str:
+        return f"Space({self.origin!r}, size={self.size}, kind={self.kind})"
+
+
+def union(a: Space, b: Space) -> Space:
+    """Merge two equally sized spaces; a pin or a 'feature' kind on either side survives."""
+    ra, rb = a.find(), b.find()
+    if ra is rb:
+        return ra
+    if ra.size != rb.size:
+        raise ValueError(f"cannot merge spaces of size {ra.size} and {rb.size}")
+    # Feature spaces stay the root so the merged group is reported as input features.
+    if rb.kind == "feature" and ra.kind != "feature":
+        ra, rb = rb, ra
+    rb._parent = ra
+    if ra._pinned is None and rb._pinned is not None:
+        ra._pinned = rb._pinned
+    return ra
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Channels ``start:stop`` of ``space``, each occupying ``block`` consecutive positions."""
+
+    space: Space
+    start: int
+    stop: int
+    block: int = 1
+
+    @property
+    def length(self) -> int:
+        return (self.stop - self.start) * self.block
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop == self.space.size
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the positions of one tensor dimension map onto channel spaces."""
+
+    segments: tuple[Segment, ...]
+
+    @staticmethod
+    def of(space: Space, block: int = 1) -> Layout:
+        return Layout((Segment(space, 0, space.size, block),))
+
+    @staticmethod
+    def concat(layouts: list[Layout]) -> Layout:
+        return Layout(tuple(seg for lay in layouts for seg in lay.segments))
+
+    @property
+    def length(self) -> int:
+        return sum(seg.length for seg in self.segments)
+
+    def spaces(self) -> list[Space]:
+        return [seg.space for seg in self.segments]
+
+    def pin(self, reason: str) -> None:
+        for seg in self.segments:
+            seg.space.pin(reason)
+
+    def with_block(self, factor: int) -> Layout:
+        """Each position expands into ``factor`` consecutive positions (flatten of a trailing dim)."""
+        return Layout(
+            tuple(Segment(s.space, s.start, s.stop, s.block * factor) for s in self.segments)
+        )
+
+
+def unify(a: Layout, b: Layout, reason: str) -> bool:
+    """Tie two layouts channel by channel (elementwise op between them).
+
+    Exact merging needs matching segment boundaries over whole spaces; anything else pins both
+    sides (kept whole, never gated) and returns False — conservative, never wrong.
+    """
+    if a.length != b.length:
+        a.pin(reason)
+        b.pin(reason)
+        return False
+    if len(a.segments) == len(b.segments) and all(
+        sa.whole and sb.whole and sa.block == sb.block and sa.space.size == sb.space.size
+        for sa, sb in zip(a.segments, b.segments)
+    ):
+        for sa, sb in zip(a.segments, b.segments):
+            union(sa.space, sb.space)
+        return True
+    a.pin(reason)
+    b.pin(reason)
+    return False

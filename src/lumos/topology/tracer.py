@@ -1,0 +1,74 @@
+"""torch.fx tracing with errors a user can act on.
+
+fx raises from deep inside its proxy machinery; we re-raise a :class:`UntraceableModelError`
+naming the module being traced and the line of the user's code that failed.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+from torch import fx, nn
+
+from ..errors import UntraceableModelError
+
+
+class LumosTracer(fx.Tracer):
+    """fx tracer that keeps registered layer classes as leaves and remembers where it is."""
+
+    def __init__(self, leaf_types: tuple[type, ...] = ()) -> None:
+        super().__init__()
+        self.leaf_types = leaf_types
+        self.module_stack_paths: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx signature
+        self.module_stack_paths.append(self.path_of_module(m) or type(m).__name__)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.module_stack_paths.pop()
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback line that is not inside torch or lumos: the user's code."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        f = frame.filename.replace("\\", "/")
+        if "/torch/" not in f and "/lumos/" not in f:
+            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+    return "unknown location"
+
+
+def trace(
+    model: nn.Module, leaf_types: tuple[type, ...] = (), concrete_args: dict | None = None
+) -> fx.GraphModule:
+    """Symbolically trace ``model``; raise :class:`UntraceableModelError` with a way out on failure."""
+    tracer = LumosTracer(leaf_types)
+    try:
+        graph = tracer.trace(model, concrete_args)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
+        where = tracer.module_stack_paths[-1] if tracer.module_stack_paths else "<root model>"
+        raise UntraceableModelError(
+            f"torch.fx could not trace the model: in module '{where}' "
+            f"({type(model).__name__ if where == '<root model>' else 'submodule'}) at "
+            f"{_user_frame(exc)}: {type(exc).__name__}: {exc}. "
+            "LUMOS reads the layer graph with torch.fx, which cannot follow Python control flow "
+            "that depends on tensor values (if/for on a tensor, .item(), data-dependent shapes). "
+            "Ways out: make that branch depend on a constructor argument instead of data, move "
+            "it into a small submodule and register it as a leaf with "
+            "lumos.register_rule(YourModule, ...), or pass the constant via "
+            "sparsify(..., concrete_args={...})."
+        ) from exc
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    return gm
+
+
+def is_floating(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point()
