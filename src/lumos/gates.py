@@ -78,7 +78,7 @@ class GateBank(nn.Module):
         sizes: list[int],
         kinds: list[str],
         cfg: HardConcreteConfig | None = None,
-        init_keep_probability: float = 0.95,
+        init_keep_probability: float = 0.99,
     ) -> None:
         super().__init__()
         if len(sizes) != len(kinds):

@@ -265,7 +265,7 @@ def sparsify(
     strict: bool = False,
     concrete_args: dict | None = None,
     gate_config: HardConcreteConfig | None = None,
-    init_keep_probability: float = 0.95,
+    init_keep_probability: float = 0.99,
     warmup: float = 0.5,
 ) -> SparseModel:
     """Wrap ``model`` so training learns which input features and hidden channels to keep.

@@ -215,7 +215,8 @@ def _map_reshape(in_shape, p: int, out_shape) -> tuple[int, int] | None:
     return None
 
 
-def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, base_path: tuple):
+def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, path_of=None):
+    """``path_of(i)``: where shape entry ``i`` sits in ``node.args`` (for literal rewrites)."""
     info = ctx.tensor_info(x_arg)
     if info is None:
         ctx.pin([ctx.info(a) for a in shape_args], f"{describe(node)} sizes from a channel count")
@@ -231,8 +232,8 @@ def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, base_pat
     for i, a in enumerate(shape_args):
         a_info = ctx.info(a)
         if i == q:
-            if isinstance(a, int) and a != -1:
-                ctx.rewrite(node, base_path + (i,), info.layout, block)
+            if isinstance(a, int) and a != -1 and path_of is not None:
+                ctx.rewrite(node, path_of(i), info.layout, block)
             elif isinstance(a_info, ShapeInfo) and a_info.dim is None and block == 1:
                 unify(info.layout, a_info.layout, f"{describe(node)} size from another tensor")
             elif isinstance(a, fx.Node) and not isinstance(a_info, ShapeInfo):
@@ -245,7 +246,7 @@ def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, base_pat
 def _view(ctx: RuleContext, node: fx.Node) -> object:
     rest = list(node.args[1:])
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        return _reshaped(ctx, node, node.args[0], list(rest[0]), (1,))
+        return _reshaped(ctx, node, node.args[0], list(rest[0]), lambda i: (1, i))
     if "shape" in node.kwargs or "size" in node.kwargs:
         shape = node.kwargs.get("shape", node.kwargs.get("size"))
         if isinstance(shape, (tuple, list)):
@@ -253,7 +254,7 @@ def _view(ctx: RuleContext, node: fx.Node) -> object:
             if info:
                 info.layout.pin(f"{describe(node)} passes its shape as a keyword")
             return None
-    return _reshaped(ctx, node, node.args[0], rest, ())
+    return _reshaped(ctx, node, node.args[0], rest, lambda i: (1 + i,))
 
 
 def _reshape_function(ctx: RuleContext, node: fx.Node) -> object:
@@ -261,17 +262,17 @@ def _reshape_function(ctx: RuleContext, node: fx.Node) -> object:
     if not isinstance(shape, (tuple, list)) or len(node.args) < 2:
         ctx.unknown(node)
         return None
-    return _reshaped(ctx, node, node.args[0], list(shape), (1,))
+    return _reshaped(ctx, node, node.args[0], list(shape), lambda i: (1, i))
 
 
 def _shape_only(ctx: RuleContext, node: fx.Node) -> object:
     """flatten/squeeze/unsqueeze: no literal sizes to rewrite, mapping follows from shapes."""
     x = node.args[0] if node.args else node.kwargs.get("input")
-    return _reshaped(ctx, node, x, [], ())
+    return _reshaped(ctx, node, x, [])
 
 
 def _flatten_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
-    return _reshaped(ctx, node, node.args[0], [], ())
+    return _reshaped(ctx, node, node.args[0], [])
 
 
 register_rule(nn.Flatten, _flatten_module)
@@ -309,13 +310,13 @@ def _expand(ctx: RuleContext, node: fx.Node) -> object:
         return None
     rest = list(node.args[1:])
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        sizes, base = list(rest[0]), (1,)
+        sizes, path_of = list(rest[0]), (lambda i: (1, i))
     else:
-        sizes, base = rest, ()
+        sizes, path_of = rest, (lambda i: (1 + i,))
     q = len(sizes) + info.dim
     for i, a in enumerate(sizes):
         if i == q and isinstance(a, int) and a != -1:
-            ctx.rewrite(node, base + (i,), info.layout)
+            ctx.rewrite(node, path_of(i), info.layout)
         elif isinstance(a, fx.Node):
             ctx.pin(ctx.info(a), f"{describe(node)} uses a channel count for a size")
     return TensorInfo(info.dim, info.layout)

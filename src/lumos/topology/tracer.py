@@ -21,6 +21,7 @@ class LumosTracer(fx.Tracer):
         super().__init__()
         self.leaf_types = leaf_types
         self.module_stack_paths: list[str] = []
+        self.failed_in: str | None = None  # innermost module being traced when tracing failed
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -31,6 +32,10 @@ class LumosTracer(fx.Tracer):
         self.module_stack_paths.append(self.path_of_module(m) or type(m).__name__)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.module_stack_paths[-1]
+            raise
         finally:
             self.module_stack_paths.pop()
 
@@ -53,10 +58,11 @@ def trace(
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
-        where = tracer.module_stack_paths[-1] if tracer.module_stack_paths else "<root model>"
+        where = tracer.failed_in
+        module_type = type(model if where is None else model.get_submodule(where)).__name__
         raise UntraceableModelError(
-            f"torch.fx could not trace the model: in module '{where}' "
-            f"({type(model).__name__ if where == '<root model>' else 'submodule'}) at "
+            f"torch.fx could not trace the model: in module '{where or '<root>'}' "
+            f"({module_type}) at "
             f"{_user_frame(exc)}: {type(exc).__name__}: {exc}. "
             "LUMOS reads the layer graph with torch.fx, which cannot follow Python control flow "
             "that depends on tensor values (if/for on a tensor, .item(), data-dependent shapes). "

@@ -1,0 +1,317 @@
+"""sparsify(): modes, penalty, selected features, reports and every user-facing error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+from lumos.training import train
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int = 6, h: int = 16, out: int = 2) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d, h)
+        self.fc2 = nn.Linear(h, h)
+        self.head = nn.Linear(h, out)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class TwoInputs(nn.Module):
+    """A float input with features, a second float input, and an integer index input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(3, 8)
+        self.emb = nn.Embedding(5, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x, z, idx):
+        return self.head(torch.tanh(self.a(x) + self.b(z) + self.emb(idx)))
+
+
+def _x(n: int = 32, d: int = 6) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+
+
+def test_groups_features_and_neurons_and_output_never_gated():
+    sm = lumos.sparsify(MLP(), _x())
+    kinds = {g.name: (g.kind, g.size) for g in sm.graph_info.groups}
+    assert kinds == {"x": ("feature", 6), "fc1": ("neuron", 16), "fc2": ("neuron", 16)}
+    # the head's outputs are model outputs: never a group
+    assert "head" not in kinds
+
+
+def test_compact_before_training_keeps_everything_and_matches_original():
+    model = MLP()
+    x = _x()
+    sm = lumos.sparsify(model, x)
+    small = sm.compact()
+    assert lumos.count_params(small) == lumos.count_params(model)
+    torch.testing.assert_close(small(x), model(x))
+    assert sm.selected_features() == {"x": list(range(6))}
+
+
+def test_penalty_modes():
+    x = _x()
+    sm_lam = lumos.sparsify(MLP(), x, lam=2.0, feature_penalty=0.0)
+    expected = 2.0 * float(sm_lam.expected_fraction().detach())
+    assert float(sm_lam.penalty().detach()) == pytest.approx(expected, rel=1e-5)
+    sm_none = lumos.sparsify(MLP(), x, feature_penalty=0.0)
+    assert float(sm_none.penalty()) == 0.0
+    sm_feat = lumos.sparsify(MLP(), x, feature_penalty=0.3)
+    keep = sm_feat.gates.prob_nonzero()[sm_feat.feature_mask].mean()
+    assert float(sm_feat.penalty()) == pytest.approx(0.3 * float(keep), rel=1e-5)
+
+
+def test_penalty_gradient_reaches_every_gate():
+    sm = lumos.sparsify(MLP(), _x(), budget=0.3)
+    sm.train()
+    sm.set_progress(1.0)
+    sm.controller.lambda1.fill_(1.0)
+    sm.penalty().backward()
+    grad = sm.gates.log_alpha.grad
+    assert grad is not None and torch.isfinite(grad).all() and (grad != 0).all()
+
+
+def test_cost_weighting_a_wide_consumer_costs_more():
+    """A neuron feeding a 64-wide layer is worth more parameters than one feeding 4."""
+
+    class Uneven(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(3, 8)
+            self.a2, self.b2 = nn.Linear(8, 64), nn.Linear(8, 4)
+            self.head = nn.Linear(68, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.a2(self.a(x).relu()), self.b2(self.b(x).relu())], -1))
+
+    sm = lumos.sparsify(Uneven(), torch.randn(4, 3), lam=1.0, feature_penalty=0.0)
+    sm.penalty().backward()
+    grad = sm.gates.log_alpha.grad
+    groups = {g.name: g for g in sm.graph_info.groups}
+    ga, gb = groups["a"], groups["b"]
+    assert grad[ga.offset : ga.offset + ga.size].mean() > 3 * grad[gb.offset : gb.offset + gb.size].mean()
+
+
+def test_feature_names_and_selected_features():
+    names = [f"v{i}" for i in range(6)]
+    sm = lumos.sparsify(MLP(), _x(), feature_names=names)
+    g = next(g for g in sm.graph_info.groups if g.kind == "feature")
+    with torch.no_grad():
+        sm.gates.log_alpha[g.offset + 1] = -10.0
+        sm.gates.log_alpha[g.offset + 4] = -10.0
+    assert sm.selected_features() == {"x": ["v0", "v2", "v3", "v5"]}
+    scores = sm.feature_scores()["x"]
+    assert scores[1] < 0.01 and scores[0] > 0.9
+
+
+def test_multiple_inputs_integer_inputs_never_gated():
+    model = TwoInputs()
+    ex = (torch.randn(8, 4), torch.randn(8, 3), torch.randint(0, 5, (8,)))
+    sm = lumos.sparsify(model, ex, feature_names={"x": list("abcd"), "z": list("pqr")})
+    kinds = sorted((g.name, g.kind) for g in sm.graph_info.groups)
+    assert ("x", "feature") in kinds and ("z", "feature") in kinds
+    assert all(name != "idx" for name, _ in kinds)
+    sm.eval()
+    torch.testing.assert_close(sm.compact()(*ex), sm(*ex))
+    # features= restricts which arguments are gated
+    sm_x = lumos.sparsify(model, ex, features=["x"])
+    assert [g.name for g in sm_x.graph_info.groups if g.kind == "feature"] == ["x"]
+
+
+def test_keyword_example_inputs_and_call():
+    model = TwoInputs()
+    ex = {"x": torch.randn(8, 4), "z": torch.randn(8, 3), "idx": torch.randint(0, 5, (8,))}
+    sm = lumos.sparsify(model, ex).eval()
+    torch.testing.assert_close(sm(**ex), model(**ex))
+
+
+def test_report_lists_groups_features_params():
+    sm = lumos.sparsify(MLP(), _x(), budget=0.5, feature_names=list("abcdef"))
+    text = sm.report()
+    assert "fc1" in text and "features of 'x': 6/6 kept" in text
+    assert "params:" in text and "budget 50%" in text
+
+
+def test_unknown_op_is_kept_whole_and_reported_or_refused_in_strict_mode():
+    class Weird(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 8)
+            self.fc2 = nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h = torch.cumsum(h, dim=-1)  # mixes channels: no rule
+            return self.fc2(h)
+
+    x = torch.randn(5, 4)
+    sm = lumos.sparsify(Weird(), x)
+    assert [g.name for g in sm.graph_info.groups] == ["x"]
+    assert "cumsum" in sm.report()
+    with torch.no_grad():
+        sm.gates.log_alpha.fill_(-10)
+    sm.eval()
+    torch.testing.assert_close(sm.compact()(x), sm(x))
+    with pytest.raises(lumos.UnsupportedModelError, match="cumsum"):
+        lumos.sparsify(Weird(), x, strict=True)
+
+
+def test_channel_count_used_as_a_number_pins_the_channels():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 8)
+            self.fc2 = nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            return self.fc2(h / h.shape[-1] ** 0.5)
+
+    sm = lumos.sparsify(Scaled(), torch.randn(3, 4))
+    assert "fc1" not in [g.name for g in sm.graph_info.groups]
+
+
+def test_view_with_literal_channel_count_is_rewritten():
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 8)
+            self.fc2 = nn.Linear(8, 2)
+
+        def forward(self, x):  # x: (B, T, 4)
+            b, t = x.shape[0], x.shape[1]
+            h = self.fc1(x).reshape(b * t, 8).relu()
+            return self.fc2(h).view(b, t, 2)
+
+    x = torch.randn(3, 5, 4)
+    sm = lumos.sparsify(Viewing(), x)
+    assert "fc1" in [g.name for g in sm.graph_info.groups]
+    g = next(g for g in sm.graph_info.groups if g.name == "fc1")
+    with torch.no_grad():
+        sm.gates.log_alpha[g.offset : g.offset + 3] = -10.0
+    sm.eval()
+    small = sm.compact()
+    assert small.fc1.out_features == 5
+    torch.testing.assert_close(small(x), sm(x))
+
+
+def test_all_gates_open_no_penalty_trains_like_the_original():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 6, generator=g)
+    y = (x[:, :1] * x[:, 1:2]).sin()
+    torch.manual_seed(0)
+    dense = MLP(out=1)
+    torch.manual_seed(0)
+    sm = lumos.sparsify(MLP(out=1), x[:4], feature_penalty=0.0, init_keep_probability=0.999)
+    h_dense = train(dense, (x, y), epochs=30, lr=3e-3, seed=0)
+    h_sparse = train(sm, (x, y), epochs=30, lr=3e-3, seed=0)
+    assert h_sparse.loss[-1] < 1.5 * h_dense.loss[-1] + 1e-3
+    assert h_sparse.loss[-1] < 0.5 * h_sparse.loss[0]
+
+
+# ---- errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [0, -0.1, 1.5, float("nan"), "0.3"])
+def test_budget_out_of_range(budget):
+    with pytest.raises(lumos.ConfigurationError, match=r"budget must be .* in \(0, 1\]"):
+        lumos.sparsify(MLP(), _x(), budget=budget)
+
+
+def test_budget_and_lam_together_and_bad_lam():
+    with pytest.raises(lumos.ConfigurationError, match="either budget"):
+        lumos.sparsify(MLP(), _x(), budget=0.5, lam=1.0)
+    with pytest.raises(lumos.ConfigurationError, match="lam must be"):
+        lumos.sparsify(MLP(), _x(), lam=-1.0)
+
+
+def test_not_a_module_and_bad_example_inputs():
+    with pytest.raises(lumos.ConfigurationError, match="nn.Module"):
+        lumos.sparsify(lambda x: x, _x())
+    with pytest.raises(lumos.ConfigurationError, match="example_inputs"):
+        lumos.sparsify(MLP(), 3.0)
+    with pytest.raises(lumos.InputError, match="do not match"):
+        lumos.sparsify(MLP(), (_x(), _x()))
+
+
+def test_nan_in_example_inputs_and_training_batch():
+    x = _x()
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(lumos.InputError, match="NaN/Inf"):
+        lumos.sparsify(MLP(), bad)
+    sm = lumos.sparsify(MLP(), x)
+    sm.train()
+    bad[3, 2] = float("inf")
+    with pytest.raises(lumos.InputError, match="training batch contains 1 NaN/Inf"):
+        sm(bad)
+
+
+def test_input_shape_mismatch():
+    sm = lumos.sparsify(MLP(), _x())
+    with pytest.raises(lumos.InputError, match="sparsified with 6 features"):
+        sm(torch.randn(4, 7))
+
+
+def test_untraceable_model_names_module_and_way_out():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.fc(x)
+            return -self.fc(x)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Branchy()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.raises(lumos.UntraceableModelError) as info:
+        lumos.sparsify(Outer(), torch.randn(2, 4))
+    msg = str(info.value)
+    assert "'inner'" in msg and "x.sum() > 0" in msg and "register_rule" in msg
+
+
+def test_feature_names_mismatch_and_compact_mode():
+    with pytest.raises(lumos.ConfigurationError, match="3 feature_names given for 'x'"):
+        lumos.sparsify(MLP(), _x(), feature_names=["a", "b", "c"])
+    sm = lumos.sparsify(MLP(), _x())
+    with pytest.raises(lumos.ConfigurationError, match="inputs must be one of"):
+        sm.compact(inputs="some")
+
+
+def test_errors_are_lumos_errors():
+    for exc in (lumos.ConfigurationError, lumos.InputError, lumos.UntraceableModelError,
+                lumos.UnsupportedModelError, lumos.CheckpointError):
+        assert issubclass(exc, lumos.LumosError)
+
+
+def test_state_dict_round_trip_restores_gates_and_controller():
+    x = _x()
+    sm = lumos.sparsify(MLP(), x, budget=0.4)
+    sm.train()
+    sm.controller.lambda1.fill_(0.7)
+    with torch.no_grad():
+        sm.gates.log_alpha.uniform_(-3, 3)
+    state = sm.state_dict()
+    assert not any("lumos_gate_index" in k for k in state)
+    fresh = lumos.sparsify(MLP(), x, budget=0.4)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.gates.log_alpha, sm.gates.log_alpha)
+    assert float(fresh.controller.lambda1) == pytest.approx(0.7)
+    fresh.eval()
+    sm.eval()
+    torch.testing.assert_close(fresh(x), sm(x))
