@@ -41,7 +41,7 @@ class HardConcreteConfig:
 
 
 def sample_gates(log_alpha: Tensor, cfg: HardConcreteConfig, u: Tensor | None = None) -> Tensor:
-    """Reparameterised hard-concrete sample; ``u`` may be passed for testing (any values in [0, 1])."""
+    """Reparameterised hard-concrete sample; ``u`` (values in [0, 1]) may be given for tests."""
     if u is None:
         u = torch.rand_like(log_alpha)
     u = u.clamp(_UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
@@ -64,6 +64,17 @@ def log_alpha_for_keep_probability(p: float, cfg: HardConcreteConfig) -> float:
     if not 0.0 < p < 1.0:
         raise ConfigurationError(f"initial keep probability must lie in (0, 1), got {p}.")
     return math.log(p / (1.0 - p)) + cfg.beta * math.log(-cfg.gamma / cfg.zeta)
+
+
+def fully_open_keep_probability(cfg: HardConcreteConfig) -> float:
+    """The smallest P(z != 0) at which the deterministic gate is exactly 1.
+
+    Below it a gate starts fractional, so an untrained sparse model is no longer the original
+    model at eval (compaction still equals it: fractional gates are folded into weights).
+    """
+    open_log_alpha = math.log((1.0 - cfg.gamma) / (cfg.zeta - 1.0))  # sigmoid(.) = (1-g)/(z-g)
+    shift = cfg.beta * math.log(-cfg.gamma / cfg.zeta)
+    return 1.0 / (1.0 + math.exp(-(open_log_alpha - shift)))
 
 
 class GateBank(nn.Module):

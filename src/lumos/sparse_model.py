@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -12,8 +13,8 @@ from torch import Tensor, fx, nn
 from . import topology
 from .controller import BudgetController
 from .cost import CostModel
-from .errors import ConfigurationError, InputError, UntraceableModelError
-from .gates import GateBank, HardConcreteConfig
+from .errors import ConfigurationError, InputError, LumosWarning, UntraceableModelError
+from .gates import GateBank, HardConcreteConfig, fully_open_keep_probability
 from .topology import registry
 from .topology.analysis import ChannelGraph
 
@@ -149,7 +150,12 @@ class SparseModel(nn.Module):
         if self.controller is not None or self.lam is not None:
             fraction = self.cost.total(keep, "params") / max(self.dense_params, 1.0)
             if self.controller is not None:
-                total = total + self.controller(fraction)
+                # The budget is on what compaction keeps (deterministic gate > 0), which can be
+                # more than the expected count while gates sit half-open: the constraint sees
+                # the kept fraction's value, with the expected fraction's gradient.
+                kept = (self.gates.deterministic().detach() > 0).to(keep.dtype)
+                realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
+                total = total + self.controller(fraction + (realized - fraction).detach())
             else:
                 total = total + self.lam * fraction
         if self.feature_penalty > 0 and bool(self.feature_mask.any()):
@@ -306,6 +312,17 @@ def sparsify(
         raise ConfigurationError(
             f"init_keep_probability must lie in (0, 1), got {init_keep_probability!r}."
         )
+    gate_config = gate_config or HardConcreteConfig()
+    if init_keep_probability < fully_open_keep_probability(gate_config):
+        warnings.warn(
+            f"init_keep_probability={init_keep_probability} starts the gates half-open (the "
+            "deterministic gate is 1 only from "
+            f"{fully_open_keep_probability(gate_config):.3f}), so before training the sparse "
+            "model's eval output differs from the original model's. Use a higher value if "
+            "training should start from the original model.",
+            LumosWarning,
+            stacklevel=2,
+        )
     args, kwargs = _as_call(example_inputs)
     signature = inspect.signature(model.forward)
     try:
@@ -333,9 +350,9 @@ def sparsify(
     wanted = _feature_arguments(features, [n.target for n in placeholders])
     feature_inputs = {}
     for node, value in zip(placeholders, example_args):
-        if node.target in wanted and isinstance(value, Tensor) and value.is_floating_point():
-            if value.dim() >= 2:
-                feature_inputs[node.target] = _feature_dim(gm, node) % value.dim()
+        floating = isinstance(value, Tensor) and value.is_floating_point()
+        if node.target in wanted and floating and value.dim() >= 2:
+            feature_inputs[node.target] = _feature_dim(gm, node) % value.dim()
     names = _feature_names(feature_names, feature_inputs, example_args, placeholders)
 
     graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict)
@@ -354,7 +371,7 @@ def sparsify(
         lam=lam,
         feature_penalty=feature_penalty,
         feature_names=names,
-        gate_config=gate_config or HardConcreteConfig(),
+        gate_config=gate_config,
         init_keep_probability=init_keep_probability,
         warmup=warmup,
     )
@@ -416,7 +433,8 @@ def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
             continue
         buffer = f"lumos_gate_index_{k}"
         gm.register_buffer(buffer, index, persistent=False)
-        value = site.node.args[site.arg] if isinstance(site.arg, int) else site.node.kwargs[site.arg]
+        args = site.node.args if isinstance(site.arg, int) else site.node.kwargs
+        value = args[site.arg]
         with g.inserting_before(site.node):
             idx_node = g.get_attr(buffer)
             gated = g.call_function(apply_gates, (value, gates_node, idx_node, site.dim))

@@ -163,7 +163,9 @@ class RuleContext:
     def unknown(self, node: fx.Node) -> None:
         """No rule for this op: pin every tracked channel that reaches it."""
         infos = [self.info(a) for a in node.args] + [self.info(v) for v in node.kwargs.values()]
-        touched = [i for i in _iter_infos(infos) if any(s.pinned is None for s in i.layout.spaces())]
+        touched = [
+            i for i in _iter_infos(infos) if any(s.pinned is None for s in i.layout.spaces())
+        ]
         reason = f"{describe(node)} has no channel rule"
         for a in list(node.args) + list(node.kwargs.values()):
             if isinstance(self.info(a), AttrInfo):

@@ -299,7 +299,8 @@ def _permute(ctx: RuleContext, node: fx.Node) -> object:
         dims.insert(dst, src)
     else:  # permute
         rest = node.args[1:]
-        dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+        nested = len(rest) == 1 and isinstance(rest[0], (tuple, list))
+        dims = list(rest[0]) if nested else list(rest)
         dims = [_positive(int(d), ndim) for d in dims]
     return TensorInfo(dims.index(p) - ndim, info.layout)
 

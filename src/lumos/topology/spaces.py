@@ -112,7 +112,7 @@ class Layout:
             seg.space.pin(reason)
 
     def with_block(self, factor: int) -> Layout:
-        """Each position expands into ``factor`` consecutive positions (flatten of a trailing dim)."""
+        """Each position expands into ``factor`` consecutive ones (flatten of a trailing dim)."""
         return Layout(
             tuple(Segment(s.space, s.start, s.stop, s.block * factor) for s in self.segments)
         )

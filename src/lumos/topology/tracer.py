@@ -53,7 +53,7 @@ def _user_frame(exc: BaseException) -> str:
 def trace(
     model: nn.Module, leaf_types: tuple[type, ...] = (), concrete_args: dict | None = None
 ) -> fx.GraphModule:
-    """Symbolically trace ``model``; raise :class:`UntraceableModelError` with a way out on failure."""
+    """Symbolically trace ``model``; on failure raise :class:`UntraceableModelError` with a fix."""
     tracer = LumosTracer(leaf_types)
     try:
         graph = tracer.trace(model, concrete_args)
