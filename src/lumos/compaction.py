@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from .errors import ConfigurationError
+from .sparse_model import call_with_gated_params
 from .topology import registry
 from .topology.spaces import Layout
 
@@ -74,21 +75,41 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
         node = nodes[rw.node.name]
         node.args = _replace_at(node.args, rw.arg_path, int(kept(rw.layout).numel()) * rw.factor)
 
-    # 3. drop the gate nodes and the gate placeholder.
+    # 3. drop the gate nodes and the gate placeholder; gated leaf calls become plain calls.
     g = gm.graph
+    for node in list(g.nodes):
+        if node.op == "call_function" and node.target is call_with_gated_params:
+            module_node, _, specs, *args = node.args
+            with g.inserting_before(node):
+                call = g.call_module(module_node.target, tuple(args), dict(node.kwargs))
+            call.meta = dict(node.meta)
+            node.replace_all_uses_with(call)
+            g.erase_node(node)
+            for spec in specs:
+                _erase_unused_attr(gm, spec[2])
+            _erase_unused_attr(gm, module_node, buffer=False)
     for node in list(g.nodes):
         if node.op == "call_function" and getattr(node.target, "__name__", "") == "apply_gates":
             index_node = node.args[2]
             node.replace_all_uses_with(node.args[0])
             g.erase_node(node)
-            if not index_node.users:
-                g.erase_node(index_node)
-                delattr(gm, index_node.target)
+            _erase_unused_attr(gm, index_node)
     for node in list(g.nodes):
         if node.op == "placeholder" and node.target == "lumos_gates":
             g.erase_node(node)
 
-    # 4. the compacted model picks its kept features itself (inputs="full").
+    # 4. layers whose class cannot express their new shape are rebuilt in plain torch.
+    for node in list(g.nodes):
+        if node.op != "call_module":
+            continue
+        rule = registry.module_rule(gm.get_submodule(node.target))
+        if rule is not None and rule.lower is not None:
+            replacement = rule.lower(gm.get_submodule(node.target), node)
+            if replacement is not None:
+                owner, _, name = node.target.rpartition(".")
+                setattr(gm.get_submodule(owner) if owner else gm, name, replacement)
+
+    # 5. the compacted model picks its kept features itself (inputs="full").
     if inputs == "full":
         for name, space in graph_info.feature_spaces.items():
             idx = kept(Layout.of(space))
@@ -102,11 +123,15 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
             with g.inserting_after(node):
                 idx_node = g.get_attr(buffer)
             with g.inserting_after(idx_node):
-                selected = g.call_function(torch.index_select, (node, dim, idx_node))
+                selected = g.call_method("index_select", (node, dim, idx_node))
             for user in users:
                 user.replace_input_with(node, selected)
     g.lint()
     gm.recompile()
+    # fx remembers the tracer class and pickles a reference to it: the result must load
+    # without LUMOS installed.
+    gm._tracer_cls = None
+    g._tracer_cls = None
     gm.eval()
     return gm
 
@@ -117,3 +142,12 @@ def _replace_at(args, path: tuple, value: int):
     items = list(args)
     items[head] = value if not rest else _replace_at(items[head], rest, value)
     return type(args)(items) if isinstance(args, tuple) else items
+
+
+def _erase_unused_attr(gm: fx.GraphModule, node: fx.Node, buffer: bool = True) -> None:
+    """Remove a get_attr node nobody reads any more (and the gate-index buffer behind it)."""
+    if node.users:
+        return
+    gm.graph.erase_node(node)
+    if buffer:
+        delattr(gm, node.target)

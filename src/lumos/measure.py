@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import statistics
 import time
 
@@ -23,20 +25,47 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """Scores and weighted values: 2*B*H*Lq*Lk*(Dq + Dv), torch's own convention for SDPA."""
+    *batch, lq, dq = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * lq * lk * (dq + dv)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one.
+_EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+}
+
+
 def count_flops(module: nn.Module, example_inputs) -> int:
     """FLOPs of one forward pass on ``example_inputs``, as counted by torch's FlopCounterMode.
 
-    Counts matmuls and convolutions (2 per multiply-add), the ops that dominate; elementwise
-    ops are not counted. The LUMOS cost model uses the same convention so the two agree.
+    Counts matmuls, convolutions and attention (2 per multiply-add), the ops that dominate;
+    elementwise ops, FFTs and message-passing scatters are not counted. Fused inference fast
+    paths (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) are switched off while
+    counting so that their matmuls are seen. The LUMOS cost model uses the same convention.
     """
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             _call(module, example_inputs)
     finally:
         module.train(was_training)
     return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def flop_counter():
+    """torch's FlopCounterMode with the CPU attention kernel known and fused fast paths off."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def latency(module: nn.Module, example_inputs, repeats: int = 30, warmup: int = 5) -> float:

@@ -34,6 +34,21 @@ def apply_gates(x: Tensor, gates: Tensor, index: Tensor, dim: int) -> Tensor:
 torch.fx.wrap("apply_gates")
 
 
+def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args, **kwargs):
+    """Call ``module`` with some parameters scaled by gates (units inside a leaf layer).
+
+    ``specs`` holds ``(parameter path, dim, gate index)`` triples; the module's own parameters
+    are untouched, so gradients reach both the weights and the gates.
+    """
+    params = {}
+    for name, dim, index in specs:
+        p = module.get_parameter(name)
+        shape = [1] * p.dim()
+        shape[dim] = -1
+        params[name] = p * gates.index_select(0, index).view(shape).to(p.dtype)
+    return torch.func.functional_call(module, params, args, kwargs)
+
+
 def _as_call(example_inputs) -> tuple[tuple, dict]:
     if isinstance(example_inputs, Tensor):
         return (example_inputs,), {}
@@ -446,5 +461,33 @@ def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
             kwargs = dict(site.node.kwargs)
             kwargs[site.arg] = gated
             site.node.kwargs = kwargs
+    _insert_param_gates(gm, graph, gates_node)
     g.lint()
     gm.recompile()
+
+
+def _insert_param_gates(gm: fx.GraphModule, graph: ChannelGraph, gates_node: fx.Node) -> None:
+    """Leaf layers with gated inner units are called through :func:`call_with_gated_params`."""
+    g = gm.graph
+    by_owner: dict[str, list] = {}
+    for k, site in enumerate(graph.records.param_sites):
+        index = graph.gate_index(site.layout)
+        if not bool((index < graph.num_gates).any()):
+            continue
+        buffer = f"lumos_param_gate_index_{k}"
+        gm.register_buffer(buffer, index, persistent=False)
+        by_owner.setdefault(site.owner, []).append((site.param, site.dim, buffer))
+    for node in list(g.nodes):
+        if node.op != "call_module" or node.target not in by_owner:
+            continue
+        with g.inserting_before(node):
+            module_node = g.get_attr(node.target)
+            specs = tuple(
+                (param, dim, g.get_attr(buffer)) for param, dim, buffer in by_owner[node.target]
+            )
+            call = g.call_function(
+                call_with_gated_params, (module_node, gates_node, specs, *node.args), node.kwargs
+            )
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        g.erase_node(node)

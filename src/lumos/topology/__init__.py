@@ -1,6 +1,11 @@
 """The topology coordinator: reads a model into channel groups that live or die together."""
 
-from . import builtin_rules  # noqa: F401  (registers the built-in rules)
+import contextlib
+
+from . import builtin_rules, rules_attention, rules_conv  # noqa: F401  (register the rules)
+
+with contextlib.suppress(ImportError):  # graph layers, when torch-geometric is installed
+    from . import rules_graph  # noqa: F401
 from .analysis import ChannelGraph, Group, RuleContext
 from .registry import ModuleRule, register_rule
 from .spaces import Layout, Space

@@ -20,6 +20,7 @@ from .infos import (
     CostTerm,
     GateSite,
     ParamRole,
+    ParamSite,
     Records,
     ShapeInfo,
     ShapeRewrite,
@@ -137,6 +138,13 @@ class RuleContext:
     def site(self, node: fx.Node, arg: int | str, dim: int, layout: Layout) -> None:
         self.records.sites.append(GateSite(node, arg, dim, layout))
 
+    def param_site(self, owner: str, param: str, dim: int, layout: Layout) -> None:
+        """Gate ``layout``'s channels inside leaf ``owner`` by scaling ``owner.param`` on ``dim``;
+        compaction folds the gate values into the same parameter."""
+        self.records.param_sites.append(ParamSite(owner, param, dim, layout))
+        mod_path, _, name = f"{owner}.{param}".rpartition(".")
+        self.role(mod_path, name, dim, layout, fold=True)
+
     def cost(self, kind: str, coeff: float, factors: tuple[Layout, ...], label: str) -> None:
         self.records.costs.append(CostTerm(kind, float(coeff), tuple(factors), label))
 
@@ -157,6 +165,11 @@ class RuleContext:
     def rewrite(self, node: fx.Node, path: tuple, layout: Layout, factor: int = 1) -> None:
         self.records.rewrites.append(ShapeRewrite(node, path, layout, factor))
 
+    def measure_flops(self, node: fx.Node) -> None:
+        """Count this node's FLOPs as a constant, measured on the example inputs (for layers
+        kept whole, whose maths no rule describes)."""
+        self.records.measured.append(node)
+
     def ungated(self, where: str, reason: str) -> None:
         self.records.ungated.append(Ungated(where, reason))
 
@@ -167,6 +180,7 @@ class RuleContext:
             i for i in _iter_infos(infos) if any(s.pinned is None for s in i.layout.spaces())
         ]
         reason = f"{describe(node)} has no channel rule"
+        self.measure_flops(node)
         for a in list(node.args) + list(node.kwargs.values()):
             if isinstance(self.info(a), AttrInfo):
                 self.fix_attr(self.info(a))
@@ -214,6 +228,7 @@ class ChannelGraph:
         self.ctx.finish()
         self.records = self.ctx.records
         self._count_unclaimed_params()
+        self._count_measured_flops(example_args)
         self.groups = self._collect_groups()
 
     # ---- propagation ---------------------------------------------------------------------
@@ -281,9 +296,38 @@ class ChannelGraph:
                     label = f"{mod_name}.{p_name}" if mod_name else p_name
                     self.ctx.cost("params", p.numel(), (), label)
 
+    def _count_measured_flops(self, example_args: tuple) -> None:
+        """Run the example once and count the FLOPs of the nodes no rule describes."""
+        targets = set(self.records.measured)
+        if not targets:
+            return
+        from ..measure import flop_counter
+
+        measured: dict[fx.Node, int] = {}
+
+        class _Measure(fx.Interpreter):
+            def run_node(self, n: fx.Node):
+                if n not in targets:
+                    return super().run_node(n)
+                with flop_counter() as counter:
+                    result = super().run_node(n)
+                measured[n] = counter.get_total_flops()
+                return result
+
+        was_training = self.gm.training
+        self.gm.eval()
+        try:
+            with torch.no_grad():
+                _Measure(self.gm).run(*example_args)
+        finally:
+            self.gm.train(was_training)
+        for n, flops in measured.items():
+            if flops:
+                self.ctx.cost("flops", flops, (), describe(n))
+
     def _collect_groups(self) -> list[Group]:
         roots: dict[int, Space] = {}
-        for site in self.records.sites:
+        for site in [*self.records.sites, *self.records.param_sites]:
             for seg in site.layout.segments:
                 root = seg.space.find()
                 if root.pinned is None and root.size > 0:
@@ -321,7 +365,7 @@ class ChannelGraph:
     def pinned_spaces(self) -> list[Space]:
         """Roots that carry channels but were kept whole, for the report."""
         seen: dict[int, Space] = {}
-        for site in self.records.sites:
+        for site in [*self.records.sites, *self.records.param_sites]:
             for seg in site.layout.segments:
                 root = seg.space.find()
                 if root.pinned is not None and root.kind != "opaque":

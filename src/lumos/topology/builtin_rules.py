@@ -536,6 +536,44 @@ def _softmax_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> objec
     return info
 
 
+# ---- gathers and scatters along other dims (message passing by hand) --------------------------
+def _index_select(ctx: RuleContext, node: fx.Node) -> object:
+    """``x.index_select(dim, index)``: rows picked along a non-channel dim keep the channels."""
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    info = ctx.tensor_info(x)
+    if info is None:
+        return None
+    dim = _arg(node, 1, "dim")
+    ndim = len(ctx.shape(x))
+    if ctx.info(_arg(node, 2, "index")) is not None:
+        ctx.pin(ctx.info(_arg(node, 2, "index")), f"{describe(node)} indexes with channels")
+    if not isinstance(dim, int) or _positive(dim, ndim) == _positive(info.dim, ndim):
+        info.layout.pin(f"{describe(node)} selects channels")
+        return None
+    return TensorInfo(info.dim, info.layout)
+
+
+def _index_add(ctx: RuleContext, node: fx.Node) -> object:
+    """``self.index_add(dim, index, source)`` along a non-channel dim: channels tied one to one."""
+    target, dim = node.args[0], _arg(node, 1, "dim")
+    source = _arg(node, 3, "source")
+    infos = [ctx.tensor_info(target), ctx.tensor_info(source)]
+    tracked = [i for i in infos if i is not None]
+    if not tracked:
+        return None
+    ndim = len(ctx.shape(target))
+    first = tracked[0]
+    if (
+        not isinstance(dim, int)
+        or any(i is None or i.dim != first.dim for i in infos)
+        or _positive(dim, ndim) == _positive(first.dim, ndim)
+    ):
+        ctx.pin(tracked, f"{describe(node)} adds along the channel dim or mixes tracked dims")
+        return None
+    unify(infos[0].layout, infos[1].layout, f"channels tied by {describe(node)}")
+    return TensorInfo(first.dim, first.layout)
+
+
 # ---- registration -----------------------------------------------------------------------------
 UNARY_FUNCTIONS = [
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.log1p, torch.expm1,
@@ -626,3 +664,8 @@ METHOD_RULES["softmax"] = _softmax
 METHOD_RULES["log_softmax"] = _softmax
 register_rule(nn.Softmax, _softmax_module)
 register_rule(nn.LogSoftmax, _softmax_module)
+METHOD_RULES["index_select"] = _index_select
+FUNCTION_RULES[torch.index_select] = _index_select
+for _name in ("index_add", "index_add_"):
+    METHOD_RULES[_name] = _index_add
+FUNCTION_RULES[torch.index_add] = _index_add

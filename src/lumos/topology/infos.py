@@ -67,6 +67,20 @@ class GateSite:
 
 
 @dataclass
+class ParamSite:
+    """Gates applied *inside* a leaf module by scaling its parameter ``name`` along ``dim``.
+
+    For units that only exist inside a layer (attention heads): scaling out_proj's columns of
+    head h by its gate equals gating that head's output; compaction folds the same values.
+    """
+
+    owner: str  # the leaf module's path (the call_module target)
+    param: str  # parameter path relative to the owner, e.g. "out_proj.weight"
+    dim: int
+    layout: Layout
+
+
+@dataclass
 class ShapeRewrite:
     """A literal size in a shape argument that must follow the kept channel count."""
 
@@ -98,8 +112,10 @@ class Ungated:
 class Records:
     roles: list[ParamRole] = field(default_factory=list)
     sites: list[GateSite] = field(default_factory=list)
+    param_sites: list[ParamSite] = field(default_factory=list)
     rewrites: list[ShapeRewrite] = field(default_factory=list)
     costs: list[CostTerm] = field(default_factory=list)
     claimed: set = field(default_factory=set)  # (owner, name) params accounted for by a rule
     ungated: list[Ungated] = field(default_factory=list)
     resized_modules: set = field(default_factory=set)
+    measured: list = field(default_factory=list)  # nodes whose FLOPs are measured, not modelled

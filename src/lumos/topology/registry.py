@@ -24,6 +24,9 @@ class ModuleRule:
 
     ``resize(module)`` is called after compaction sliced the module's parameters, to update
     size attributes (``in_features``, ``num_heads``, ...) from the new tensor shapes.
+    ``lower(module, call_node)`` may then return a replacement module made of plain torch when
+    the class cannot express the smaller shape (attention with fewer heads than
+    ``embed_dim / head_dim``), or None to keep the module.
     ``input_dim`` is the dimension the layer reads channels from (used to find which dimension
     of a model input holds its features), or None if it reads none.
     """
@@ -31,11 +34,18 @@ class ModuleRule:
     propagate: Callable
     resize: Callable[[nn.Module], None] | None = None
     input_dim: int | None = None
+    lower: Callable | None = None
 
 
 MODULE_RULES: dict[type, ModuleRule] = {}
 FUNCTION_RULES: dict[object, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
+#: layers traced through a substitute forward (same maths, written in traceable torch ops).
+TRACE_FORWARDS: dict[type, Callable] = {}
+#: functions kept as single graph nodes (not traced into) because their rule knows them.
+LEAF_FUNCTIONS: list[Callable] = []
+#: base classes whose subclasses without a rule are leaves (kept whole), not traced into.
+OPAQUE_BASES: list[type] = []
 
 
 def register_rule(
@@ -44,6 +54,7 @@ def register_rule(
     *,
     resize: Callable[[nn.Module], None] | None = None,
     input_dim: int | None = None,
+    lower: Callable | None = None,
 ):
     """Teach the coordinator a layer class (usable as a decorator on ``propagate``).
 
@@ -59,12 +70,29 @@ def register_rule(
     def _register(fn: Callable) -> Callable:
         if not callable(fn):
             raise ConfigurationError("register_rule needs a callable propagate(ctx, node, module).")
-        MODULE_RULES[layer] = ModuleRule(fn, resize, input_dim)
+        MODULE_RULES[layer] = ModuleRule(fn, resize, input_dim, lower)
         return fn
 
     if propagate is None:
         return _register
     return _register(propagate)
+
+
+def register_trace_forward(layer: type[nn.Module], forward: Callable) -> None:
+    """Trace ``layer`` through ``forward(module, *args, **kwargs)`` instead of its own forward.
+
+    For layers whose real forward cannot be traced (fast paths, ``isinstance`` dispatch,
+    message passing) but whose maths is plain torch ops: the traced graph then shows the
+    layer's submodules and ops, and the ordinary rules gate them.
+    """
+    TRACE_FORWARDS[layer] = forward
+
+
+def register_leaf_function(fn: Callable, rule: Rule) -> None:
+    """Keep calls of ``fn`` as one graph node (fx autowrap) described by ``rule(ctx, node)``."""
+    if fn not in LEAF_FUNCTIONS:
+        LEAF_FUNCTIONS.append(fn)
+    FUNCTION_RULES[fn] = rule
 
 
 def module_rule(module: nn.Module) -> ModuleRule | None:

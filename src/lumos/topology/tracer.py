@@ -1,35 +1,54 @@
 """torch.fx tracing with errors a user can act on.
 
 fx raises from deep inside its proxy machinery; we re-raise a :class:`UntraceableModelError`
-naming the module being traced and the line of the user's code that failed.
+naming the module being traced and the line of the user's code that failed. Layers with a rule
+are leaves; layers with a substitute forward (``registry.TRACE_FORWARDS``) are traced through
+it; functions with a rule (``registry.LEAF_FUNCTIONS``) stay single nodes.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import traceback
 
 import torch
 from torch import fx, nn
 
 from ..errors import UntraceableModelError
+from . import registry
 
 
 class LumosTracer(fx.Tracer):
     """fx tracer that keeps registered layer classes as leaves and remembers where it is."""
 
     def __init__(self, leaf_types: tuple[type, ...] = ()) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=tuple(registry.LEAF_FUNCTIONS))
+        # Also patch the leaf functions where a package re-exports them (``pyg.nn.global_mean_pool``
+        # called as an attribute): fx only patches the traced code's globals by default.
+        for fn in registry.LEAF_FUNCTIONS:
+            for name in (fn.__module__, fn.__module__.rsplit(".", 2)[0]):
+                mod = sys.modules.get(name)
+                if mod is not None and mod not in self._autowrap_search:
+                    self._autowrap_search.append(mod)
         self.leaf_types = leaf_types
         self.module_stack_paths: list[str] = []
         self.failed_in: str | None = None  # innermost module being traced when tracing failed
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if type(m) in registry.TRACE_FORWARDS:
+            return False
         if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        if registry.OPAQUE_BASES and isinstance(m, tuple(registry.OPAQUE_BASES)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx signature
         self.module_stack_paths.append(self.path_of_module(m) or type(m).__name__)
+        substitute = registry.TRACE_FORWARDS.get(type(m))
+        if substitute is not None:
+            forward = functools.partial(substitute, m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -45,7 +64,7 @@ def _user_frame(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
         f = frame.filename.replace("\\", "/")
-        if "/torch/" not in f and "/lumos/" not in f:
+        if "/torch/" not in f and "/lumos/" not in f and "/torch_geometric/" not in f:
             return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
     return "unknown location"
 

@@ -1,0 +1,367 @@
+"""Channel rules for convolutional models: conv, transposed conv, norms, pooling, resampling,
+padding, and LUMOS's Fourier layers.
+
+Channels of a conv input live at dim ``-(spatial dims + 1)`` (``(N, C, *spatial)`` or the
+unbatched ``(C, *spatial)``); a rule that sees the tracked dim elsewhere pins it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..layers import SpectralConv1d, SpectralConv2d
+from .analysis import RuleContext, describe
+from .builtin_rules import _arg, _positive, elementwise, unary
+from .infos import TensorInfo, TupleInfo
+from .registry import FUNCTION_RULES, METHOD_RULES, register_rule
+from .spaces import Layout
+
+
+def _channel_info(ctx: RuleContext, node: fx.Node, x, channel_dim: int) -> TensorInfo | None:
+    """The input's info if its tracked dim is the channel dim; else pin it and return None."""
+    info = ctx.tensor_info(x)
+    if info is None:
+        return None
+    shape = ctx.shape(x)
+    if shape is None or _positive(info.dim, len(shape)) != _positive(channel_dim, len(shape)):
+        ctx.pin(info, f"{describe(node)} does not read the tracked dim as channels")
+        return None
+    return info
+
+
+# ---- convolutions -----------------------------------------------------------------------------
+def _conv(ctx: RuleContext, node: fx.Node, module: nn.modules.conv._ConvNd) -> object:
+    """Conv/ConvTranspose: a Linear over channels at every output position.
+
+    ``groups == 1``: input channels are read (gated, folded into the weight), output channels
+    are a new space. Depthwise (``groups == in_channels``, ``out = m * in``): channel-wise with
+    ``m`` outputs per input channel, so the output shares the input's channels (block ``m``) and
+    consumers gate them. Other grouped convs cannot lose channels exactly: kept whole.
+    """
+    nd = len(module.kernel_size)
+    cdim = -(nd + 1)
+    owner = node.target
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    info = _channel_info(ctx, node, x, cdim)
+    c_in, c_out, groups = module.in_channels, module.out_channels, module.groups
+    out_shape = ctx.shape(node)
+    has_bias = module.bias is not None
+    if groups == 1:
+        if info is not None:
+            in_layout = info.layout
+            ctx.site(node, 0, cdim, in_layout)
+        else:
+            in_layout = ctx.opaque(c_in, "input is not tracked", f"{owner}.in")
+        out_layout = Layout.of(ctx.new_space(c_out, "channel", owner))
+        ctx.role(owner, "weight", w_in, in_layout, fold=True)
+        ctx.role(owner, "weight", w_out, out_layout)
+        ctx.param_cost(owner, "weight", (in_layout, out_layout))
+        factors: tuple[Layout, ...] = (in_layout, out_layout)
+    elif groups == c_in and c_out % c_in == 0 and info is not None:
+        mult = c_out // c_in
+        in_layout = info.layout
+        out_layout = in_layout.with_block(mult)
+        # weight dim 0 (conv: C*m outputs; transposed: C inputs) follows the channels, no
+        # fold: the layer is channel-wise and its consumers gate.
+        row_layout = in_layout if transposed else out_layout
+        ctx.role(owner, "weight", 0, row_layout)
+        ctx.param_cost(owner, "weight", (row_layout,))
+        factors = (row_layout,)
+    else:
+        if info is not None:
+            ctx.pin(info, f"{describe(node)} is a grouped conv (groups={groups})")
+        ctx.ungated(describe(node), f"grouped conv with groups={groups} is kept whole")
+        out_layout = ctx.opaque(c_out, "grouped conv output", f"{owner}.out")
+        factors = ()
+    if has_bias:
+        ctx.role(owner, "bias", 0, out_layout)
+        ctx.param_cost(owner, "bias", (out_layout,))
+    # torch's FlopCounterMode: 2 * batch * prod(weight.shape) * prod(spatial of the output for
+    # a conv, of the input for a transposed conv).
+    weight = module.weight
+    per_weight = 2 * math.prod(weight.shape[2:])
+    spatial = ctx.shape(x) if transposed else out_shape
+    n_spatial = math.prod(spatial[-nd:]) if spatial else 0
+    batch = math.prod(spatial[:-nd - 1]) if spatial and len(spatial) > nd + 1 else 1
+    if factors == ():
+        ctx.cost("flops", per_weight * batch * n_spatial * weight.shape[0] * weight.shape[1], (),
+                 owner)
+    elif groups == 1:
+        ctx.cost("flops", per_weight * batch * n_spatial, factors, owner)
+    else:  # depthwise: weight.shape[1] (or [0] transposed) == per-group width
+        per_group = weight.shape[1]
+        ctx.cost("flops", per_weight * batch * n_spatial * per_group, factors, owner)
+    return TensorInfo(cdim, out_layout)
+
+
+def _resize_conv(module: nn.modules.conv._ConvNd) -> None:
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    w = module.weight
+    if module.groups == 1:
+        if transposed:
+            module.in_channels, module.out_channels = w.shape[0], w.shape[1]
+        else:
+            module.out_channels, module.in_channels = w.shape[0], w.shape[1]
+        return
+    if module.groups != module.in_channels:
+        return  # other grouped convs are kept whole
+    # depthwise: the channel count follows the sliced rows; the multiplier is unchanged
+    mult = module.out_channels // module.in_channels
+    rows = w.shape[0]
+    channels = rows if transposed else rows // mult
+    module.in_channels = channels
+    module.out_channels = channels * mult
+    module.groups = channels
+
+
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+             nn.ConvTranspose3d):
+    register_rule(_cls, _conv, resize=_resize_conv, input_dim=1)
+
+
+# ---- norms ------------------------------------------------------------------------------------
+def channelwise_params(ctx: RuleContext, node: fx.Node, module: nn.Module, layout: Layout,
+                       names: tuple[str, ...]) -> None:
+    """Per-channel parameters and buffers follow the channels (no fold: consumers gate)."""
+    owner = node.target
+    for name in names:
+        if getattr(module, name, None) is not None:
+            ctx.role(owner, name, 0, layout)
+            ctx.param_cost(owner, name, (layout,))
+
+
+def _batchnorm(ctx: RuleContext, node: fx.Node, module: nn.modules.batchnorm._BatchNorm):
+    info = _channel_info(ctx, node, node.args[0], _batch_channel_dim(ctx, node.args[0]))
+    if info is None:
+        return None
+    channelwise_params(ctx, node, module, info.layout,
+                       ("weight", "bias", "running_mean", "running_var"))
+    return TensorInfo(info.dim, info.layout)
+
+
+def _batch_channel_dim(ctx: RuleContext, x) -> int:
+    """Norms and resampling take (N, C, ...): the channel dim is 1."""
+    shape = ctx.shape(x)
+    return 1 - len(shape) if shape else 1
+
+
+def _resize_batchnorm(module: nn.modules.batchnorm._BatchNorm) -> None:
+    for name in ("weight", "running_mean"):
+        t = getattr(module, name, None)
+        if t is not None:
+            module.num_features = t.shape[0]
+            return
+
+
+def _instancenorm(ctx: RuleContext, node: fx.Node, module: nn.modules.instancenorm._InstanceNorm):
+    shape = ctx.shape(node.args[0])
+    nd = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}[type(module)]
+    cdim = -(nd + 1)
+    info = _channel_info(ctx, node, node.args[0], cdim) if shape else None
+    if info is None:
+        return None
+    channelwise_params(ctx, node, module, info.layout,
+                       ("weight", "bias", "running_mean", "running_var"))
+    return TensorInfo(info.dim, info.layout)
+
+
+def _groupnorm(ctx: RuleContext, node: fx.Node, module: nn.GroupNorm) -> object:
+    info = _channel_info(ctx, node, node.args[0], _batch_channel_dim(ctx, node.args[0]))
+    if info is None:
+        return None
+    if module.num_groups != module.num_channels:
+        reason = (f"{describe(node)} normalises over groups of channels "
+                  f"(num_groups={module.num_groups}): removing one would change the others")
+        ctx.pin(info, reason)
+        ctx.ungated(describe(node), reason)
+        return TensorInfo(info.dim, info.layout)
+    channelwise_params(ctx, node, module, info.layout, ("weight", "bias"))
+    return TensorInfo(info.dim, info.layout)
+
+
+def _resize_groupnorm(module: nn.GroupNorm) -> None:
+    if module.weight is not None:
+        module.num_channels = module.num_groups = module.weight.shape[0]
+
+
+def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
+    info = ctx.tensor_info(node.args[0])
+    if info is None:
+        return None
+    k = len(module.normalized_shape)
+    if -info.dim <= k:
+        reason = (f"{describe(node)} normalises over the channels: plain LayerNorm statistics "
+                  "change when a channel is removed, so this stream is kept whole")
+        ctx.pin(info, reason)
+        ctx.ungated(describe(node), reason)
+    return TensorInfo(info.dim, info.layout)
+
+
+def _layer_norm_function(ctx: RuleContext, node: fx.Node) -> object:
+    info = ctx.tensor_info(node.args[0])
+    if info is None:
+        return None
+    shape = _arg(node, 1, "normalized_shape")
+    k = len(shape) if isinstance(shape, (tuple, list)) else 1
+    if -info.dim <= k:
+        ctx.pin(info, f"{describe(node)} normalises over the channels")
+    for a in list(node.args[2:]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]:
+        if isinstance(a, fx.Node) and ctx.info(a) is not None and -info.dim <= k:
+            ctx.pin(ctx.info(a), f"{describe(node)} normalises over the channels")
+    return TensorInfo(info.dim, info.layout)
+
+
+register_rule(nn.BatchNorm1d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
+register_rule(nn.BatchNorm2d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
+register_rule(nn.BatchNorm3d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
+for _cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+    register_rule(_cls, _instancenorm, resize=_resize_batchnorm)
+register_rule(nn.GroupNorm, _groupnorm, resize=_resize_groupnorm)
+register_rule(nn.LayerNorm, _layernorm)
+FUNCTION_RULES[F.layer_norm] = _layer_norm_function
+
+
+# ---- pooling, resampling, padding ---------------------------------------------------------------
+def _spatial_passthrough(nd: int | None):
+    """Ops that act on the trailing ``nd`` spatial dims only (``None``: all dims after 1)."""
+
+    def rule(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        cdim = -(nd + 1) if nd is not None else _batch_channel_dim(ctx, x)
+        info = _channel_info(ctx, node, x, cdim)
+        if info is None:
+            return None
+        if isinstance(node.meta.get("tensor_meta"), (tuple, list)) and not hasattr(
+            node.meta["tensor_meta"], "shape"
+        ):  # pools with return_indices give (values, indices): both keep the channels
+            return TupleInfo([TensorInfo(info.dim, info.layout)] * 2)
+        return TensorInfo(info.dim, info.layout)
+
+    return rule
+
+
+_POOLS = {
+    1: (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
+    2: (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
+        nn.FractionalMaxPool2d),
+    3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
+}
+_POOL_FUNCTIONS = {
+    1: (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d),
+    2: (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
+    3: (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d),
+}
+for _nd, _classes in _POOLS.items():
+    for _cls in _classes:
+        register_rule(_cls, _spatial_passthrough(_nd))
+    for _f in _POOL_FUNCTIONS[_nd]:
+        FUNCTION_RULES[_f] = _spatial_passthrough(_nd)
+register_rule(nn.Upsample, _spatial_passthrough(None))
+register_rule(nn.UpsamplingNearest2d, _spatial_passthrough(2))
+register_rule(nn.UpsamplingBilinear2d, _spatial_passthrough(2))
+FUNCTION_RULES[F.interpolate] = _spatial_passthrough(None)
+FUNCTION_RULES[F.upsample] = _spatial_passthrough(None)
+for _cls in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+    register_rule(_cls, _spatial_passthrough(None))
+for _f in (F.dropout1d, F.dropout2d, F.dropout3d):
+    FUNCTION_RULES[_f] = _spatial_passthrough(None)
+
+
+def _pad(ctx: RuleContext, node: fx.Node) -> object:
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    info = ctx.tensor_info(x)
+    if info is None:
+        return None
+    pad = _arg(node, 1, "pad")
+    if not isinstance(pad, (tuple, list)) or any(isinstance(p, fx.Node) for p in pad):
+        ctx.unknown(node)
+        return None
+    if -info.dim <= len(pad) // 2:
+        info.layout.pin(f"{describe(node)} pads the channel dim")
+        return None
+    return TensorInfo(info.dim, info.layout)
+
+
+def _pad_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+    info = ctx.tensor_info(node.args[0])
+    if info is None:
+        return None
+    if -info.dim <= len(module.padding) // 2:
+        info.layout.pin(f"{describe(node)} pads the channel dim")
+        return None
+    return TensorInfo(info.dim, info.layout)
+
+
+FUNCTION_RULES[F.pad] = _pad
+for _cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+             nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+             nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
+             nn.CircularPad2d, nn.CircularPad3d):
+    register_rule(_cls, _pad_module)
+register_rule(nn.PReLU, lambda c, n, m: _prelu(c, n, m))
+
+
+def _prelu(ctx: RuleContext, node: fx.Node, module: nn.PReLU) -> object:
+    """PReLU with one slope per channel (dim 1) follows the channels; a shared slope is unary."""
+    if module.num_parameters == 1:
+        return unary(ctx, node)
+    x = node.args[0]
+    info = _channel_info(ctx, node, x, _batch_channel_dim(ctx, x))
+    if info is None:
+        return None
+    channelwise_params(ctx, node, module, info.layout, ("weight",))
+    return TensorInfo(info.dim, info.layout)
+
+
+METHOD_RULES["masked_fill"] = lambda c, n: elementwise(c, n, list(n.args[:2]))
+
+
+# ---- Fourier layers ---------------------------------------------------------------------------
+def _spectral(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+    """FNO spectral conv: per kept mode a complex Linear over channels; FFTs are channel-wise.
+
+    Input channels are read (gated, folded into weight dim 0), output channels are a new space.
+    """
+    nd = 1 if isinstance(module, SpectralConv1d) else 2
+    cdim = -(nd + 1)
+    owner = node.target
+    x = node.args[0]
+    info = _channel_info(ctx, node, x, cdim)
+    if info is not None:
+        in_layout = info.layout
+        ctx.site(node, 0, cdim, in_layout)
+    else:
+        in_layout = ctx.opaque(module.in_channels, "input is not tracked", f"{owner}.in")
+    out_layout = Layout.of(ctx.new_space(module.out_channels, "channel", owner))
+    names = ("weight",) if nd == 1 else ("weight1", "weight2")
+    shape = ctx.shape(x)
+    batch = math.prod(shape[:cdim]) if shape and len(shape) > nd + 1 else 1
+    for name in names:
+        ctx.role(owner, name, 0, in_layout, fold=True)
+        ctx.role(owner, name, 1, out_layout)
+        ctx.param_cost(owner, name, (in_layout, out_layout))
+        modes = _used_modes(module, shape)
+        # the mode-wise product is a batched complex matmul: 2 * modes * batch * in * out
+        ctx.cost("flops", 2 * modes * batch, (in_layout, out_layout), f"{owner}.{name}")
+    return TensorInfo(cdim, out_layout)
+
+
+def _used_modes(module: nn.Module, shape) -> int:
+    if isinstance(module, SpectralConv1d):
+        return min(module.modes, shape[-1] // 2 + 1)
+    h, w = shape[-2], shape[-1]
+    return min(module.modes1, h // 2) * min(module.modes2, w // 2 + 1)
+
+
+def _resize_spectral(module: nn.Module) -> None:
+    w = module.weight if isinstance(module, SpectralConv1d) else module.weight1
+    module.in_channels, module.out_channels = w.shape[0], w.shape[1]
+
+
+register_rule(SpectralConv1d, _spectral, resize=_resize_spectral, input_dim=1)
+register_rule(SpectralConv2d, _spectral, resize=_resize_spectral, input_dim=1)

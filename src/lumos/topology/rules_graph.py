@@ -1,0 +1,230 @@
+"""Graph layers (torch-geometric): hidden dims coupled across message passing, GAT heads.
+
+Message passing aggregates each channel over neighbours on its own, so a layer's input channels
+are read like a Linear's (gated, folded into the weight columns) and its output channels are a
+new space. GAT's attention logits mix the channels of a head, so a GAT layer's unit is the
+head. GIN is traced through its sum aggregation written in plain torch, so the MLP inside it is
+gated like any other. Other message-passing layers are kept whole (listed in ``report()``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx
+from torch_geometric.nn import (
+    GATConv,
+    GCNConv,
+    GINConv,
+    SAGEConv,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.dense.linear import Linear as GeometricLinear
+from torch_geometric.utils import scatter
+
+from .analysis import RuleContext, describe
+from .builtin_rules import _arg, _linear_module, _positive
+from .infos import TensorInfo
+from .registry import OPAQUE_BASES, register_leaf_function, register_rule, register_trace_forward
+from .spaces import Layout
+
+
+def _node_input(ctx: RuleContext, node: fx.Node, owner: str, width: int) -> Layout:
+    """The node features ``x`` (arg 0), read on their last dim: gated there when tracked."""
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    info = ctx.tensor_info(x)
+    if info is not None and info.dim != -1:
+        ctx.pin(info, f"{describe(node)} reads node features on the last dim")
+        info = None
+    if info is None:
+        return ctx.opaque(width, "input is not tracked", f"{owner}.in")
+    ctx.site(node, 0 if node.args else "x", -1, info.layout)
+    return info.layout
+
+
+def _rows(ctx: RuleContext, node: fx.Node) -> int:
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    shape = ctx.shape(x)
+    return math.prod(shape[:-1]) if shape else 0
+
+
+def _lin(ctx: RuleContext, owner: str, lin: str, in_layout: Layout, out_layout: Layout,
+         rows: int) -> None:
+    """A PyG ``Linear`` child reading ``in_layout`` and writing ``out_layout``."""
+    path = f"{owner}.{lin}"
+    ctx.role(path, "weight", 1, in_layout, fold=True)
+    ctx.role(path, "weight", 0, out_layout)
+    ctx.param_cost(path, "weight", (out_layout, in_layout))
+    ctx.cost("flops", 2 * rows, (in_layout, out_layout), path)
+
+
+def _gcn(ctx: RuleContext, node: fx.Node, module: GCNConv) -> object:
+    owner = node.target
+    in_layout = _node_input(ctx, node, owner, module.in_channels)
+    out = Layout.of(ctx.new_space(module.out_channels, "hidden", owner))
+    _lin(ctx, owner, "lin", in_layout, out, _rows(ctx, node))
+    if module.lin.bias is not None:
+        ctx.role(f"{owner}.lin", "bias", 0, out)
+        ctx.param_cost(f"{owner}.lin", "bias", (out,))
+    if module.bias is not None:
+        ctx.role(owner, "bias", 0, out)
+        ctx.param_cost(owner, "bias", (out,))
+    return TensorInfo(-1, out)
+
+
+def _sage(ctx: RuleContext, node: fx.Node, module: SAGEConv) -> object:
+    owner = node.target
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    aggr = getattr(module, "aggr", None)
+    problem = None
+    if module.project:
+        problem = "project=True"
+    elif not (isinstance(aggr, str) and aggr in ("mean", "add", "sum", "max", "min")):
+        problem = f"aggregation {aggr!r} mixes channels"
+    elif isinstance(x, (tuple, list)):
+        problem = "bipartite input"
+    if problem:
+        return _keep_whole(ctx, node, problem, module.out_channels)
+    in_layout = _node_input(ctx, node, owner, module.lin_l.in_channels)
+    out = Layout.of(ctx.new_space(module.out_channels, "hidden", owner))
+    rows = _rows(ctx, node)
+    _lin(ctx, owner, "lin_l", in_layout, out, rows)
+    if module.lin_l.bias is not None:
+        ctx.role(f"{owner}.lin_l", "bias", 0, out)
+        ctx.param_cost(f"{owner}.lin_l", "bias", (out,))
+    if module.root_weight:
+        _lin(ctx, owner, "lin_r", in_layout, out, rows)
+    if module.normalize:  # L2 norm over the output channels couples them
+        out.pin(f"{describe(node)} L2-normalises its output channels")
+    return TensorInfo(-1, out)
+
+
+def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
+    owner = node.target
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    if module.lin is None or isinstance(x, (tuple, list)):
+        return _keep_whole(ctx, node, "bipartite input", _gat_width(module))
+    H, C = module.heads, module.out_channels
+    in_layout = _node_input(ctx, node, owner, module.in_channels)
+    rows = _rows(ctx, node)
+    head_space = ctx.new_space(H, "head", owner)
+    heads = Layout.of(head_space, block=C)  # the H*C projected channels, C per head
+    per_head = Layout.of(head_space)  # dim 1 of att_src/att_dst (1, H, C)
+    _lin(ctx, owner, "lin", in_layout, heads, rows)
+    for name in ("att_src", "att_dst"):
+        ctx.role(owner, name, 1, per_head)
+        ctx.param_cost(owner, name, (per_head,))
+    if module.lin_edge is not None:
+        edge_attr = _arg(node, 2, "edge_attr")
+        ctx.pin(ctx.info(edge_attr), f"{describe(node)} edge features are not gated")
+        ctx.role(f"{owner}.lin_edge", "weight", 0, heads)
+        ctx.param_cost(f"{owner}.lin_edge", "weight", (heads,))
+        ctx.role(owner, "att_edge", 1, per_head)
+        ctx.param_cost(owner, "att_edge", (per_head,))
+        e_shape = ctx.shape(edge_attr) if isinstance(edge_attr, fx.Node) else None
+        if e_shape is not None:
+            edges = e_shape[0] + (_rows(ctx, node) if module.add_self_loops else 0)
+            ctx.cost("flops", 2 * edges * module.edge_dim, (heads,), f"{owner}.lin_edge")
+    if module.concat:
+        out = heads
+    else:  # mean over heads: heads stay whole, the output channels are shared by all heads
+        head_space.pin(f"{describe(node)} averages its heads (concat=False)")
+        out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
+    if module.res is not None:
+        _lin(ctx, owner, "res", in_layout, out, rows)
+    if module.bias is not None:
+        ctx.role(owner, "bias", 0, out)
+        ctx.param_cost(owner, "bias", (out,))
+    return TensorInfo(-1, out)
+
+
+def _gat_width(module: GATConv) -> int:
+    return module.out_channels * (module.heads if module.concat else 1)
+
+
+def _keep_whole(ctx: RuleContext, node: fx.Node, problem: str, width: int) -> object:
+    reason = f"{describe(node)}: {problem}; kept whole"
+    ctx.pin([ctx.info(a) for a in (*node.args, *node.kwargs.values())], reason)
+    ctx.ungated(describe(node), reason)
+    ctx.measure_flops(node)
+    return TensorInfo(-1, ctx.opaque(width, reason, node.target))
+
+
+def _resize_gcn(module: GCNConv) -> None:
+    module.out_channels, module.in_channels = module.lin.weight.shape
+    module.lin.out_channels, module.lin.in_channels = module.lin.weight.shape
+
+
+def _resize_sage(module: SAGEConv) -> None:
+    for lin in (module.lin_l, getattr(module, "lin_r", None)):
+        if lin is not None:
+            lin.out_channels, lin.in_channels = lin.weight.shape
+    module.out_channels, module.in_channels = module.lin_l.weight.shape
+
+
+def _resize_gat(module: GATConv) -> None:
+    rows, module.in_channels = module.lin.weight.shape
+    module.lin.out_channels, module.lin.in_channels = rows, module.in_channels
+    module.heads = rows // module.out_channels
+    for lin in (module.lin_edge, module.res):
+        if lin is not None:
+            lin.out_channels, lin.in_channels = lin.weight.shape
+
+
+def _resize_geometric_linear(module: GeometricLinear) -> None:
+    module.out_channels, module.in_channels = module.weight.shape
+
+
+register_rule(GCNConv, _gcn, resize=_resize_gcn, input_dim=-1)
+register_rule(SAGEConv, _sage, resize=_resize_sage, input_dim=-1)
+register_rule(GATConv, _gat, resize=_resize_gat, input_dim=-1)
+register_rule(GeometricLinear, _linear_module, resize=_resize_geometric_linear, input_dim=-1)
+OPAQUE_BASES.append(MessagePassing)
+
+
+# ---- GIN: sum aggregation in plain torch, then its own MLP -------------------------------------
+def _gin_forward(self: GINConv, x, edge_index, size=None):
+    """``GINConv.forward``: ``nn((1 + eps) * x_i + sum_j x_j)``, the sum written in torch ops."""
+    src, dst = (0, 1) if self.flow == "source_to_target" else (1, 0)
+    messages = x.index_select(0, edge_index[src])
+    out = torch.zeros_like(x).index_add(0, edge_index[dst], messages)
+    out = out + (1 + self.eps) * x
+    return self.nn(out)
+
+
+register_trace_forward(GINConv, _gin_forward)
+
+
+# ---- pooling and scatter: channel-wise over nodes ---------------------------------------------
+def _node_pool(ctx: RuleContext, node: fx.Node) -> object:
+    info = ctx.tensor_info(node.args[0] if node.args else node.kwargs.get("x"))
+    if info is None:
+        return None
+    if info.dim != -1:
+        info.layout.pin(f"{describe(node)} pools over the tracked dim")
+        return None
+    return TensorInfo(-1, info.layout)
+
+
+def _scatter(ctx: RuleContext, node: fx.Node) -> object:
+    src = node.args[0] if node.args else node.kwargs.get("src")
+    info = ctx.tensor_info(src)
+    if info is None:
+        return None
+    dim = _arg(node, 2, "dim", 0)
+    reduce = _arg(node, 5, "reduce", "sum")
+    shape = ctx.shape(src)
+    if not isinstance(dim, int) or not isinstance(reduce, str) or shape is None or \
+            _positive(dim, len(shape)) == _positive(info.dim, len(shape)):
+        info.layout.pin(f"{describe(node)} scatters along the tracked dim")
+        return None
+    return TensorInfo(info.dim, info.layout)
+
+
+for _fn in (global_mean_pool, global_add_pool, global_max_pool):
+    register_leaf_function(_fn, _node_pool)
+register_leaf_function(scatter, _scatter)
