@@ -1,6 +1,7 @@
 """LUMOS: L0-regularised learning that finds the input features that matter and returns a
 smaller, faster plain PyTorch model."""
 
+from . import rules
 from .errors import (
     CheckpointError,
     ConfigurationError,
@@ -31,5 +32,6 @@ __all__ = [
     "count_params",
     "latency",
     "register_rule",
+    "rules",
     "sparsify",
 ]

@@ -32,10 +32,8 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     if inputs not in INPUT_MODES:
         raise ConfigurationError(f"inputs must be one of {INPUT_MODES}, got {inputs!r}.")
     graph_info = sm.graph_info
-    with torch.no_grad():
-        z = sm.gates.deterministic().detach()
-        values = torch.cat([z, z.new_ones(1)]).double()
-    keep = values > 0
+    values = sm.gate_values().double()
+    keep = torch.cat([sm.kept_mask(), torch.ones(1, dtype=torch.bool)])
     gm = copy.deepcopy(sm.model)
     nodes = {n.name: n for n in gm.graph.nodes}
 

@@ -25,6 +25,7 @@ class BudgetController(nn.Module):
         warmup: float = 0.5,
         multiplier_lr: float = 0.05,
         default_warmup_steps: int = 1000,
+        settle: float = 0.9,
     ) -> None:
         super().__init__()
         if not 0.0 < warmup <= 1.0:
@@ -33,11 +34,14 @@ class BudgetController(nn.Module):
         self.warmup = float(warmup)
         self.multiplier_lr = float(multiplier_lr)
         self.default_warmup_steps = int(default_warmup_steps)
+        #: from this training progress on, the budget is enforced exactly (see SparseModel)
+        self.settle = float(settle)
         self.register_buffer("lambda1", torch.zeros(()))
         self.register_buffer("lambda2", torch.zeros(()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # progress in [0, 1] set by the training loop; negative means "count steps instead".
         self.register_buffer("progress", torch.full((), -1.0))
+        self.register_buffer("settled", torch.zeros((), dtype=torch.bool))
 
     def current_progress(self) -> float:
         p = float(self.progress)

@@ -106,6 +106,7 @@ class GateBank(nn.Module):
             offsets.append(offsets[-1] + int(s))
         self.offsets = offsets
         self.kinds = list(kinds)
+        self.register_buffer("shut", torch.zeros(total, dtype=torch.bool))
 
     @property
     def num_gates(self) -> int:
@@ -125,11 +126,20 @@ class GateBank(nn.Module):
     def forward(self) -> Tensor:
         """Gate values for this forward pass: a sample in training, deterministic in eval."""
         if self.training:
-            return sample_gates(self.log_alpha, self.cfg)
-        return deterministic_gates(self.log_alpha, self.cfg)
+            return sample_gates(self.log_alpha, self.cfg) * self.open_mask
+        return self.deterministic()
 
     def deterministic(self) -> Tensor:
-        return deterministic_gates(self.log_alpha, self.cfg)
+        return deterministic_gates(self.log_alpha, self.cfg) * self.open_mask
 
     def prob_nonzero(self) -> Tensor:
-        return prob_nonzero(self.log_alpha, self.cfg)
+        return prob_nonzero(self.log_alpha, self.cfg) * self.open_mask
+
+    @property
+    def open_mask(self) -> Tensor:
+        """0 for gates shut for good (budget projection), else 1."""
+        return (~self.shut).to(self.log_alpha.dtype)
+
+    def shut_gates(self, index: Tensor) -> None:
+        """Close these gates for good: they stay 0 whatever log alpha does next."""
+        self.shut[index] = True

@@ -109,6 +109,7 @@ class SparseModel(nn.Module):
         self.feature_penalty = float(feature_penalty)
         self.controller = BudgetController(budget, warmup) if budget is not None else None
         self.feature_names = feature_names
+        self._nonempty_groups = [g for g in graph.groups if g.nonempty and g.kind != "feature"]
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
         self._input_dims = {
             name: (graph.feature_dims[name], space.size)
@@ -183,6 +184,47 @@ class SparseModel(nn.Module):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
         if self.controller is not None:
             self.controller.progress.fill_(fraction)
+            # enforce once when training settles and once at its end (not every step)
+            settling = fraction >= self.controller.settle and not bool(self.controller.settled)
+            if settling or fraction >= 1.0:
+                self.enforce_budget()
+                self.controller.settled.fill_(True)
+
+    @torch.no_grad()
+    def enforce_budget(self, budget: float | None = None) -> int:
+        """Shut the least wanted neuron/channel/head gates until compaction keeps at most
+        ``budget`` (default: the model's) of the dense parameters; returns how many were shut.
+
+        The controller gets close; this makes the budget an exact upper bound. It runs by
+        itself from ``set_progress(settle)`` on (default 0.9 of training), so the last part of
+        training fine-tunes around the gates it shut. Feature gates are never shut here:
+        they are judged by the feature pressure, not by the parameter budget.
+        """
+        budget = self.budget if budget is None else budget
+        if budget is None:
+            return 0
+        kept = self.kept_mask()
+
+        def fraction(shut: Tensor) -> float:
+            keep = (kept & ~shut).double()
+            return float(self.cost.total(keep, "params")) / max(self.dense_params, 1.0)
+
+        none = torch.zeros_like(kept)
+        if fraction(none) <= budget:
+            return 0
+        candidates = torch.nonzero(kept & ~self.feature_mask).flatten()
+        order = candidates[torch.argsort(self.gates.log_alpha[candidates])]
+        lo, hi = 0, len(order)  # smallest k whose k weakest gates shut meet the budget
+        while lo < hi:
+            mid = (lo + hi) // 2
+            shut = none.clone()
+            shut[order[:mid]] = True
+            if fraction(shut) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.gates.shut_gates(order[:lo])
+        return lo
 
     def parameter_groups(
         self, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0
@@ -204,8 +246,23 @@ class SparseModel(nn.Module):
 
     # ---- results ---------------------------------------------------------------------------
     def kept_mask(self) -> Tensor:
-        """Which gates survive compaction (deterministic gate > 0)."""
-        return self.gates.deterministic().detach() > 0
+        """Which channels survive compaction: deterministic gate > 0.
+
+        A group read or written by a layer torch cannot build with width 0 (conv, norm,
+        attention heads) keeps its strongest channel even when every gate is closed; its gate
+        value 0 is folded into its readers, so it contributes nothing and outputs are exact.
+        """
+        kept = self.gates.deterministic().detach() > 0
+        for group in self._nonempty_groups:
+            sl = slice(group.offset, group.offset + group.size)
+            if not bool(kept[sl].any()):
+                kept[group.offset + int(torch.argmax(self.gates.log_alpha.detach()[sl]))] = True
+        return kept
+
+    def gate_values(self) -> Tensor:
+        """Deterministic gate values as compaction folds them (1 for ungated positions)."""
+        z = self.gates.deterministic().detach()
+        return torch.cat([z, z.new_ones(1)])
 
     def selected_features(self) -> dict[str, list]:
         """Kept input features per model argument: indices, or names if ``feature_names`` given."""
@@ -375,7 +432,11 @@ def sparsify(
         from .errors import UnsupportedModelError
 
         first = graph.records.ungated[0]
-        raise UnsupportedModelError(f"{first.where}: {first.reason}.")
+        raise UnsupportedModelError(
+            f"{first.where}: {first.reason}. Ways out: teach LUMOS the layer with "
+            "lumos.register_rule(YourLayer, ...) (docs/custom_layers.md), or call "
+            "sparsify(..., strict=False) to keep these channels whole (listed in report())."
+        )
     _insert_gates(gm, graph)
     return SparseModel(
         gm,

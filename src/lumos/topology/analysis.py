@@ -207,6 +207,10 @@ class Group:
     size: int
     offset: int = 0
 
+    @property
+    def nonempty(self) -> bool:
+        return self.root.nonempty
+
 
 class ChannelGraph:
     """The coordinator's reading of one traced model on its example inputs."""

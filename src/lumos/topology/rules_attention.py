@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
 from .analysis import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
@@ -87,6 +88,7 @@ def _mha(ctx: RuleContext, node: fx.Node, module: nn.MultiheadAttention) -> obje
         if info is not None:
             ctx.site(node, _arg_key(node, arg), -1, layout)
     heads = Layout.of(ctx.new_space(H, "head", owner), block=D)
+    heads.require_nonempty()  # attention with no head left is not a layer torch can build
     qkv_rows = Layout.concat([heads, heads, heads])
     if module._qkv_same_embed_dim:
         reason = f"{describe(node)} projects query, key and value with the same columns"
@@ -187,9 +189,8 @@ class _PrunedAttention(nn.Module):
         if mha.out_proj.bias is not None:
             self.out_proj.bias = nn.Parameter(mha.out_proj.bias.detach().clone())
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask=None,
-                need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
-                is_causal: bool = False):
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
         if self.unbatched:  # (L, E): one sequence
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
         elif not self.batch_first:  # (L, N, E)
@@ -220,6 +221,15 @@ class _PrunedAttention(nn.Module):
         return out, None
 
 
+# Real types (not the strings ``from __future__ import annotations`` makes): TorchScript needs
+# them, and fx must be able to name them when the compacted model is pickled.
+_PrunedAttention.forward.__annotations__ = {
+    "query": torch.Tensor, "key": torch.Tensor, "value": torch.Tensor,
+    "key_padding_mask": Optional[torch.Tensor], "need_weights": bool,  # noqa: UP045
+    "attn_mask": Optional[torch.Tensor], "average_attn_weights": bool, "is_causal": bool,  # noqa: UP045
+}
+
+
 def lower_attention(module: nn.MultiheadAttention, node: fx.Node) -> nn.Module | None:
     """After slicing: keep ``module`` if it is still a valid MHA, else its plain-torch twin."""
     inner = (module.in_proj_weight.shape[0] // 3 if module._qkv_same_embed_dim
@@ -242,6 +252,9 @@ def lower_attention(module: nn.MultiheadAttention, node: fx.Node) -> nn.Module |
     twin = _PrunedAttention(module, dtypes, unbatched)
     traced = fx.symbolic_trace(twin)
     traced.train(module.training)
+    # what a reader of the compacted model looks for on an attention layer
+    traced.num_heads, traced.head_dim = heads, module.head_dim
+    traced.embed_dim, traced.batch_first = inner, module.batch_first
     return traced
 
 

@@ -81,6 +81,9 @@ def _conv(ctx: RuleContext, node: fx.Node, module: nn.modules.conv._ConvNd) -> o
     if has_bias:
         ctx.role(owner, "bias", 0, out_layout)
         ctx.param_cost(owner, "bias", (out_layout,))
+    if info is not None:
+        info.layout.require_nonempty()  # torch convs cannot have 0 channels
+    out_layout.require_nonempty()
     # torch's FlopCounterMode: 2 * batch * prod(weight.shape) * prod(spatial of the output for
     # a conv, of the input for a transposed conv).
     weight = module.weight
@@ -129,6 +132,7 @@ def channelwise_params(ctx: RuleContext, node: fx.Node, module: nn.Module, layou
                        names: tuple[str, ...]) -> None:
     """Per-channel parameters and buffers follow the channels (no fold: consumers gate)."""
     owner = node.target
+    layout.require_nonempty()
     for name in names:
         if getattr(module, name, None) is not None:
             ctx.role(owner, name, 0, layout)
@@ -236,6 +240,7 @@ def _spatial_passthrough(nd: int | None):
         info = _channel_info(ctx, node, x, cdim)
         if info is None:
             return None
+        info.layout.require_nonempty()
         if isinstance(node.meta.get("tensor_meta"), (tuple, list)) and not hasattr(
             node.meta["tensor_meta"], "shape"
         ):  # pools with return_indices give (values, indices): both keep the channels
@@ -284,6 +289,7 @@ def _pad(ctx: RuleContext, node: fx.Node) -> object:
     if -info.dim <= len(pad) // 2:
         info.layout.pin(f"{describe(node)} pads the channel dim")
         return None
+    info.layout.require_nonempty()
     return TensorInfo(info.dim, info.layout)
 
 
@@ -294,6 +300,7 @@ def _pad_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
     if -info.dim <= len(module.padding) // 2:
         info.layout.pin(f"{describe(node)} pads the channel dim")
         return None
+    info.layout.require_nonempty()
     return TensorInfo(info.dim, info.layout)
 
 
@@ -338,6 +345,8 @@ def _spectral(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
     else:
         in_layout = ctx.opaque(module.in_channels, "input is not tracked", f"{owner}.in")
     out_layout = Layout.of(ctx.new_space(module.out_channels, "channel", owner))
+    in_layout.require_nonempty()
+    out_layout.require_nonempty()
     names = ("weight",) if nd == 1 else ("weight1", "weight2")
     shape = ctx.shape(x)
     batch = math.prod(shape[:cdim]) if shape and len(shape) > nd + 1 else 1

@@ -43,6 +43,7 @@ def _node_input(ctx: RuleContext, node: fx.Node, owner: str, width: int) -> Layo
     if info is None:
         return ctx.opaque(width, "input is not tracked", f"{owner}.in")
     ctx.site(node, 0 if node.args else "x", -1, info.layout)
+    info.layout.require_nonempty()  # message passing over 0 channels is not supported
     return info.layout
 
 
@@ -113,6 +114,7 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     rows = _rows(ctx, node)
     head_space = ctx.new_space(H, "head", owner)
     heads = Layout.of(head_space, block=C)  # the H*C projected channels, C per head
+    heads.require_nonempty()
     per_head = Layout.of(head_space)  # dim 1 of att_src/att_dst (1, H, C)
     _lin(ctx, owner, "lin", in_layout, heads, rows)
     for name in ("att_src", "att_dst"):

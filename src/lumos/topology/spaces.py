@@ -19,7 +19,7 @@ _ids = itertools.count()
 class Space:
     """A set of channels; merged spaces share a root found by :meth:`find`."""
 
-    __slots__ = ("size", "kind", "origin", "_parent", "_pinned", "id")
+    __slots__ = ("size", "kind", "origin", "_parent", "_pinned", "_nonempty", "id")
 
     def __init__(self, size: int, kind: str, origin: str) -> None:
         self.size = int(size)
@@ -27,6 +27,7 @@ class Space:
         self.origin = origin
         self._parent: Space | None = None
         self._pinned: str | None = None
+        self._nonempty = False
         self.id = next(_ids)
 
     def find(self) -> Space:
@@ -48,6 +49,15 @@ class Space:
         if root._pinned is None:
             root._pinned = reason
 
+    @property
+    def nonempty(self) -> bool:
+        """True if some layer reading or writing these channels cannot have width 0 (torch's
+        conv and norm layers): compaction then keeps one inert channel if all gates close."""
+        return self.find()._nonempty
+
+    def require_nonempty(self) -> None:
+        self.find()._nonempty = True
+
     def __repr__(self) -> str:
         return f"Space({self.origin!r}, size={self.size}, kind={self.kind})"
 
@@ -59,10 +69,15 @@ def union(a: Space, b: Space) -> Space:
         return ra
     if ra.size != rb.size:
         raise ValueError(f"cannot merge spaces of size {ra.size} and {rb.size}")
-    # Feature spaces stay the root so the merged group is reported as input features.
-    if rb.kind == "feature" and ra.kind != "feature":
+    # Feature spaces stay the root so the merged group is reported as input features;
+    # otherwise the earliest space (first in graph order) names the group.
+    if (rb.kind == "feature") != (ra.kind == "feature"):
+        if rb.kind == "feature":
+            ra, rb = rb, ra
+    elif rb.id < ra.id:
         ra, rb = rb, ra
     rb._parent = ra
+    ra._nonempty = ra._nonempty or rb._nonempty
     if ra._pinned is None and rb._pinned is not None:
         ra._pinned = rb._pinned
     return ra
@@ -110,6 +125,10 @@ class Layout:
     def pin(self, reason: str) -> None:
         for seg in self.segments:
             seg.space.pin(reason)
+
+    def require_nonempty(self) -> None:
+        for seg in self.segments:
+            seg.space.require_nonempty()
 
     def with_block(self, factor: int) -> Layout:
         """Each position expands into ``factor`` consecutive ones (flatten of a trailing dim)."""

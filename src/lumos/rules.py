@@ -1,0 +1,26 @@
+"""Teach LUMOS your own layers: ``lumos.register_rule(MyLayer, lumos.rules.dense())``.
+
+Ready-made rules: :func:`dense` (``x @ W.T + b``), :func:`channelwise` (each channel on its
+own), :func:`keep_whole` (do not look inside). A full rule is ``propagate(ctx, node, module)``
+using :class:`RuleContext`; see ``docs/custom_layers.md``.
+"""
+
+from .topology.analysis import RuleContext
+from .topology.custom import channelwise, dense, keep_whole
+from .topology.infos import TensorInfo, TupleInfo
+from .topology.registry import register_leaf_function, register_rule, register_trace_forward
+from .topology.spaces import Layout, Space
+
+__all__ = [
+    "Layout",
+    "RuleContext",
+    "Space",
+    "TensorInfo",
+    "TupleInfo",
+    "channelwise",
+    "dense",
+    "keep_whole",
+    "register_leaf_function",
+    "register_rule",
+    "register_trace_forward",
+]
