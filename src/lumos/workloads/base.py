@@ -324,7 +324,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     return perm[n_val:], perm[:n_val]
 
 
-def standardize(train: Tensor, *others: Tensor, dim: int = 0, eps: float = 1e-8):
+def standardize(train: Tensor, *others: Tensor, dim: int, eps: float = 1e-8):
     """Scale every tensor with the mean/std of ``train`` over all dims but the feature one.
 
     ``dim`` is the feature dim of the *batched* tensor (e.g. 1 for images, -1 for tables).
