@@ -1,0 +1,106 @@
+"""The budget is an exact upper bound once training settles; closed groups stay buildable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lumos
+from lumos.training import train
+
+
+def _mlp(d: int = 9, w: int = 32) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    budget=st.floats(0.05, 0.95),
+    seed=st.integers(0, 10_000),
+    spread=st.floats(0.5, 6.0),
+)
+def test_settling_enforces_the_budget_and_never_shuts_features(budget, seed, spread):
+    torch.manual_seed(seed)
+    sm = lumos.sparsify(_mlp(), torch.randn(4, 9), budget=budget)
+    with torch.no_grad():  # an arbitrary state the controller left behind
+        sm.gates.log_alpha.normal_(1.0, spread)
+    features_before = sm.selected_features()["input"]
+    sm.set_progress(0.95)
+    fraction = sm.compacted_counts()["params"] / sm.dense_params
+    assert fraction <= budget + 1e-9
+    assert sm.selected_features()["input"] == features_before
+    # the shut gates are the weakest: no shut gate has a higher log alpha than a kept neuron
+    shut = sm.gates.shut & ~sm.feature_mask
+    kept = sm.kept_mask() & ~sm.feature_mask
+    if shut.any() and kept.any():
+        assert sm.gates.log_alpha[shut].max() <= sm.gates.log_alpha[kept].min() + 1e-6
+
+
+def test_shut_gates_stay_shut_whatever_log_alpha_does():
+    torch.manual_seed(0)
+    sm = lumos.sparsify(_mlp(), torch.randn(4, 9), budget=0.2)
+    sm.set_progress(1.0)
+    shut = sm.gates.shut.clone()
+    assert shut.any()
+    with torch.no_grad():
+        sm.gates.log_alpha.fill_(10.0)
+    sm.train()
+    assert (sm.gates()[shut] == 0).all() and (sm.gates.prob_nonzero()[shut] == 0).all()
+    assert not sm.kept_mask()[shut].any()
+
+
+def test_budget_settles_once_at_ninety_percent_and_again_at_the_end():
+    torch.manual_seed(0)
+    sm = lumos.sparsify(_mlp(), torch.randn(4, 9), budget=0.3)
+    sm.set_progress(0.5)
+    assert not sm.gates.shut.any()
+    sm.set_progress(0.9)
+    first = int(sm.gates.shut.sum())
+    assert first > 0 and bool(sm.controller.settled)
+    with torch.no_grad():  # gates pushed open again during the last 10%
+        sm.gates.log_alpha.fill_(10.0)
+    sm.set_progress(0.95)
+    assert int(sm.gates.shut.sum()) == first  # no re-projection every step
+    sm.set_progress(1.0)
+    assert sm.compacted_counts()["params"] <= 0.3 * sm.dense_params
+
+
+def test_a_fully_closed_conv_group_keeps_one_inert_channel_and_compacts_exactly():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1))
+    x = torch.randn(2, 3, 8, 8)
+    sm = lumos.sparsify(model, x, lam=0.1)
+    group = next(g for g in sm.graph_info.groups if g.name == "0")
+    with torch.no_grad():
+        sm.gates.log_alpha[group.offset : group.offset + group.size] = -10.0
+        sm.gates.log_alpha[group.offset + 4] = -9.0  # the strongest of the closed ones
+    sm.eval()
+    kept = sm.kept_mask()[group.offset : group.offset + group.size]
+    assert kept.tolist() == [False, False, False, False, True, False]
+    small = sm.compact()
+    assert small.get_submodule("0").out_channels == 1
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x))
+    assert lumos.count_params(small) == sm.compacted_counts()["params"]
+
+
+def test_training_history_records_validation_and_gates():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 9), torch.randn(256, 2)
+    sm = lumos.sparsify(_mlp(), x[:4], budget=0.4)
+
+    def metrics(pred, target):
+        return {"mse": float(((pred - target) ** 2).mean())}
+
+    stops = []
+    history = train(sm, (x, y), epochs=4, val_data=(x, y), metrics=metrics, record_gates=True,
+                    on_epoch=lambda e, h: stops.append(e) or e == 2)
+    assert stops == [0, 1, 2] and len(history.val) == 3 and "mse" in history.val[0]
+    assert len(history.gate_probabilities) == 3
+    assert len(history.gate_probabilities[0]) == sm.gates.num_gates
+    assert len(history.realized_fraction) == 3
+    with pytest.raises(lumos.ConfigurationError, match="metrics"):
+        train(sm, (x, y), epochs=1, val_data=(x, y))
