@@ -107,6 +107,14 @@ class GateBank(nn.Module):
         self.offsets = offsets
         self.kinds = list(kinds)
         self.register_buffer("shut", torch.zeros(total, dtype=torch.bool))
+        #: the uniform noise is drawn in [b, 1 - b]: 0 is the plain hard-concrete gate,
+        #: 0.5 a deterministic one ("semi-stochastic" gating narrows it in between).
+        self.noise_interval = 0.0
+        # Gate noise comes from its own generator, seeded by (seed, draw): every DDP rank draws
+        # the same gates in the same step (one big batch), and a resumed run draws what the
+        # uninterrupted one would have. Both numbers travel in the state_dict (extra state).
+        self.noise_seed = 0
+        self.draws = 0
 
     @property
     def num_gates(self) -> int:
@@ -126,8 +134,25 @@ class GateBank(nn.Module):
     def forward(self) -> Tensor:
         """Gate values for this forward pass: a sample in training, deterministic in eval."""
         if self.training:
-            return sample_gates(self.log_alpha, self.cfg) * self.open_mask
+            return sample_gates(self.log_alpha, self.cfg, self.draw_uniform()) * self.open_mask
         return self.deterministic()
+
+    def draw_uniform(self) -> Tensor:
+        """The next uniform draw in [b, 1 - b], identical on every process for the same draw."""
+        generator = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + self.draws)
+        self.draws += 1
+        u = torch.rand(self.num_gates, generator=generator, dtype=torch.float64)
+        b = self.noise_interval
+        return (b + (1.0 - 2.0 * b) * u).to(self.log_alpha)
+
+    def get_extra_state(self) -> dict:
+        return {"noise_seed": self.noise_seed, "draws": self.draws,
+                "noise_interval": self.noise_interval}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.noise_seed = int(state["noise_seed"])
+        self.draws = int(state["draws"])
+        self.noise_interval = float(state["noise_interval"])
 
     def deterministic(self) -> Tensor:
         return deterministic_gates(self.log_alpha, self.cfg) * self.open_mask
