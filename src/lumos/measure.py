@@ -1,4 +1,4 @@
-"""Counting and timing: parameters, FLOPs (torch's own counter), latency."""
+"""Counting and timing: parameters, FLOPs (torch's own counter), latency, memory, energy."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import contextlib
 import math
 import statistics
 import time
+import weakref
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -84,3 +86,70 @@ def latency(module: nn.Module, example_inputs, repeats: int = 30, warmup: int = 
     finally:
         module.train(was_training)
     return statistics.median(times)
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensors created while active and still alive: their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._seen or storage.nbytes() == 0:
+            return
+        self._seen.add(key)
+        size = storage.nbytes()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+        def release(key=key, size=size) -> None:
+            self._seen.discard(key)
+            self.live -= size
+
+        weakref.finalize(storage, release)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+def peak_memory(module: nn.Module, example_inputs) -> int:
+    """Peak bytes of tensors allocated during one inference forward pass (activations and
+    outputs; the weights themselves are ``count_params`` x element size). Measured by tracking
+    every tensor torch creates, so it is exact and repeatable, unlike process RSS."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            tracker = _LiveTensorBytes()
+            with tracker:
+                _call(module, example_inputs)
+    finally:
+        module.train(was_training)
+    return tracker.peak
+
+
+_RAPL = "/sys/class/powercap/intel-rapl:0/energy_uj"
+
+
+def energy_joules(fn, repeats: int = 1) -> float | None:
+    """Energy of ``repeats`` calls of ``fn`` from the CPU package counter (Intel RAPL), or None
+    where the machine does not expose it — never an estimate."""
+    try:
+        with open(_RAPL) as fh:
+            start = int(fh.read())
+    except OSError:
+        return None
+    for _ in range(repeats):
+        fn()
+    with open(_RAPL) as fh:
+        end = int(fh.read())
+    return (end - start) / 1e6 if end >= start else None

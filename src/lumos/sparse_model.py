@@ -104,7 +104,6 @@ class SparseModel(nn.Module):
         self.cost = CostModel(graph)
         self.dense_params = self.cost.dense("params")
         self.dense_flops = self.cost.dense("flops")
-        self.budget = budget
         self.lam = lam
         self.feature_penalty = float(feature_penalty)
         self.controller = BudgetController(budget, warmup) if budget is not None else None
@@ -115,6 +114,11 @@ class SparseModel(nn.Module):
             name: (graph.feature_dims[name], space.size)
             for name, space in graph.feature_spaces.items()
         }
+
+    @property
+    def budget(self) -> float | None:
+        """The kept-parameter fraction aimed at (None when a fixed ``lam`` is used)."""
+        return self.controller.budget if self.controller is not None else None
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, *args, **kwargs):

@@ -1,0 +1,363 @@
+"""The LUMOS benchmark suite: dense vs. LUMOS on every SciML workload, measured in one process.
+
+    python -m benchmarks.suite [--smoke] [--only NAME ...] [--budget 0.25] [--seed 0]
+
+For each workload the dense model and the LUMOS model start from the same initial weights and
+are trained with the same recipe (epochs, optimiser, learning rate, seed, data order). Then, in
+the same process: the task metric of the dense and of the *compacted* model; parameters and
+FLOPs per sample; CPU inference latency at batch 1 and 256 (dense and compacted timed in
+alternating rounds, median); peak tensor memory of inference; training time per epoch;
+energy where the machine exposes RAPL (else recorded as unavailable); and the feature ground
+truth (noise dropped, true kept). Results: ``docs/results/suite.json`` and ``suite.md`` with
+PNG plots. Each workload's record is also kept in ``docs/results/suite/`` so an interrupted run
+resumes with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import lumos
+from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
+from lumos.training import predict, train
+from lumos.workloads import get_workload, workload_names
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def machine_info() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lumos": lumos.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": _cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def paired_latency(dense, small, inputs, rounds: int = 5, budget_s: float = 0.4) -> tuple:
+    """Median latencies of two models timed in alternating rounds (drift hits both alike)."""
+    probe = latency(dense, inputs, repeats=3, warmup=2)
+    repeats = max(5, min(500, int(budget_s / rounds / max(probe, 1e-6))))
+    d, s = [], []
+    for _ in range(rounds):
+        d.append(latency(dense, inputs, repeats=repeats, warmup=2))
+        s.append(latency(small, inputs, repeats=repeats, warmup=2))
+    return statistics.median(d), statistics.median(s)
+
+
+def feature_argument(model: torch.nn.Module, name: str) -> str:
+    """The forward argument holding the scored features: ``name``, or the first argument (an
+    ``nn.Sequential`` calls it ``input``)."""
+    params = list(inspect.signature(model.forward).parameters)
+    return name if name in params else params[0]
+
+
+def run_workload(name: str, size: str, budget: float, seed: int, cache_dir=None) -> dict:
+    wl = get_workload(name)
+    t0 = time.perf_counter()
+    data = wl.data(size, seed=seed, cache_dir=cache_dir)
+    generation_s = time.perf_counter() - t0
+    recipe = wl.recipes[size]
+    example = data.example_batch("train", 8)[0]
+
+    torch.manual_seed(seed)
+    dense = wl.build_model(data)
+    torch.manual_seed(seed)
+    base = wl.build_model(data)
+    arg = feature_argument(base, data.feature_arg)
+    sm = lumos.sparsify(base, example, budget=budget, features=[arg],
+                        feature_names={arg: data.feature_names})
+
+    def fit(model):
+        loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
+        history = train(model, loader, epochs=recipe.epochs, loss_fn=wl.loss, lr=recipe.lr,
+                        weight_decay=recipe.weight_decay, seed=seed, progress=False)
+        return history
+
+    h_dense, h_lumos = fit(dense), fit(sm)
+    small = sm.compact()
+    val = data.loader("val", 512, shuffle=False)
+    pred_dense, target = predict(dense, val)
+    pred_small, _ = predict(small, val)
+    with torch.no_grad():
+        pred_gated, _ = predict(sm, val)
+    m_dense = wl.metrics(pred_dense, target)
+    m_lumos = wl.metrics(pred_small, target)
+    compaction_error = float((pred_small - pred_gated).abs().max()
+                             / pred_gated.abs().max().clamp_min(1e-12))
+
+    one = data.example_batch("val", 1)[0]
+    big = data.example_batch("val", 256)[0]
+    batch_big = len(data.val) if len(data.val) < 256 else 256
+    p_dense, p_lumos = count_params(dense), count_params(small)
+    f_dense, f_lumos = count_flops(dense, one), count_flops(small, one)
+    lat1 = paired_latency(dense, small, one)
+    lat256 = paired_latency(dense, small, big)
+    energy = energy_joules(lambda: dense(*big)), energy_joules(lambda: small(*big))
+
+    selected = set(sm.selected_features()[arg])
+    names = data.feature_names
+    kept = {names.index(n) for n in selected}
+    irrelevant = set(data.irrelevant_features)
+    true = set(data.true_features)
+    primary = wl.primary
+    rel = (m_lumos[primary] - m_dense[primary]) / max(abs(m_dense[primary]), 1e-12)
+    epoch_dense = statistics.median(h_dense.epoch_seconds)
+    epoch_lumos = statistics.median(h_lumos.epoch_seconds)
+    return {
+        "workload": name,
+        "title": wl.title,
+        "architecture": wl.architecture,
+        "size": size,
+        "budget": budget,
+        "seed": seed,
+        "epochs": recipe.epochs,
+        "train_samples": len(data.train),
+        "val_samples": len(data.val),
+        "generation_s": generation_s,
+        "metric": primary,
+        "higher_is_better": wl.higher_is_better,
+        "metric_dense": m_dense[primary],
+        "metric_lumos": m_lumos[primary],
+        "metric_relative_change": rel,
+        "metric_within_1pct": (rel >= -0.01) if wl.higher_is_better else (rel <= 0.01),
+        "metrics_dense": m_dense,
+        "metrics_lumos": m_lumos,
+        "compaction_max_rel_error": compaction_error,
+        "params_dense": p_dense,
+        "params_lumos": p_lumos,
+        "param_reduction": 1 - p_lumos / p_dense,
+        "flops_dense": f_dense,
+        "flops_lumos": f_lumos,
+        "flop_reduction": 1 - f_lumos / max(f_dense, 1),
+        "flop_ratio": f_dense / max(f_lumos, 1),
+        "latency_b1_dense_s": lat1[0],
+        "latency_b1_lumos_s": lat1[1],
+        "speedup_b1": lat1[0] / lat1[1],
+        "batch_big": batch_big,
+        "latency_b256_dense_s": lat256[0],
+        "latency_b256_lumos_s": lat256[1],
+        "speedup_b256": lat256[0] / lat256[1],
+        "speedup_b256_over_flop_ratio": (lat256[0] / lat256[1]) / (f_dense / max(f_lumos, 1)),
+        "peak_memory_b256_dense_bytes": peak_memory(dense, big),
+        "peak_memory_b256_lumos_bytes": peak_memory(small, big),
+        "train_epoch_dense_s": epoch_dense,
+        "train_epoch_lumos_s": epoch_lumos,
+        "train_overhead": epoch_lumos / epoch_dense - 1,
+        "energy_b256_dense_j": energy[0],
+        "energy_b256_lumos_j": energy[1],
+        "energy_note": "RAPL" if energy[0] is not None else "unavailable on this machine",
+        "features_total": len(names),
+        "features_irrelevant": len(irrelevant),
+        "features_irrelevant_dropped": len(irrelevant - kept),
+        "features_true": len(true),
+        "features_true_kept": len(true & kept),
+        "features_kept": sorted(selected),
+        "layer_report": sm.report(),
+    }
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
+    lines = [
+        "# LUMOS benchmark suite: dense vs. LUMOS (same recipe, same process)",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
+        f"{meta['machine']['torch_threads']} torch threads, torch {meta['machine']['torch']}, "
+        f"Python {meta['machine']['python']}  ",
+        f"Date: {meta['date']}; size: {meta['size']}; budget: {meta['budget']}; "
+        f"seed: {meta['seed']}",
+        "",
+        "| workload | arch | metric | dense | LUMOS | Δ rel | params kept | FLOPs kept | "
+        "speed-up b1 | speed-up b256 | b256 / FLOP ratio | train overhead | irrelevant dropped |"
+        " true kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['workload']} | {r['architecture']} | {r['metric']} | "
+            f"{r['metric_dense']:.4f} | {r['metric_lumos']:.4f} | "
+            f"{100 * r['metric_relative_change']:+.2f}% | "
+            f"{_fmt_pct(1 - r['param_reduction'])} | {_fmt_pct(1 - r['flop_reduction'])} | "
+            f"{r['speedup_b1']:.2f}x | {r['speedup_b256']:.2f}x | "
+            f"{r['speedup_b256_over_flop_ratio']:.2f} | {100 * r['train_overhead']:+.1f}% | "
+            f"{r['features_irrelevant_dropped']}/{r['features_irrelevant']} | "
+            f"{r['features_true_kept']}/{r['features_true']} |"
+        )
+    if records:
+        a = averages(records)
+        lines += [
+            "",
+            "## Averages",
+            "",
+            f"- parameter reduction: **{_fmt_pct(a['param_reduction'])}**",
+            f"- FLOP reduction: **{_fmt_pct(a['flop_reduction'])}**",
+            f"- inference speed-up: **{a['speedup_b1']:.2f}x** at batch 1, "
+            f"**{a['speedup_b256']:.2f}x** at batch 256 (geometric means)",
+            f"- training overhead per epoch: **{100 * a['train_overhead']:+.1f}%**",
+            f"- metric within 1% of dense (or better): **{a['within_1pct']}/{len(records)}**",
+            f"- irrelevant inputs dropped: **{_fmt_pct(a['irrelevant_dropped'])}**; "
+            f"true inputs kept: **{_fmt_pct(a['true_kept'])}**",
+            f"- energy: {records[0]['energy_note']}",
+            "",
+            "![reduction](suite_reduction.png) ![speed-up](suite_speedup.png)",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def averages(records: list[dict]) -> dict:
+    def geo(key: str) -> float:
+        return math.exp(statistics.mean(math.log(r[key]) for r in records))
+
+    irrelevant = sum(r["features_irrelevant"] for r in records)
+    true = sum(r["features_true"] for r in records)
+    return {
+        "param_reduction": statistics.mean(r["param_reduction"] for r in records),
+        "flop_reduction": statistics.mean(r["flop_reduction"] for r in records),
+        "speedup_b1": geo("speedup_b1"),
+        "speedup_b256": geo("speedup_b256"),
+        "train_overhead": statistics.mean(r["train_overhead"] for r in records),
+        "within_1pct": sum(bool(r["metric_within_1pct"]) for r in records),
+        "irrelevant_dropped": sum(r["features_irrelevant_dropped"] for r in records)
+        / max(irrelevant, 1),
+        "true_kept": sum(r["features_true_kept"] for r in records) / max(true, 1),
+    }
+
+
+def plot(records: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r["workload"] for r in records]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.bar(x - 0.2, [100 * r["param_reduction"] for r in records], 0.4, label="parameters")
+    ax.bar(x + 0.2, [100 * r["flop_reduction"] for r in records], 0.4, label="FLOPs")
+    ax.set_xticks(x, names, rotation=35, ha="right")
+    ax.set_ylabel("reduction vs. dense (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("LUMOS: parameter and FLOP reduction per workload")
+    fig.tight_layout()
+    fig.savefig(out / "suite_reduction.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.bar(x - 0.2, [r["speedup_b1"] for r in records], 0.4, label="batch 1")
+    ax.bar(x + 0.2, [r["speedup_b256"] for r in records], 0.4, label="batch 256")
+    ax.plot(x, [r["flop_ratio"] for r in records], "k_", markersize=18, mew=2,
+            label="FLOP ratio (limit)")
+    ax.axhline(1.0, color="0.5", lw=0.8)
+    ax.set_xticks(x, names, rotation=35, ha="right")
+    ax.set_ylabel("CPU inference speed-up (x)")
+    ax.legend()
+    ax.set_title("Compacted vs. dense inference latency (measured in the same run)")
+    fig.tight_layout()
+    fig.savefig(out / "suite_speedup.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="smoke sizes (quick check)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these workloads")
+    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse per-workload records already in OUT/suite/")
+    args = parser.parse_args(argv)
+    size = "smoke" if args.smoke else "full"
+    names = args.only or workload_names()
+    unknown = [n for n in names if n not in workload_names()]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; available: {workload_names()}")
+    stem = "suite" if size == "full" else "suite_smoke"
+    per = args.out / stem
+    per.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.suite " + " ".join(shlex.quote(a) for a in (argv or
+                                                                               sys.argv[1:]))
+    records = []
+    for name in names:
+        record_path = per / f"{name}.json"
+        if args.resume and record_path.exists():
+            record = json.loads(record_path.read_text())
+            if (record["budget"], record["seed"], record["size"]) == (args.budget, args.seed,
+                                                                       size):
+                records.append(record)
+                print(f"[suite] {name}: reused {record_path}", flush=True)
+                continue
+        start = time.perf_counter()
+        record = run_workload(name, size, args.budget, args.seed, args.cache_dir)
+        record["wall_s"] = time.perf_counter() - start
+        record["command"] = command
+        record["machine"] = machine_info()
+        record_path.write_text(json.dumps(record, indent=2))
+        records.append(record)
+        print(
+            f"[suite] {name}: {record['metric']} {record['metric_dense']:.4f} -> "
+            f"{record['metric_lumos']:.4f}, params -{100 * record['param_reduction']:.0f}%, "
+            f"FLOPs -{100 * record['flop_reduction']:.0f}%, speed-up b256 "
+            f"{record['speedup_b256']:.2f}x, overhead {100 * record['train_overhead']:+.0f}%, "
+            f"{record['wall_s']:.0f}s",
+            flush=True,
+        )
+    meta = {
+        "command": command,
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "size": size,
+        "budget": args.budget,
+        "seed": args.seed,
+    }
+    summary = {"meta": meta, "averages": averages(records) if records else {},
+               "records": records}
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    write_markdown(records, meta, args.out / f"{stem}.md")
+    if records and size == "full":
+        plot(records, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
