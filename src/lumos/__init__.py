@@ -1,6 +1,8 @@
 """LUMOS: L0-regularised learning that finds the input features that matter and returns a
 smaller, faster plain PyTorch model."""
 
+import importlib.util
+
 from . import rules
 from .errors import (
     CheckpointError,
@@ -13,7 +15,8 @@ from .errors import (
 )
 from .gates import HardConcreteConfig
 from .measure import count_flops, count_params, latency
-from .sparse_model import SparseModel, sparsify
+from .schedules import Schedule
+from .sparse_model import GateOptions, SparseModel, sparsify
 from .topology import register_rule
 
 __version__ = "0.1.0"
@@ -21,10 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigurationError",
+    "GateOptions",
     "HardConcreteConfig",
     "InputError",
     "LumosError",
     "LumosWarning",
+    "Schedule",
     "SparseModel",
     "UnsupportedModelError",
     "UntraceableModelError",
@@ -35,3 +40,16 @@ __all__ = [
     "rules",
     "sparsify",
 ]
+
+# scikit-learn is optional: the estimators are imported on first use (lumos.LumosRegressor).
+_ESTIMATORS = ("LumosClassifier", "LumosRegressor")
+if importlib.util.find_spec("sklearn") is not None:
+    __all__ += list(_ESTIMATORS)
+
+
+def __getattr__(name: str):
+    if name in _ESTIMATORS:
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'lumos' has no attribute {name!r}")

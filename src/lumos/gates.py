@@ -10,6 +10,7 @@ when this value is 0; fractional values are folded into the consumer's weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -77,6 +78,14 @@ def fully_open_keep_probability(cfg: HardConcreteConfig) -> float:
     return 1.0 / (1.0 + math.exp(-(open_log_alpha - shift)))
 
 
+def keep_probability_of(init: float | dict[str, float], kind: str) -> float:
+    """The initial keep probability of a group kind: one number for all, or per kind
+    (``{"feature": 0.9, "default": 0.99}``; kinds not named fall back to "default" or 0.99)."""
+    if isinstance(init, dict):
+        return float(init.get(kind, init.get("default", 0.99)))
+    return float(init)
+
+
 class GateBank(nn.Module):
     """All gates of a model in one parameter vector, so one call samples every gate.
 
@@ -89,18 +98,22 @@ class GateBank(nn.Module):
         sizes: list[int],
         kinds: list[str],
         cfg: HardConcreteConfig | None = None,
-        init_keep_probability: float = 0.99,
+        init_keep_probability: float | dict[str, float] = 0.99,
     ) -> None:
         super().__init__()
         if len(sizes) != len(kinds):
             raise ValueError("one kind per group is required")
         self.cfg = cfg or HardConcreteConfig()
         total = int(sum(sizes))
-        init = log_alpha_for_keep_probability(init_keep_probability, self.cfg)
+        init = torch.cat([
+            torch.full((int(size),), log_alpha_for_keep_probability(
+                keep_probability_of(init_keep_probability, kind), self.cfg))
+            for size, kind in zip(sizes, kinds)
+        ]) if sizes else torch.zeros(0)
         # Small jitter breaks ties between otherwise identical gates.
         generator = torch.Generator().manual_seed(0)
         jitter = 0.01 * torch.randn(total, generator=generator)
-        self.log_alpha = nn.Parameter(torch.full((total,), init) + jitter)
+        self.log_alpha = nn.Parameter(init + jitter)
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + int(s))
@@ -115,6 +128,7 @@ class GateBank(nn.Module):
         # uninterrupted one would have. Both numbers travel in the state_dict (extra state).
         self.noise_seed = 0
         self.draws = 0
+        self.frozen = False
 
     @property
     def num_gates(self) -> int:
@@ -133,9 +147,15 @@ class GateBank(nn.Module):
 
     def forward(self) -> Tensor:
         """Gate values for this forward pass: a sample in training, deterministic in eval."""
-        if self.training:
+        if self.training and not self.frozen:
             return sample_gates(self.log_alpha, self.cfg, self.draw_uniform()) * self.open_mask
         return self.deterministic()
+
+    def freeze(self, kept: Tensor) -> None:
+        """Fix every gate at 0 or 1 (kept): the network can then be fine-tuned without noise,
+        and eval, training and compaction all see exactly these gates."""
+        self.shut |= ~kept.to(self.shut.device)
+        self.frozen = True
 
     def draw_uniform(self) -> Tensor:
         """The next uniform draw in [b, 1 - b], identical on every process for the same draw."""
@@ -147,17 +167,27 @@ class GateBank(nn.Module):
 
     def get_extra_state(self) -> dict:
         return {"noise_seed": self.noise_seed, "draws": self.draws,
-                "noise_interval": self.noise_interval}
+                "noise_interval": self.noise_interval, "beta": self.cfg.beta,
+                "frozen": self.frozen}
 
     def set_extra_state(self, state: dict) -> None:
         self.noise_seed = int(state["noise_seed"])
         self.draws = int(state["draws"])
         self.noise_interval = float(state["noise_interval"])
+        self.cfg = dataclasses.replace(self.cfg, beta=float(state.get("beta", self.cfg.beta)))
+        self.frozen = bool(state.get("frozen", False))
+
+    def set_temperature(self, beta: float) -> None:
+        self.cfg = dataclasses.replace(self.cfg, beta=float(beta))
 
     def deterministic(self) -> Tensor:
+        if self.frozen:
+            return self.open_mask
         return deterministic_gates(self.log_alpha, self.cfg) * self.open_mask
 
     def prob_nonzero(self) -> Tensor:
+        if self.frozen:
+            return self.open_mask
         return prob_nonzero(self.log_alpha, self.cfg) * self.open_mask
 
     @property

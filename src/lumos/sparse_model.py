@@ -6,6 +6,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx, nn
@@ -15,6 +16,7 @@ from .controller import BudgetController
 from .cost import CostModel
 from .errors import ConfigurationError, InputError, LumosWarning, UntraceableModelError
 from .gates import GateBank, HardConcreteConfig, fully_open_keep_probability
+from .schedules import Schedule
 from .topology import registry
 from .topology.analysis import ChannelGraph
 
@@ -72,6 +74,47 @@ def _check_finite(name: str, value, when: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class GateOptions:
+    """How the gates are trained (the defaults come from the ablation in ``docs/results``).
+
+    ``noise_interval``: ``b`` of the uniform draw ``U(b, 1 - b)``; 0 is the plain
+    hard-concrete gate, 0.5 a deterministic one; a number or a :class:`~lumos.Schedule` over
+    training progress. ``temperature``: beta (None keeps the gate config's). ``log_alpha_range``:
+    clamp log alpha into this range before every step (None: no clamp). ``finetune``: the last
+    fraction of training runs with every gate frozen at 0 or 1 (budget enforced first), so the
+    surviving weights adapt to the final structure. ``gate_lr_scale``: default gate learning
+    rate is ``max(gate_lr_scale * lr, 0.05)``.
+    """
+
+    noise_interval: float | Schedule = 0.0
+    temperature: float | Schedule | None = None
+    log_alpha_range: tuple[float, float] | None = None
+    finetune: float = 0.0
+    gate_lr_scale: float = 50.0
+
+    def __post_init__(self) -> None:
+        b = Schedule.of(self.noise_interval)
+        for p in (0.0, 0.5, 1.0):
+            if not 0.0 <= b(p) <= 0.5:
+                raise ConfigurationError(
+                    f"noise_interval must stay in [0, 0.5] (0: stochastic, 0.5: deterministic), "
+                    f"got {b(p)} at progress {p}."
+                )
+        if self.temperature is not None:
+            t = Schedule.of(self.temperature)
+            if any(t(p) <= 0 for p in (0.0, 0.5, 1.0)):
+                raise ConfigurationError("temperature must stay > 0.")
+        if self.log_alpha_range is not None:
+            lo, hi = self.log_alpha_range
+            if not lo < hi:
+                raise ConfigurationError(f"log_alpha_range needs low < high, got {lo}, {hi}.")
+        if not 0.0 <= self.finetune < 1.0:
+            raise ConfigurationError(f"finetune must be a fraction in [0, 1), got {self.finetune}.")
+        if not self.gate_lr_scale > 0:
+            raise ConfigurationError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}.")
+
+
 class SparseModel(nn.Module):
     """A model with hard-concrete gates on its channel groups (see :func:`sparsify`)."""
 
@@ -87,8 +130,9 @@ class SparseModel(nn.Module):
         feature_penalty: float,
         feature_names: dict[str, list[str]],
         gate_config: HardConcreteConfig,
-        init_keep_probability: float,
+        init_keep_probability: float | dict[str, float],
         warmup: float,
+        gate_options: GateOptions,
     ) -> None:
         super().__init__()
         self.model = gated
@@ -108,6 +152,7 @@ class SparseModel(nn.Module):
         self.feature_penalty = float(feature_penalty)
         self.controller = BudgetController(budget, warmup) if budget is not None else None
         self.feature_names = feature_names
+        self.gate_options = gate_options
         self._nonempty_groups = [g for g in graph.groups if g.nonempty and g.kind != "feature"]
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
         self._input_dims = {
@@ -186,6 +231,13 @@ class SparseModel(nn.Module):
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
+        opts = self.gate_options
+        self.gates.noise_interval = Schedule.of(opts.noise_interval)(fraction)
+        if opts.temperature is not None:
+            self.gates.set_temperature(Schedule.of(opts.temperature)(fraction))
+        if opts.log_alpha_range is not None:
+            with torch.no_grad():
+                self.gates.log_alpha.clamp_(*opts.log_alpha_range)
         if self.controller is not None:
             self.controller.progress.fill_(fraction)
             # enforce once when training settles and once at its end (not every step)
@@ -193,6 +245,9 @@ class SparseModel(nn.Module):
             if settling or fraction >= 1.0:
                 self.enforce_budget()
                 self.controller.settled.fill_(True)
+        if opts.finetune > 0 and fraction >= 1.0 - opts.finetune and not self.gates.frozen:
+            self.enforce_budget()
+            self.gates.freeze(self.kept_mask())
 
     @torch.no_grad()
     def enforce_budget(self, budget: float | None = None) -> int:
@@ -242,7 +297,8 @@ class SparseModel(nn.Module):
         gate_params = list(self.gates.parameters())
         ids = {id(p) for p in gate_params}
         weights = [p for p in self.parameters() if id(p) not in ids]
-        gate_lr = gate_lr if gate_lr is not None else max(50.0 * lr, 0.05)
+        scale = self.gate_options.gate_lr_scale
+        gate_lr = gate_lr if gate_lr is not None else max(scale * lr, 0.05)
         return [
             {"params": weights, "lr": lr, "weight_decay": weight_decay},
             {"params": gate_params, "lr": gate_lr, "weight_decay": 0.0},
@@ -347,8 +403,9 @@ def sparsify(
     strict: bool = False,
     concrete_args: dict | None = None,
     gate_config: HardConcreteConfig | None = None,
-    init_keep_probability: float = 0.99,
+    init_keep_probability: float | dict[str, float] = 0.99,
     warmup: float = 0.5,
+    gates: GateOptions | None = None,
 ) -> SparseModel:
     """Wrap ``model`` so training learns which input features and hidden channels to keep.
 
@@ -365,6 +422,10 @@ def sparsify(
         strict: raise instead of keeping channels whole when an op has no channel rule.
         concrete_args: constants for torch.fx (e.g. flags that steer Python control flow).
         warmup: fraction of training over which the budget target goes from dense to budget.
+        init_keep_probability: initial P(gate open), one number or per group kind
+            (``{"feature": 0.9, "default": 0.99}``).
+        gates: how the gates are trained (noise interval and temperature schedules, log-alpha
+            clamp, final freeze-and-fine-tune); see :class:`GateOptions`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigurationError(
@@ -384,12 +445,18 @@ def sparsify(
         raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
     if not (feature_penalty >= 0 and math.isfinite(feature_penalty)):
         raise ConfigurationError(f"feature_penalty must be >= 0, got {feature_penalty!r}.")
-    if not 0.0 < init_keep_probability < 1.0:
+    probabilities = (list(init_keep_probability.values())
+                     if isinstance(init_keep_probability, dict) else [init_keep_probability])
+    if not all(isinstance(p, (int, float)) and 0.0 < p < 1.0 for p in probabilities):
         raise ConfigurationError(
             f"init_keep_probability must lie in (0, 1), got {init_keep_probability!r}."
         )
+    if gates is not None and not isinstance(gates, GateOptions):
+        raise ConfigurationError(
+            f"gates= takes a lumos.GateOptions, got {type(gates).__name__}."
+        )
     gate_config = gate_config or HardConcreteConfig()
-    if init_keep_probability < fully_open_keep_probability(gate_config):
+    if min(probabilities) < fully_open_keep_probability(gate_config):
         warnings.warn(
             f"init_keep_probability={init_keep_probability} starts the gates half-open (the "
             "deterministic gate is 1 only from "
@@ -454,6 +521,7 @@ def sparsify(
         gate_config=gate_config,
         init_keep_probability=init_keep_probability,
         warmup=warmup,
+        gate_options=gates or GateOptions(),
     )
 
 
