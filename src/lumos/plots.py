@@ -101,16 +101,35 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
                     return colour[id(group.root)]
         return (0.8, 0.8, 0.8, 1.0)
 
+    def group_names(n: fx.Node) -> list[str]:
+        info = infos.get(n)
+        if not isinstance(info, TensorInfo):
+            return []
+        names = []
+        for seg in info.layout.segments:
+            group = graph.group_of(seg.space)
+            name = group.name if group is not None else "whole"
+            if name not in names:
+                names.append(name)
+        return names
+
     height = max(4.0, 0.9 * len(rows))
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig, ax = plt.subplots(figsize=(8, height))
     for n in nodes:
         for m in visible_inputs(n):
             (x0, y0), (x1, y1) = pos[m], pos[n]
+            skip = y0 - y1 > 1  # an edge jumping rows (residual, skip) bends around the chain
+            style = f"arc3,rad={-0.35 - 0.05 * (y0 - y1)}" if skip else "arc3"
             ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
-                        arrowprops={"arrowstyle": "->", "color": "0.55", "lw": 0.8})
+                        arrowprops={"arrowstyle": "->", "color": "0.55", "lw": 0.8,
+                                    "connectionstyle": style})
     for n in nodes:
         x, y = pos[n]
-        ax.text(x, y, _label(n, graph.gm), ha="center", va="center", fontsize=7,
+        label = _label(n, graph.gm)
+        names = group_names(n)
+        if len(names) > 1:  # a concatenation: its pieces keep their own groups
+            label += "\n[" + " | ".join(names) + "]"
+        ax.text(x, y, label, ha="center", va="center", fontsize=7,
                 bbox={"boxstyle": "round,pad=0.3", "fc": node_colour(n), "ec": "0.3"})
     handles = [
         plt.Line2D([], [], marker="s", ls="", color=colour[id(g.root)],
@@ -131,3 +150,124 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+# ---- run plots (drawn from metrics.json, so `lumos report` can redraw them) -------------------
+_KEPT, _DROPPED, _DENSE = "#1f77b4", "#c7c7c7", "#ff7f0e"
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_gate_trajectories(trajectories: dict, kept: list[str], path: str | Path) -> Path:
+    """Keep probability of every input feature (kept ones coloured) and, per gate group, the
+    share of its gates still open (P > 0.5), epoch by epoch."""
+    plt = _matplotlib()
+    epochs = trajectories.get("epochs", [])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    kept_set = set(kept)
+    for name, values in trajectories.get("features", {}).items():
+        on = name in kept_set
+        left.plot(epochs, values, color=_KEPT if on else _DROPPED, lw=1.4 if on else 0.9,
+                  zorder=2 if on else 1, label=name if on else None)
+    left.set_title("input features: P(kept)  (colour: kept at the end)", fontsize=9)
+    left.set_xlabel("epoch")
+    left.set_ylim(-0.02, 1.02)
+    if kept_set and len(kept_set) <= 12:
+        left.legend(fontsize=7, frameon=False)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, g) in enumerate(trajectories.get("groups", {}).items()):
+        share = [o / max(g["size"], 1) for o in g["open"]]
+        right.plot(epochs, share, color=cmap(i % 10), label=f"{name} ({g['kind']}, {g['size']})")
+    right.set_title("gate groups: share of gates open (P > 0.5)", fontsize=9)
+    right.set_xlabel("epoch")
+    right.set_ylim(-0.02, 1.02)
+    if trajectories.get("groups"):
+        right.legend(fontsize=6, frameon=False, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_widths(groups: list[dict], path: str | Path) -> Path:
+    """Width of every gate group (layer) before and after compaction."""
+    plt = _matplotlib()
+    shown = [g for g in groups if g["kind"] != "feature"] or groups
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(shown) + 2), 4))
+    xs = range(len(shown))
+    ax.bar([x - 0.2 for x in xs], [g["dense"] for g in shown], 0.4, color=_DENSE, label="dense")
+    ax.bar([x + 0.2 for x in xs], [g["kept"] for g in shown], 0.4, color=_KEPT,
+           label="compacted")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{g['name']}\n{g['kind']}" for g in shown], fontsize=7, rotation=30,
+                       ha="right")
+    ax.set_ylabel("width (channels / neurons / heads)")
+    ax.set_title("width per layer: dense vs. compacted", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_feature_ranking(names: list[str], scores: list[float], kept: list[str],
+                         path: str | Path) -> Path:
+    """Input features ranked by keep probability; the kept set in colour."""
+    plt = _matplotlib()
+    order = sorted(range(len(names)), key=lambda i: -scores[i])
+    kept_set = set(kept)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(names) + 1)))
+    ys = range(len(order))
+    ax.barh(list(ys), [scores[i] for i in order],
+            color=[_KEPT if names[i] in kept_set else _DROPPED for i in order])
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([names[i] for i in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("P(feature kept)")
+    ax.set_title(f"feature ranking: {len(kept_set)} of {len(names)} kept (blue)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_metric_vs_params(metrics: dict, path: str | Path) -> Path:
+    """Validation metric against parameters kept: the path training walked, the compacted
+    model and (if trained) the dense baseline."""
+    plt = _matplotlib()
+    primary = metrics["primary"]
+    curve = metrics.get("curve", [])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if curve:
+        ax.plot([c["params"] for c in curve], [c["metric"] for c in curve], "-o", ms=3,
+                color=_DROPPED, label="during training (epochs)", zorder=1)
+    final = metrics["final"]
+    ax.scatter([metrics["params"]["compacted"]], [final["compacted"][primary]], s=60,
+               color=_KEPT, label="compacted", zorder=3)
+    if final.get("dense"):
+        dense_params = metrics["params"].get("dense_trained") or metrics["params"]["dense"]
+        ax.scatter([dense_params], [final["dense"][primary]], s=60, marker="s", color=_DENSE,
+                   label="dense baseline", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    better = "higher is better" if metrics.get("higher_is_better") else "lower is better"
+    ax.set_ylabel(f"validation {primary} ({better})")
+    ax.set_title("metric vs. parameters", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_run(metrics: dict, folder: str | Path) -> list[Path]:
+    """All run plots from a run's ``metrics.json`` content; returns the PNG paths."""
+    folder = Path(folder)
+    features = metrics["features"]
+    paths = [plot_widths(metrics["groups"], folder / "widths.png"),
+             plot_metric_vs_params(metrics, folder / "metric_vs_params.png")]
+    if features["names"] and features["scores"]:
+        paths.append(plot_feature_ranking(features["names"], features["scores"],
+                                          features["kept"], folder / "features.png"))
+    if metrics.get("gate_trajectories"):
+        paths.append(plot_gate_trajectories(metrics["gate_trajectories"], features["kept"],
+                                            folder / "gates.png"))
+    return paths

@@ -1,0 +1,209 @@
+"""Gate-training ablation: which noise/temperature schedule and whether to freeze-and-fine-tune.
+
+    python -m benchmarks.ablation [--only NAME ...] [--size full] [--epochs-scale 1.0]
+
+For each workload: one dense model (the reference metric), then one LUMOS run per gate
+configuration, all from the same initial weights, the same recipe and data order, and the same
+budget. Records metric (compacted model), kept parameter fraction and budget error, irrelevant
+inputs dropped / true inputs kept, and training time. Results: ``docs/results/ablation.json``
+and ``ablation.md``; ``lumos.sparse_model.GateOptions`` defaults are chosen from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import lumos
+from lumos import GateOptions, Schedule
+from lumos.measure import count_params
+from lumos.training import predict, train
+from lumos.workloads import get_workload
+
+from .suite import RESULTS, _steady, feature_argument, machine_info
+
+CONFIGS: dict[str, GateOptions] = {
+    "stochastic": GateOptions(),
+    "narrowing": GateOptions(noise_interval=Schedule("cosine", 0.0, 0.45),
+                             temperature=Schedule("linear", 2 / 3, 0.4)),
+    "widening": GateOptions(noise_interval=Schedule("cosine", 0.45, 0.0),
+                            temperature=Schedule("linear", 1.0, 2 / 3)),
+    "deterministic": GateOptions(noise_interval=0.5),
+}
+FINETUNE = 0.1
+DEFAULT_WORKLOADS = ["atomistic_energy", "cosmo_power_spectrum", "cfd_pressure", "darcy",
+                     "boiling_point", "mesh_pde", "combustion"]
+
+
+def all_configs() -> dict[str, GateOptions]:
+    out = {}
+    for name, opts in CONFIGS.items():
+        out[name] = opts
+        out[f"{name}+finetune"] = replace(opts, finetune=FINETUNE)
+    return out
+
+
+def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: float,
+                 configs: dict[str, GateOptions], cache_dir=None) -> list[dict]:
+    wl = get_workload(name)
+    data = wl.data(size, seed=seed, cache_dir=cache_dir)
+    recipe = wl.recipes[size]
+    epochs = max(2, round(recipe.epochs * epochs_scale))
+    example = data.example_batch("train", 8)[0]
+    val = data.loader("val", 512, shuffle=False)
+
+    def fit(model):
+        loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
+        return train(model, loader, epochs=epochs, loss_fn=wl.loss, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay, seed=seed, progress=False)
+
+    torch.manual_seed(seed)
+    dense = wl.build_model(data)
+    h_dense = fit(dense)
+    pred, target = predict(dense, val)
+    dense_metric = wl.metrics(pred, target)[wl.primary]
+    dense_params = count_params(dense)
+    records = []
+    for config, opts in configs.items():
+        torch.manual_seed(seed)
+        base = wl.build_model(data)
+        arg = feature_argument(base, data.feature_arg)
+        sm = lumos.sparsify(base, example, budget=budget, features=[arg],
+                            feature_names={arg: data.feature_names}, gates=opts)
+        start = time.perf_counter()
+        history = fit(sm)
+        wall = time.perf_counter() - start
+        small = sm.compact()
+        pred, _ = predict(small, val)
+        metric = wl.metrics(pred, target)[wl.primary]
+        kept_fraction = count_params(small) / dense_params
+        kept = {data.feature_names.index(n) for n in sm.selected_features()[arg]}
+        irrelevant, true = set(data.irrelevant_features), set(data.true_features)
+        rel = (metric - dense_metric) / max(abs(dense_metric), 1e-12)
+        records.append({
+            "workload": name, "architecture": wl.architecture, "config": config,
+            "size": size, "epochs": epochs, "budget": budget, "seed": seed,
+            "metric": wl.primary, "higher_is_better": wl.higher_is_better,
+            "metric_dense": dense_metric, "metric_lumos": metric,
+            "metric_relative_change": rel if wl.higher_is_better else -rel,  # + is better
+            "kept_fraction": kept_fraction, "budget_error": kept_fraction - budget,
+            "irrelevant_dropped": len(irrelevant - kept) / max(len(irrelevant), 1),
+            "true_kept": len(true & kept) / max(len(true), 1),
+            "train_epoch_s": statistics.median(_steady(history.epoch_seconds)),
+            "train_epoch_dense_s": statistics.median(_steady(h_dense.epoch_seconds)),
+            "train_wall_s": wall,
+        })
+        r = records[-1]
+        print(f"[ablation] {name} {config}: {wl.primary} {dense_metric:.4f} -> {metric:.4f} "
+              f"kept {kept_fraction:.3f} noise dropped {r['irrelevant_dropped']:.2f} "
+              f"true kept {r['true_kept']:.2f} {wall:.0f}s", flush=True)
+    return records
+
+
+def summarize(records: list[dict]) -> dict[str, dict]:
+    out = {}
+    for config in dict.fromkeys(r["config"] for r in records):
+        rs = [r for r in records if r["config"] == config]
+        out[config] = {
+            "mean_metric_relative_change": statistics.mean(r["metric_relative_change"]
+                                                           for r in rs),
+            "mean_abs_budget_error": statistics.mean(abs(r["budget_error"]) for r in rs),
+            "max_budget_overshoot": max(r["budget_error"] for r in rs),
+            "irrelevant_dropped": statistics.mean(r["irrelevant_dropped"] for r in rs),
+            "true_kept": statistics.mean(r["true_kept"] for r in rs),
+            "train_overhead": statistics.mean(r["train_epoch_s"] / r["train_epoch_dense_s"] - 1
+                                              for r in rs),
+            "workloads": len(rs),
+        }
+    return out
+
+
+def write_markdown(records: list[dict], summary: dict, meta: dict, path: Path) -> None:
+    lines = [
+        "# Gate-training ablation", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
+        f"torch {meta['machine']['torch']}  ",
+        f"Date: {meta['date']}; size: {meta['size']}; epochs x{meta['epochs_scale']}; "
+        f"budget {meta['budget']}; seed {meta['seed']}", "",
+        "Metric change is relative to the dense model, signed so that + is better.", "",
+        "| config | mean metric change | mean abs budget error | max overshoot | "
+        "irrelevant dropped | true kept | train overhead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config, s in summary.items():
+        lines.append(
+            f"| {config} | {100 * s['mean_metric_relative_change']:+.2f}% | "
+            f"{100 * s['mean_abs_budget_error']:.2f} pp | "
+            f"{100 * s['max_budget_overshoot']:+.2f} pp | "
+            f"{100 * s['irrelevant_dropped']:.1f}% | {100 * s['true_kept']:.1f}% | "
+            f"{100 * s['train_overhead']:+.1f}% |"
+        )
+    lines += ["", "## Per workload", "",
+              "| workload | config | dense | LUMOS | change | kept | noise dropped | true kept |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r['workload']} | {r['config']} | {r['metric_dense']:.4f} | "
+            f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
+            f"{100 * r['kept_fraction']:.1f}% | {100 * r['irrelevant_dropped']:.0f}% | "
+            f"{100 * r['true_kept']:.0f}% |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=DEFAULT_WORKLOADS)
+    parser.add_argument("--configs", nargs="+", metavar="CONFIG", default=None)
+    parser.add_argument("--size", choices=("smoke", "full"), default="full")
+    parser.add_argument("--epochs-scale", type=float, default=1.0)
+    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    configs = all_configs()
+    if args.configs:
+        configs = {k: v for k, v in configs.items() if k in args.configs}
+    per = args.out / "ablation"
+    per.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.ablation " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    records = []
+    for name in args.only:
+        path = per / f"{name}.json"
+        if path.exists():
+            previous = json.loads(path.read_text())
+            done = {r["config"] for r in previous if r["size"] == args.size
+                    and r["budget"] == args.budget and r["seed"] == args.seed}
+            if set(configs) <= done:
+                records += [r for r in previous if r["config"] in configs]
+                print(f"[ablation] {name}: reused {path}", flush=True)
+                continue
+        rs = run_workload(name, args.size, args.budget, args.seed, args.epochs_scale, configs,
+                          args.cache_dir)
+        path.write_text(json.dumps(rs, indent=2))
+        records += rs
+    summary = summarize(records)
+    meta = {"command": command, "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
+            "epochs_scale": args.epochs_scale, "budget": args.budget, "seed": args.seed}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "records": records}, indent=2))
+    write_markdown(records, summary, meta, args.out / "ablation.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
