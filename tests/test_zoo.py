@@ -217,3 +217,18 @@ def test_transformer_heads_and_ffn_are_gated_but_the_residual_stream_is_not():
     sm = lumos.sparsify(model, torch.randn(2, 5, 6), budget=0.5)
     kinds = sorted((g.kind, g.size) for g in sm.graph_info.groups)
     assert kinds == [("feature", 6), ("head", 4), ("head", 4), ("neuron", 128), ("neuron", 128)]
+
+
+@pytest.mark.parametrize("name", ["transformer_encoder", "unet_concat_skips", "gin"])
+def test_a_pickled_sparse_model_runs_and_compacts_like_the_original(name, tmp_path):
+    torch.manual_seed(0)
+    model, inputs, _ = ZOO[name]()
+    sm = lumos.sparsify(model, inputs, budget=0.3).eval()
+    with torch.no_grad():
+        sm.gates.log_alpha[::3] = -10.0
+    torch.save(sm, tmp_path / "sm.pt")
+    again = torch.load(tmp_path / "sm.pt", weights_only=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(*inputs), sm(*inputs))
+        torch.testing.assert_close(again.compact()(*inputs), sm.compact()(*inputs))
+    assert again.report() == sm.report()

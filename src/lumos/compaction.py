@@ -70,7 +70,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
 
     # 2. literal sizes in view/reshape/expand follow the kept channel counts.
     for rw in graph_info.records.rewrites:
-        node = nodes[rw.node.name]
+        node = nodes[getattr(rw.node, "name", rw.node)]  # a name once the model was pickled
         node.args = _replace_at(node.args, rw.arg_path, int(kept(rw.layout).numel()) * rw.factor)
 
     # 3. drop the gate nodes and the gate placeholder; gated leaf calls become plain calls.

@@ -58,8 +58,9 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
     """
     plt = _matplotlib()
     graph = sm.graph_info
-    infos = graph.ctx.infos
-    nodes = [n for n in graph.gm.graph.nodes if _shown(n)]
+    by_name = graph.info_by_name()
+    gm = sm.model
+    nodes = [n for n in gm.graph.nodes if _shown(n)]
     shown = set(nodes)
 
     def visible_inputs(n: fx.Node) -> list[fx.Node]:
@@ -91,7 +92,7 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
     colour = {id(g.root): cmap(i % 20) for i, g in enumerate(groups)}
 
     def node_colour(n: fx.Node):
-        info = infos.get(n)
+        info = by_name.get(n.name)
         if isinstance(info, TupleInfo):
             info = next((i for i in info.items if isinstance(i, TensorInfo)), None)
         if isinstance(info, TensorInfo):
@@ -102,7 +103,7 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
         return (0.8, 0.8, 0.8, 1.0)
 
     def group_names(n: fx.Node) -> list[str]:
-        info = infos.get(n)
+        info = by_name.get(n.name)
         if not isinstance(info, TensorInfo):
             return []
         names = []
@@ -125,7 +126,7 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
                                     "connectionstyle": style})
     for n in nodes:
         x, y = pos[n]
-        label = _label(n, graph.gm)
+        label = _label(n, gm)
         names = group_names(n)
         if len(names) > 1:  # a concatenation: its pieces keep their own groups
             label += "\n[" + " | ".join(names) + "]"

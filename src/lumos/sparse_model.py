@@ -51,6 +51,9 @@ def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args
     return torch.func.functional_call(module, params, args, kwargs)
 
 
+torch.fx.wrap("call_with_gated_params")
+
+
 def _as_call(example_inputs) -> tuple[tuple, dict]:
     if isinstance(example_inputs, Tensor):
         return (example_inputs,), {}
@@ -586,6 +589,8 @@ def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
         with g.inserting_before(site.node):
             idx_node = g.get_attr(buffer)
             gated = g.call_function(apply_gates, (value, gates_node, idx_node, site.dim))
+        # one graph node even when fx re-traces the code (unpickling a SparseModel)
+        gated.meta["is_wrapped"] = True
         if isinstance(site.arg, int):
             args = list(site.node.args)
             args[site.arg] = gated
@@ -622,5 +627,6 @@ def _insert_param_gates(gm: fx.GraphModule, graph: ChannelGraph, gates_node: fx.
                 call_with_gated_params, (module_node, gates_node, specs, *node.args), node.kwargs
             )
         call.meta = dict(node.meta)
+        call.meta["is_wrapped"] = True
         node.replace_all_uses_with(call)
         g.erase_node(node)

@@ -6,6 +6,8 @@ groups, where gates are applied, which parameter dims each group slices, and the
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -343,6 +345,33 @@ class ChannelGraph:
             offset += root.size
         self._group_of = {id(g.root): g for g in groups}
         return groups
+
+    def info_by_name(self) -> dict[str, object]:
+        """What the coordinator knows about each graph value, by node name."""
+        if "ctx" in self.__dict__:
+            return {n.name: info for n, info in self.ctx.infos.items()}
+        return self._infos_by_name
+
+    def __getstate__(self) -> dict:
+        """Pickle without fx nodes (they drag their graph along): records keep node names."""
+        state = dict(self.__dict__)
+        state["_infos_by_name"] = self.info_by_name()
+        state.pop("ctx", None)
+        state["gm"] = None  # the SparseModel pickles its own (gated) copy of the graph module
+        records = copy.copy(self.records)
+
+        def named(items):
+            return [dataclasses.replace(i, node=getattr(i.node, "name", i.node)) for i in items]
+
+        records.sites = named(records.sites)
+        records.rewrites = named(records.rewrites)
+        records.measured = [getattr(n, "name", n) for n in records.measured]
+        state["records"] = records
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._group_of = {id(g.root): g for g in self.groups}  # ids change across pickling
 
     def group_of(self, space: Space) -> Group | None:
         return self._group_of.get(id(space.find()))
