@@ -158,6 +158,7 @@ class SparseModel(nn.Module):
         self.gate_options = gate_options
         self._nonempty_groups = [g for g in graph.groups if g.nonempty and g.kind != "feature"]
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
+        self._has_feature_gates = bool(self.feature_mask.any())
         self._input_dims = {
             name: (graph.feature_dims[name], space.size)
             for name, space in graph.feature_spaces.items()
@@ -226,7 +227,7 @@ class SparseModel(nn.Module):
                 total = total + self.controller(fraction + (realized - fraction).detach())
             else:
                 total = total + self.lam * fraction
-        if self.feature_penalty > 0 and bool(self.feature_mask.any()):
+        if self.feature_penalty > 0 and self._has_feature_gates:
             total = total + self.feature_penalty * keep[self.feature_mask].mean()
         return total
 
