@@ -232,3 +232,30 @@ def test_a_pickled_sparse_model_runs_and_compacts_like_the_original(name, tmp_pa
         torch.testing.assert_close(again(*inputs), sm(*inputs))
         torch.testing.assert_close(again.compact()(*inputs), sm.compact()(*inputs))
     assert again.report() == sm.report()
+
+
+def test_a_layer_output_added_to_a_concatenation_is_split_to_match_its_pieces():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), nn.Linear(5, 4)
+            self.mix = nn.Linear(10, 10)
+            self.out = nn.Linear(10, 1)
+
+        def forward(self, x):
+            h = torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], dim=-1)
+            return self.out(h + self.mix(h))  # mix's outputs join the a- and b-pieces
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 5)
+    sm = lumos.sparsify(Net(), x, lam=0.1)
+    names = sorted(g.name for g in sm.graph_info.groups)
+    assert names == ["a", "b", "x"]  # mix's 10 outputs became parts of a's and b's groups
+    with torch.no_grad():
+        sm.gates.log_alpha[::2] = -10.0
+    sm.eval()
+    small = sm.compact()
+    assert small.mix.out_features == small.a.out_features + small.b.out_features < 10
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x))
+    assert lumos.count_params(small) == sm.compacted_counts()["params"]

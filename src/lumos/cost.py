@@ -58,6 +58,7 @@ class CostModel(nn.Module):
         )
         self.register_buffer("constants", torch.tensor(constants, dtype=torch.float64), False)
         self.labels: dict[str, list[str]] = {}
+        self._converted: dict = {}
         for kind, terms in per_kind.items():
             width = max([len(f) for _, f, _ in terms], default=0)
             idx = [f + [0] * (width - len(f)) for _, f, _ in terms]
@@ -73,18 +74,29 @@ class CostModel(nn.Module):
             )
             self.labels[kind] = [label for _, _, label in terms]
 
+    def _as(self, name: str, like: Tensor) -> Tensor:
+        """Buffer ``name`` in ``like``'s dtype, converted once (this runs every training step)."""
+        buffer = getattr(self, name)
+        if buffer.dtype == like.dtype:
+            return buffer
+        key = (name, like.dtype, buffer.device)
+        cached = self._converted.get(key)
+        if cached is None or cached.device != buffer.device:
+            cached = self._converted[key] = buffer.to(like.dtype)
+        return cached
+
     def live(self, keep: Tensor) -> Tensor:
         """Live positions of every layout given per-gate keep values (0/1 or probabilities)."""
-        out = self.constants.to(keep.dtype).clone()
+        out = self._as("constants", keep)
         if self.entry_rows.numel():
-            contrib = keep[self.entry_gates] * self.entry_weights.to(keep.dtype)
+            contrib = keep[self.entry_gates] * self._as("entry_weights", keep)
             out = out.index_add(0, self.entry_rows, contrib)
         return out
 
     def per_term(self, keep: Tensor, kind: str = "params") -> Tensor:
         live = self.live(keep)
         factors = getattr(self, f"{kind}_factors")
-        coeff = getattr(self, f"{kind}_coeff").to(keep.dtype)
+        coeff = self._as(f"{kind}_coeff", keep)
         if factors.shape[1] == 0:
             return coeff
         return coeff * live[factors].prod(dim=1)

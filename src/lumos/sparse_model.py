@@ -159,6 +159,8 @@ class SparseModel(nn.Module):
         self._nonempty_groups = [g for g in graph.groups if g.nonempty and g.kind != "feature"]
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
         self._has_feature_gates = bool(self.feature_mask.any())
+        self._realized: Tensor | None = None
+        self._realized_calls = 0
         self._input_dims = {
             name: (graph.feature_dims[name], space.size)
             for name, space in graph.feature_spaces.items()
@@ -222,14 +224,25 @@ class SparseModel(nn.Module):
                 # The budget is on what compaction keeps (deterministic gate > 0), which can be
                 # more than the expected count while gates sit half-open: the constraint sees
                 # the kept fraction's value, with the expected fraction's gradient.
-                kept = (self.gates.deterministic().detach() > 0).to(keep.dtype)
-                realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
+                realized = self._realized_fraction(keep.dtype)
                 total = total + self.controller(fraction + (realized - fraction).detach())
             else:
                 total = total + self.lam * fraction
         if self.feature_penalty > 0 and self._has_feature_gates:
             total = total + self.feature_penalty * keep[self.feature_mask].mean()
         return total
+
+    #: the kept fraction moves only when a gate crosses zero: refreshed every few steps
+    REALIZED_EVERY = 8
+
+    def _realized_fraction(self, dtype: torch.dtype) -> Tensor:
+        calls = self._realized_calls
+        self._realized_calls += 1
+        if self._realized is None or calls % self.REALIZED_EVERY == 0 or not self.training:
+            with torch.no_grad():
+                kept = (self.gates.deterministic() > 0).to(dtype)
+                self._realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
+        return self._realized
 
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
@@ -287,6 +300,7 @@ class SparseModel(nn.Module):
             else:
                 lo = mid + 1
         self.gates.shut_gates(order[:lo])
+        self._realized = None
         return lo
 
     def parameter_groups(
