@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
+from lumos.tolerance import fit_within_tolerance
 from lumos.training import predict, train
 from lumos.workloads import get_workload, workload_names
 
@@ -83,7 +85,8 @@ def feature_argument(model: torch.nn.Module, name: str) -> str:
     return name if name in params else params[0]
 
 
-def run_workload(name: str, size: str, budget: float, seed: int, cache_dir=None) -> dict:
+def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
+                 tolerance: float | None = None) -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -96,23 +99,44 @@ def run_workload(name: str, size: str, budget: float, seed: int, cache_dir=None)
     torch.manual_seed(seed)
     base = wl.build_model(data)
     arg = feature_argument(base, data.feature_arg)
-    sm = lumos.sparsify(base, example, budget=budget, features=[arg],
-                        feature_names={arg: data.feature_names})
+    sparsify_kwargs = {"features": [arg], "feature_names": {arg: data.feature_names}}
 
-    def fit(model):
+    def fit(model, **kwargs):
         loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        history = train(model, loader, epochs=recipe.epochs, loss_fn=wl.loss, lr=recipe.lr,
-                        weight_decay=recipe.weight_decay, seed=seed, progress=False)
-        return history
+        return train(model, loader, epochs=recipe.epochs, loss_fn=wl.loss, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay, seed=seed, progress=False, **kwargs)
 
-    h_dense, h_lumos = fit(dense), fit(sm)
-    small = sm.compact()
-    val = data.loader("val", 512, shuffle=False)
+    # selection (tolerance mode) on one half of the validation set, every reported metric on
+    # the other half
+    select_split, report_split = data.halve_val(seed)
+    select = DataLoader(select_split, batch_size=512, collate_fn=select_split.collate)
+    val = DataLoader(report_split, batch_size=512, collate_fn=report_split.collate)
+    h_dense = fit(dense)
     pred_dense, target = predict(dense, val)
+    m_dense = wl.metrics(pred_dense, target)
+    m_dense_select = wl.metrics(*predict(dense, select))
+    walk = None
+    if tolerance is None:
+        sm = lumos.sparsify(base, example, budget=budget, **sparsify_kwargs)
+        h_lumos = fit(sm)
+        epoch_lumos = statistics.median(_steady(h_lumos.epoch_seconds))
+    else:
+        start = time.perf_counter()
+        result = fit_within_tolerance(
+            base, example, data.loader("train", recipe.batch_size, shuffle=True, seed=seed),
+            select, metrics=wl.metrics, primary=wl.primary,
+            higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
+            reference=m_dense_select[wl.primary],
+            loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
+            **sparsify_kwargs,
+        )
+        sm, walk = result.model, result.to_dict()
+        epoch_lumos = statistics.median(_steady([p.train_seconds for p in result.walk]))
+        walk["wall_s"] = time.perf_counter() - start  # with a validation after every epoch
+    small = sm.compact()
     pred_small, _ = predict(small, val)
     with torch.no_grad():
         pred_gated, _ = predict(sm, val)
-    m_dense = wl.metrics(pred_dense, target)
     m_lumos = wl.metrics(pred_small, target)
     compaction_error = float((pred_small - pred_gated).abs().max()
                              / pred_gated.abs().max().clamp_min(1e-12))
@@ -133,18 +157,20 @@ def run_workload(name: str, size: str, budget: float, seed: int, cache_dir=None)
     true = set(data.true_features)
     primary = wl.primary
     rel = (m_lumos[primary] - m_dense[primary]) / max(abs(m_dense[primary]), 1e-12)
-    epoch_dense = statistics.median(h_dense.epoch_seconds)
-    epoch_lumos = statistics.median(h_lumos.epoch_seconds)
+    epoch_dense = statistics.median(_steady(h_dense.epoch_seconds))
     return {
         "workload": name,
         "title": wl.title,
         "architecture": wl.architecture,
         "size": size,
-        "budget": budget,
+        "budget": budget if tolerance is None else None,
+        "tolerance": tolerance,
+        "tolerance_walk": walk,
         "seed": seed,
         "epochs": recipe.epochs,
         "train_samples": len(data.train),
         "val_samples": len(data.val),
+        "report_samples": len(report_split),
         "generation_s": generation_s,
         "metric": primary,
         "higher_is_better": wl.higher_is_better,
@@ -188,6 +214,11 @@ def run_workload(name: str, size: str, budget: float, seed: int, cache_dir=None)
     }
 
 
+def _steady(epoch_seconds: list[float]) -> list[float]:
+    """Epoch times without the first (one-time warm-up costs), when there are several."""
+    return epoch_seconds[1:] if len(epoch_seconds) > 2 else epoch_seconds
+
+
 def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -200,8 +231,10 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
         f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
         f"{meta['machine']['torch_threads']} torch threads, torch {meta['machine']['torch']}, "
         f"Python {meta['machine']['python']}  ",
-        f"Date: {meta['date']}; size: {meta['size']}; budget: {meta['budget']}; "
-        f"seed: {meta['seed']}",
+        f"Date: {meta['date']}; size: {meta['size']}; "
+        + (f"budget: {meta['budget']}" if meta["tolerance"] is None
+           else f"tolerance: {meta['tolerance']} (smallest model within it)")
+        + f"; seed: {meta['seed']}",
         "",
         "| workload | arch | metric | dense | LUMOS | Δ rel | params kept | FLOPs kept | "
         "speed-up b1 | speed-up b256 | b256 / FLOP ratio | train overhead | irrelevant dropped |"
@@ -300,13 +333,18 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="smoke sizes (quick check)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these workloads")
-    parser.add_argument("--budget", type=float, default=0.25)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--budget", type=float, default=None, help="kept fraction (default 0.25)")
+    mode.add_argument("--tolerance", type=float, default=None,
+                      help="smallest model within this relative metric tolerance instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true",
                         help="reuse per-workload records already in OUT/suite/")
     args = parser.parse_args(argv)
+    if args.budget is None and args.tolerance is None:
+        args.budget = 0.25
     size = "smoke" if args.smoke else "full"
     names = args.only or workload_names()
     unknown = [n for n in names if n not in workload_names()]
@@ -322,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         record_path = per / f"{name}.json"
         if args.resume and record_path.exists():
             record = json.loads(record_path.read_text())
-            if (record["budget"], record["seed"], record["size"]) == (args.budget, args.seed,
-                                                                       size):
+            key = (record["budget"], record.get("tolerance"), record["seed"], record["size"])
+            if key == (args.budget, args.tolerance, args.seed, size):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
         start = time.perf_counter()
-        record = run_workload(name, size, args.budget, args.seed, args.cache_dir)
+        record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance)
         record["wall_s"] = time.perf_counter() - start
         record["command"] = command
         record["machine"] = machine_info()
@@ -348,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "size": size,
         "budget": args.budget,
+        "tolerance": args.tolerance,
         "seed": args.seed,
     }
     summary = {"meta": meta, "averages": averages(records) if records else {},

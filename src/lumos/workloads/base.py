@@ -60,6 +60,9 @@ class TensorSplit(Dataset):
         inputs = tuple(torch.stack([it[0][k] for it in items]) for k in range(len(self.inputs)))
         return inputs, torch.stack([it[1] for it in items])
 
+    def subset(self, index: Tensor) -> TensorSplit:
+        return TensorSplit([t[index] for t in self.inputs], self.target[index])
+
 
 class GraphSplit(Dataset):
     """A list of graphs, each a dict of tensors: ``x`` (nodes x features, float),
@@ -99,6 +102,9 @@ class GraphSplit(Dataset):
     def batch(self, index: Tensor | slice):
         idx = range(len(self))[index] if isinstance(index, slice) else index.tolist()
         return self.collate([self.graphs[i] for i in idx])
+
+    def subset(self, index: Tensor) -> GraphSplit:
+        return GraphSplit([self.graphs[i] for i in index.tolist()], self.node_level)
 
 
 Split = TensorSplit | GraphSplit
@@ -148,6 +154,14 @@ class WorkloadData:
             data, batch_size=batch_size, shuffle=shuffle, generator=generator,
             collate_fn=data.collate,
         )
+
+    def halve_val(self, seed: int = 0) -> tuple[Split, Split]:
+        """The validation set cut in two random halves: one to select a model on (tolerance
+        mode), one to report it on, so the reported metric is not the selected one."""
+        g = torch.Generator().manual_seed(seed_everything(seed, "halve-val"))
+        perm = torch.randperm(len(self.val), generator=g)
+        half = len(perm) // 2
+        return self.val.subset(perm[:half]), self.val.subset(perm[half:])
 
     def example_batch(self, split: str = "val", size: int = 8):
         """The first ``size`` samples of a split as ``(inputs tuple, target)``."""
