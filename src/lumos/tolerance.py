@@ -34,6 +34,7 @@ class WalkPoint:
     metric: float
     within: bool
     phase: str
+    train_seconds: float = 0.0  # the epoch's training time (without the validation)
 
 
 @dataclass
@@ -138,16 +139,19 @@ def fit_within_tolerance(
     walking = max(1, epochs - warm - finetune)
     shrink = floor ** (1.0 / walking)  # reaches the floor if every step holds
 
+    seconds = [0.0]
+
     def run_epoch(budget: float) -> None:
         controller.budget = budget
         sm.enforce_budget(budget)
-        train(sm, train_loader, epochs=1, optimizer=optimizer, **fit_kwargs)
+        history = train(sm, train_loader, epochs=1, optimizer=optimizer, **fit_kwargs)
+        seconds[0] = history.epoch_seconds[-1]
 
     walk: list[WalkPoint] = []
 
     def record(epoch: int, budget: float, phase: str) -> WalkPoint:
         point = WalkPoint(epoch, budget, sm.compacted_counts()["params"] / sm.dense_params,
-                          score(sm), False, phase)
+                          score(sm), False, phase, seconds[0])
         point.within = within_tolerance(point.metric, reference, tolerance, higher_is_better)
         walk.append(point)
         if on_epoch is not None:
