@@ -210,26 +210,30 @@ def plot_widths(groups: list[dict], path: str | Path) -> Path:
                        ha="right")
     ax.set_ylabel("width (channels / neurons / heads)")
     ax.set_title("width per layer: dense vs. compacted", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
 def plot_feature_ranking(names: list[str], scores: list[float], kept: list[str],
-                         path: str | Path) -> Path:
-    """Input features ranked by keep probability; the kept set in colour."""
+                         path: str | Path, irrelevant: list[str] | None = None) -> Path:
+    """Input features ranked by keep probability; the kept set in colour. Features known to
+    be irrelevant (planted noise/nuisance of a workload) are marked with ``*``."""
     plt = _matplotlib()
     order = sorted(range(len(names)), key=lambda i: -scores[i])
-    kept_set = set(kept)
+    kept_set, planted = set(kept), set(irrelevant or [])
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(names) + 1)))
     ys = range(len(order))
     ax.barh(list(ys), [scores[i] for i in order],
             color=[_KEPT if names[i] in kept_set else _DROPPED for i in order])
     ax.set_yticks(list(ys))
-    ax.set_yticklabels([names[i] for i in order], fontsize=7)
+    ax.set_yticklabels([names[i] + (" *" if names[i] in planted else "") for i in order],
+                       fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("P(feature kept)")
-    ax.set_title(f"feature ranking: {len(kept_set)} of {len(names)} kept (blue)", fontsize=9)
+    note = "; * = planted noise/nuisance" if planted else ""
+    ax.set_title(f"feature ranking: {len(kept_set)} of {len(names)} kept (blue){note}",
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -267,7 +271,8 @@ def plot_run(metrics: dict, folder: str | Path) -> list[Path]:
              plot_metric_vs_params(metrics, folder / "metric_vs_params.png")]
     if features["names"] and features["scores"]:
         paths.append(plot_feature_ranking(features["names"], features["scores"],
-                                          features["kept"], folder / "features.png"))
+                                          features["kept"], folder / "features.png",
+                                          features.get("irrelevant")))
     if metrics.get("gate_trajectories"):
         paths.append(plot_gate_trajectories(metrics["gate_trajectories"], features["kept"],
                                             folder / "gates.png"))

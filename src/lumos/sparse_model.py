@@ -244,6 +244,16 @@ class SparseModel(nn.Module):
                 self._realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
         return self._realized
 
+    def get_extra_state(self) -> dict:
+        # the cached kept fraction and its refresh count travel with the weights, so a run
+        # resumed from a checkpoint refreshes on the steps the uninterrupted run did
+        return {"realized": self._realized, "realized_calls": self._realized_calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        realized = state.get("realized")
+        self._realized = None if realized is None else realized.to(self.gates.log_alpha.device)
+        self._realized_calls = int(state.get("realized_calls", 0))
+
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):

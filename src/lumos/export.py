@@ -1,0 +1,242 @@
+"""Ship a compacted model in a form that loads without LUMOS.
+
+Three formats, each written next to an ``export.json`` that says how to load it and records a
+check made right after writing (the reloaded file run on example inputs, compared with the
+model in memory):
+
+- ``torchscript``: ``torch.jit.load("model.torchscript.pt")`` - torch only.
+- ``onnx``: ``model.onnx`` for ONNX Runtime and other ONNX tools (needs ``onnx`` and
+  ``onnxscript`` to write; the batch and graph-size dims are dynamic).
+- ``state_dict``: ``state_dict.pt``, the compacted weights (``torch.load(weights_only=True)``)
+  for your own copy of the architecture at the compacted widths listed in ``architecture.txt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigurationError, UnsupportedModelError
+
+FORMATS = ("torchscript", "onnx", "state_dict")
+
+
+@dataclass
+class ExportResult:
+    """Where the exported files are and how far the reloaded model's outputs were off."""
+
+    format: str
+    files: list[str]
+    input_names: list[str]
+    max_abs_diff: float
+    checked_with: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _input_names(model: nn.Module, n: int) -> list[str]:
+    if isinstance(model, torch.fx.GraphModule):
+        names = [node.target for node in model.graph.nodes if node.op == "placeholder"]
+    else:
+        names = list(inspect.signature(model.forward).parameters)
+    return [str(x) for x in names[:n]] + [f"input_{i}" for i in range(len(names), n)]
+
+
+def _torch_geometric_layers(model: nn.Module) -> list[str]:
+    return sorted({type(m).__name__ for m in model.modules()
+                   if type(m).__module__.startswith("torch_geometric")})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _max_diff(a, b) -> float:
+    a = a if isinstance(a, (tuple, list)) else (a,)
+    b = b if isinstance(b, (tuple, list)) else (b,)
+    return max(float((torch.as_tensor(x).double() - torch.as_tensor(y).double()).abs().max())
+               for x, y in zip(a, b))
+
+
+def _check(expected, got, fmt: str, tolerance: float = 1e-4) -> float:
+    diff = _max_diff(expected, got)
+    scale = max(float(torch.as_tensor(e).abs().max()) for e in
+                (expected if isinstance(expected, (tuple, list)) else (expected,)))
+    if not diff <= tolerance * max(1.0, scale):
+        raise UnsupportedModelError(
+            f"the {fmt} export reloads but its outputs differ from the model's by {diff:.3g}; "
+            "this model does not survive the format: use another --format."
+        )
+    return diff
+
+
+def export_model(
+    model: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    folder: str | os.PathLike,
+    fmt: str,
+) -> ExportResult:
+    """Write ``model`` (a compacted module) to ``folder`` in ``fmt`` and verify the reload."""
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"unknown export format {fmt!r}; choose one of {FORMATS}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    inputs = tuple(t.cpu() for t in example_inputs)
+    names = _input_names(model, len(inputs))
+    with torch.no_grad():
+        expected = model(*inputs)
+    writer = {"torchscript": _torchscript, "onnx": _onnx, "state_dict": _state_dict}[fmt]
+    result = writer(model, inputs, names, expected, folder)
+    meta = result.to_dict() | {
+        "torch": torch.__version__,
+        "input_shapes": {n: list(t.shape) for n, t in zip(names, inputs)},
+        "input_dtypes": {n: str(t.dtype) for n, t in zip(names, inputs)},
+        "load": _HOW_TO_LOAD[fmt],
+    }
+    (folder / "export.json").write_text(json.dumps(meta, indent=1))
+    return result
+
+
+_HOW_TO_LOAD = {
+    "torchscript": "model = torch.jit.load('model.torchscript.pt'); model(*inputs)",
+    "onnx": "onnxruntime.InferenceSession('model.onnx').run(None, {name: array, ...})",
+    "state_dict": "your_model.load_state_dict(torch.load('state_dict.pt', weights_only=True)) "
+                  "with the widths in architecture.txt",
+}
+
+
+def _torchscript(model, inputs, names, expected, folder: Path) -> ExportResult:
+    pyg = _torch_geometric_layers(model)
+    if pyg:
+        raise UnsupportedModelError(
+            f"the model uses torch-geometric layers ({', '.join(pyg)}); torch-geometric layers "
+            "cannot be TorchScripted and reloaded (a torch-geometric limitation, not LUMOS's). "
+            "Export with --format onnx or --format state_dict instead."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+            scripted = torch.jit.script(model)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"TorchScript cannot compile this model ({_first_line(exc)}); export with "
+            "--format onnx or --format state_dict instead."
+        ) from None
+    path = folder / "model.torchscript.pt"
+    scripted.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        diff = _check(expected, reloaded(*inputs), "torchscript")
+    return ExportResult("torchscript", [path.name], names, diff, "torch.jit.load")
+
+
+def onnx_available() -> list[str]:
+    """The packages ONNX export needs that are missing (empty when it can run)."""
+    return [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+
+
+def _onnx(model, inputs, names, expected, folder: Path) -> ExportResult:
+    missing = onnx_available()
+    if missing:
+        raise ConfigurationError(
+            f"ONNX export needs the package(s) {missing}: pip install onnx onnxscript "
+            "(or pip install 'lumos-sciml[export]'); or use --format torchscript / state_dict."
+        )
+    path = folder / "model.onnx"
+    auto = torch.export.Dim.AUTO
+    dynamic = tuple({d: auto for d in range(t.dim())} for t in inputs)
+    noise = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
+                contextlib.redirect_stderr(noise), _quiet_torch_logs():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, inputs, str(path), dynamo=True, input_names=names,
+                              output_names=["output"], dynamic_shapes=dynamic,
+                              external_data=False, verbose=False)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"torch.onnx could not export this model ({_first_line(exc)}); use --format "
+            "torchscript or --format state_dict instead."
+        ) from None
+    got, checker = run_onnx(path, dict(zip(names, inputs)))
+    diff = _check(expected, torch.from_numpy(got[0]), "onnx")
+    return ExportResult("onnx", [path.name], names, diff, checker)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export / torch.onnx log progress and harmless notes (missing torchvision ops)."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_onnx(path: str | os.PathLike, feeds: dict[str, Tensor]) -> tuple[list, str]:
+    """Run an ONNX file: onnxruntime if installed, else onnx's reference evaluator."""
+    arrays = {k: v.numpy() for k, v in feeds.items()}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        wanted = {i.name for i in session.get_inputs()}
+        return session.run(None, {k: v for k, v in arrays.items() if k in wanted}), "onnxruntime"
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(str(path))
+    wanted = set(evaluator.input_names)
+    return evaluator.run(None, {k: v for k, v in arrays.items() if k in wanted}), "onnx.reference"
+
+
+def _state_dict(model, inputs, names, expected, folder: Path) -> ExportResult:
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path = folder / "state_dict.pt"
+    torch.save(state, path)
+    lines = ["# compacted architecture: build these layers, then load_state_dict(state_dict.pt)",
+             "", str(model), "", "# parameter shapes"]
+    lines += [f"{k}: {tuple(v.shape)}" for k, v in state.items()]
+    if isinstance(model, torch.fx.GraphModule):
+        lines += ["", "# forward (torch.fx code of the compacted model)", model.code.strip()]
+    (folder / "architecture.txt").write_text("\n".join(lines) + "\n")
+    reloaded = torch.load(path, weights_only=True)
+    import copy
+
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(reloaded)
+    with torch.no_grad():
+        diff = _check(expected, twin(*inputs), "state_dict")
+    return ExportResult("state_dict", [path.name, "architecture.txt"], names, diff,
+                        "load_state_dict(torch.load(weights_only=True))")
+
+
+def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None
+               ) -> tuple[Path, ExportResult]:
+    """Export the compacted model of a finished run (rebuilt from its weights-only checkpoint)."""
+    from .runs import load_run
+
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"unknown export format {fmt!r}; choose one of {FORMATS}.")
+    _, _, data, sm = load_run(run_dir)
+    small = sm.compact()
+    inputs, _ = data.example_batch("val", 8)
+    folder = Path(out) if out is not None else Path(run_dir) / "export" / fmt
+    return folder, export_model(small, tuple(inputs), folder, fmt)

@@ -1,0 +1,206 @@
+"""Exported models give the model's outputs when reloaded in a process where LUMOS is absent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lumos
+from lumos.export import FORMATS, export_model, export_run, onnx_available
+from lumos.runs import fit_run, load_config, load_run
+
+TINY_WORKLOAD = '''
+import torch
+from torch import nn
+
+from lumos.metrics import mae, r2
+from lumos.workloads.base import TensorSplit, TrainRecipe, Workload, WorkloadData
+
+
+def generate(size, seed, progress):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(160, 6, generator=g)
+    y = 2 * x[:, :1] + x[:, 1:2].sin()
+    return WorkloadData(
+        train=TensorSplit([x[:128]], y[:128]), val=TensorSplit([x[128:]], y[128:]),
+        feature_arg="x", feature_dim=-1, feature_names=[f"f{i}" for i in range(6)],
+        true_features=[0, 1], noise_features=[2, 3, 4, 5],
+    )
+
+
+def build_model(data):
+    return nn.Sequential(nn.Linear(6, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(),
+                         nn.Linear(32, 1))
+
+
+WORKLOAD = Workload(
+    name="tiny", title="tiny regression", description="two true columns, four noise columns",
+    architecture="mlp", task="regression", primary="r2", higher_is_better=True,
+    generate=generate, build_model=build_model,
+    metrics=lambda p, t: {"r2": r2(p, t), "mae": mae(p, t)},
+    recipes={"smoke": TrainRecipe(epochs=3, batch_size=32, lr=3e-3),
+             "full": TrainRecipe(epochs=30, batch_size=32, lr=1e-3)},
+)
+'''
+
+#: runs in a fresh interpreter where ``import lumos`` fails
+RELOAD_WITHOUT_LUMOS = textwrap.dedent('''
+    import json, sys
+    sys.modules["lumos"] = None
+    try:
+        import lumos  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("lumos was importable")
+    import torch
+    from torch import nn
+
+    io = torch.load("io.pt", weights_only=True)
+    out = {}
+
+    def diff(got, want):
+        return float((torch.as_tensor(got) - want).abs().max())
+
+    ts = torch.jit.load("mlp/torchscript/model.torchscript.pt")
+    out["torchscript"] = diff(ts(io["x"]), io["expected"])
+    out["cnn_torchscript"] = diff(torch.jit.load("cnn_ts/model.torchscript.pt")(io["image"]),
+                                  io["image_expected"])
+
+    def run_onnx(path, array):
+        try:
+            import onnxruntime
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            return session.run(None, {session.get_inputs()[0].name: array})[0]
+        except ImportError:
+            from onnx.reference import ReferenceEvaluator
+            evaluator = ReferenceEvaluator(path)
+            return evaluator.run(None, {evaluator.input_names[0]: array})[0]
+
+    import os
+    if os.path.exists("mlp/onnx/model.onnx"):
+        out["onnx"] = diff(run_onnx("mlp/onnx/model.onnx", io["x"].numpy()), io["expected"])
+        out["cnn_onnx"] = diff(run_onnx("cnn_onnx/model.onnx", io["image"].numpy()),
+                               io["image_expected"])
+
+    # state_dict: the user's own copy of the architecture at the compacted widths
+    state = torch.load("mlp/state_dict/state_dict.pt", weights_only=True)
+    layers = []
+    for i in (0, 2, 4):
+        out_f, in_f = state[f"{i}.weight"].shape
+        layers += [nn.Linear(in_f, out_f), nn.SiLU()]
+    mine = nn.Sequential(*layers[:-1])
+    mine.load_state_dict(state)
+    out["state_dict"] = diff(mine(io["x"]), io["expected"])
+
+    # the run's own pickled compacted module (torch layers only) loads too
+    compacted = torch.load(sys.argv[1], weights_only=False)
+    out["compacted_pickle"] = diff(compacted(io["x"]), io["expected"])
+    print(json.dumps(out))
+''')
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    (root / "tiny_export_workload.py").write_text(TINY_WORKLOAD)
+    sys.path.insert(0, str(root))
+    try:
+        config = load_config({"workload": "tiny_export_workload:WORKLOAD", "size": "smoke",
+                              "cache_dir": str(root / "cache"), "plots": False, "budget": 0.5})
+        fit_run(config, root / "run")
+        yield root / "run"
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("tiny_export_workload", None)
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 2))
+    sm = lumos.sparsify(cnn, torch.randn(4, 3, 12, 12), budget=0.5)
+    sm.set_progress(1.0)
+    return sm.eval().compact()
+
+
+@pytest.mark.slow
+def test_every_format_reloads_without_lumos_and_gives_the_same_outputs(run_dir, tmp_path):
+    with_onnx = not onnx_available()  # writing ONNX needs onnx + onnxscript (extra)
+    for fmt in FORMATS if with_onnx else ("torchscript", "state_dict"):
+        folder, result = export_run(run_dir, fmt, tmp_path / "mlp" / fmt)
+        assert (folder / "export.json").exists() and result.max_abs_diff < 1e-5
+    cnn = _small_cnn()
+    export_model(cnn, (torch.randn(4, 3, 12, 12),), tmp_path / "cnn_ts", "torchscript")
+    if with_onnx:
+        export_model(cnn, (torch.randn(4, 3, 12, 12),), tmp_path / "cnn_onnx", "onnx")
+
+    _, _, data, sm = load_run(run_dir)
+    small = sm.compact()
+    (x,), _ = data.example_batch("val", 5)  # another batch size than the export's example
+    image = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        torch.save({"x": x, "expected": small(x), "image": image, "image_expected": cnn(image)},
+                   tmp_path / "io.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD_WITHOUT_LUMOS, str(run_dir / "model" / "compacted.pt")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    diffs = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {"torchscript", "cnn_torchscript", "state_dict", "compacted_pickle"}
+    assert set(diffs) == expected | ({"onnx", "cnn_onnx"} if with_onnx else set())
+    assert all(d < 1e-5 for d in diffs.values()), diffs
+    # the run really was compacted: the shipped layers are narrower than the dense ones
+    state = torch.load(tmp_path / "mlp/state_dict/state_dict.pt", weights_only=True)
+    assert state["2.weight"].numel() < 32 * 32
+
+
+def test_graph_models_refuse_torchscript_with_the_reason_and_the_way_out(tmp_path):
+    pyg = pytest.importorskip("torch_geometric.nn")
+
+    class Gnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = pyg.GCNConv(5, 8)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x, edge_index):
+            return self.head(self.conv(x, edge_index).relu())
+
+    inputs = (torch.randn(6, 5), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]))
+    with pytest.raises(lumos.UnsupportedModelError, match="torch-geometric.*--format onnx"):
+        export_model(Gnn(), inputs, tmp_path, "torchscript")
+    assert not (tmp_path / "model.torchscript.pt").exists()
+
+
+def test_onnx_without_its_packages_names_them(tmp_path, monkeypatch):
+    import lumos.export as export
+
+    monkeypatch.setattr(export, "onnx_available", lambda: ["onnxscript"])
+    with pytest.raises(lumos.ConfigurationError, match="pip install onnx onnxscript"):
+        export_model(nn.Linear(3, 1), (torch.randn(2, 3),), tmp_path, "onnx")
+    with pytest.raises(lumos.ConfigurationError, match="unknown export format"):
+        export_model(nn.Linear(3, 1), (torch.randn(2, 3),), tmp_path, "tflite")
+
+
+def test_export_of_an_unfinished_or_missing_run_says_what_to_do(tmp_path):
+    with pytest.raises(lumos.ConfigurationError, match="not a LUMOS run directory"):
+        export_run(tmp_path, "state_dict")
+    assert Path(tmp_path).exists()
