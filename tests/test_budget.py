@@ -104,3 +104,30 @@ def test_training_history_records_validation_and_gates():
     assert len(history.realized_fraction) == 3
     with pytest.raises(lumos.ConfigurationError, match="metrics"):
         train(sm, (x, y), epochs=1, val_data=(x, y))
+
+
+def test_enforcement_counts_the_inert_channel_and_warns_when_the_budget_is_unreachable():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.norm = nn.LayerNorm(8)  # over the conv's channels: that stream stays whole
+            self.mid = nn.Linear(8, 32)
+            self.out = nn.Linear(32, 1)
+
+        def forward(self, x):
+            h = self.conv(x).mean(dim=(2, 3))
+            return self.out(torch.relu(self.mid(self.norm(h))))
+
+    x = torch.randn(4, 3, 6, 6)
+    torch.manual_seed(0)
+    with pytest.warns(lumos.LumosWarning, match="cannot be reached"):
+        sm = lumos.sparsify(Net(), x, budget=0.05)
+    floor = sm.smallest_fraction()
+    assert 0.05 < floor < 1.0
+    sm.set_progress(1.0)
+    assert sm.compacted_counts()["params"] / sm.dense_params == pytest.approx(floor)
+    # a reachable budget is met exactly even though one inert channel must stay in the conv
+    ok = lumos.sparsify(Net(), x, budget=floor + 0.02)
+    ok.set_progress(1.0)
+    assert ok.compacted_counts()["params"] / ok.dense_params <= floor + 0.02

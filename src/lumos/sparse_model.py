@@ -160,6 +160,7 @@ class SparseModel(nn.Module):
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
         self._has_feature_gates = bool(self.feature_mask.any())
         self._realized: Tensor | None = None
+        self._warned_unreachable = False
         self._realized_calls = 0
         self._input_dims = {
             name: (graph.feature_dims[name], space.size)
@@ -292,7 +293,7 @@ class SparseModel(nn.Module):
         kept = self.kept_mask()
 
         def fraction(shut: Tensor) -> float:
-            keep = (kept & ~shut).double()
+            keep = self._keep_alive(kept & ~shut).double()
             return float(self.cost.total(keep, "params")) / max(self.dense_params, 1.0)
 
         none = torch.zeros_like(kept)
@@ -311,6 +312,12 @@ class SparseModel(nn.Module):
                 lo = mid + 1
         self.gates.shut_gates(order[:lo])
         self._realized = None
+        final = none.clone()
+        final[order[:lo]] = True
+        reached = fraction(final)
+        if reached > budget + 1e-9 and not self._warned_unreachable:
+            self._warned_unreachable = True
+            warnings.warn(_unreachable_message(self, budget, reached), LumosWarning, stacklevel=2)
         return lo
 
     def parameter_groups(
@@ -340,12 +347,22 @@ class SparseModel(nn.Module):
         attention heads) keeps its strongest channel even when every gate is closed; its gate
         value 0 is folded into its readers, so it contributes nothing and outputs are exact.
         """
-        kept = self.gates.deterministic().detach() > 0
+        return self._keep_alive(self.gates.deterministic().detach() > 0)
+
+    def _keep_alive(self, kept: Tensor) -> Tensor:
+        """``kept`` plus the strongest channel of every must-not-be-empty group left empty."""
+        kept = kept.clone()
         for group in self._nonempty_groups:
             sl = slice(group.offset, group.offset + group.size)
             if not bool(kept[sl].any()):
                 kept[group.offset + int(torch.argmax(self.gates.log_alpha.detach()[sl]))] = True
         return kept
+
+    def smallest_fraction(self) -> float:
+        """The smallest kept-parameter fraction the budget can reach: every neuron/channel/head
+        gate closed (one inert channel where torch needs one), the current features kept."""
+        keep = self._keep_alive(self.kept_mask() & self.feature_mask).double()
+        return float(self.cost.total(keep, "params")) / max(self.dense_params, 1.0)
 
     def gate_values(self) -> Tensor:
         """Deterministic gate values as compaction folds them (1 for ungated positions)."""
@@ -399,6 +416,19 @@ class SparseModel(nn.Module):
     def extra_repr(self) -> str:
         mode = f"budget={self.budget}" if self.budget is not None else f"lam={self.lam}"
         return f"groups={len(self.graph_info.groups)}, gates={self.gates.num_gates}, {mode}"
+
+
+def _unreachable_message(sm: SparseModel, budget: float, reached: float) -> str:
+    whole = sorted({s.origin for s in sm.graph_info.pinned_spaces()
+                    if not s.pinned.startswith("model output")})
+    shown = ", ".join(whole[:6]) + (" ..." if len(whole) > 6 else "")
+    return (
+        f"budget={budget} cannot be reached: the smallest model LUMOS can build from this one "
+        f"keeps {reached:.1%} of the parameters, because some channels are kept whole "
+        f"({shown or 'the model output'}; see sm.report()). Ask for a budget of at least "
+        f"{reached:.2f}, or make those layers prunable (e.g. register a rule, avoid LayerNorm "
+        "over a stream you want pruned)."
+    )
 
 
 def _feature_dim(gm: fx.GraphModule, placeholder: fx.Node) -> int:
@@ -537,7 +567,7 @@ def sparsify(
             "sparsify(..., strict=False) to keep these channels whole (listed in report())."
         )
     _insert_gates(gm, graph)
-    return SparseModel(
+    sm = SparseModel(
         gm,
         graph,
         signature,
@@ -551,6 +581,12 @@ def sparsify(
         warmup=warmup,
         gate_options=gates or GateOptions(),
     )
+    if budget is not None and budget < 1.0:
+        floor = sm.smallest_fraction()
+        if floor > budget:
+            sm._warned_unreachable = True
+            warnings.warn(_unreachable_message(sm, budget, floor), LumosWarning, stacklevel=2)
+    return sm
 
 
 def _feature_arguments(features, names: list[str]) -> set[str]:
