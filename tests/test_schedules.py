@@ -115,3 +115,16 @@ def test_finetune_phase_freezes_gates_at_zero_or_one_and_stays_exact():
     loss.backward()
     assert sm.gates.log_alpha.grad is None or float(sm.gates.log_alpha.grad.abs().sum()) == 0
     torch.testing.assert_close(sm.gates.log_alpha.detach(), before)
+
+
+def test_training_in_pieces_follows_one_schedule_through_progress_range():
+    from lumos.training import train
+
+    sm = _sm(lam=0.1, gates=GateOptions(noise_interval=Schedule("linear", 0.4, 0.0)))
+    x, y = torch.randn(64, 6), torch.randn(64, 1)
+    train(sm, (x, y), epochs=1, batch_size=16, progress_range=(0.0, 0.5))
+    assert sm.gates.noise_interval == pytest.approx(0.2)
+    train(sm, (x, y), epochs=1, batch_size=16, progress_range=(0.5, 1.0))
+    assert sm.gates.noise_interval == pytest.approx(0.0)
+    with pytest.raises(lumos.ConfigurationError, match="progress_range"):
+        train(sm, (x, y), epochs=1, progress_range=(0.8, 0.2))

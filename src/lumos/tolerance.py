@@ -12,6 +12,7 @@ walk (kept fraction, metric) is returned, so the trade-off curve is visible.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigurationError
-from .sparse_model import SparseModel, sparsify
+from .sparse_model import GateOptions, SparseModel, sparsify
 from .training import as_loader, evaluate, make_optimizer, train
 
 Metrics = Callable[[Tensor, Tensor], dict[str, float]]
@@ -129,7 +130,10 @@ def fit_within_tolerance(
     if not math.isfinite(reference):
         raise ConfigurationError(f"the dense reference metric is {reference}; cannot compare.")
 
-    sm = sparsify(model, example_inputs, budget=1.0, **sparsify_kwargs)
+    # the walk decides when gates freeze (its fine-tune phase), not the progress schedule
+    options = sparsify_kwargs.pop("gates", None) or GateOptions()
+    sm = sparsify(model, example_inputs, budget=1.0,
+                  gates=dataclasses.replace(options, finetune=0.0), **sparsify_kwargs)
     controller = sm.controller
     controller.warmup = 1e-9  # the walk sets the target itself, epoch by epoch
     controller.settle = math.inf  # and shuts gates itself (enforce_budget)
@@ -141,10 +145,11 @@ def fit_within_tolerance(
 
     seconds = [0.0]
 
-    def run_epoch(budget: float) -> None:
+    def run_epoch(epoch: int, budget: float) -> None:
         controller.budget = budget
         sm.enforce_budget(budget)
-        history = train(sm, train_loader, epochs=1, optimizer=optimizer, **fit_kwargs)
+        history = train(sm, train_loader, epochs=1, optimizer=optimizer,
+                        progress_range=(epoch / epochs, (epoch + 1) / epochs), **fit_kwargs)
         seconds[0] = history.epoch_seconds[-1]
 
     walk: list[WalkPoint] = []
@@ -159,13 +164,13 @@ def fit_within_tolerance(
         return point
 
     for epoch in range(warm):
-        run_epoch(1.0)
+        run_epoch(epoch, 1.0)
         record(epoch, 1.0, "warm")
     best = _snapshot(sm, optimizer, walk[-1]) if walk[-1].within else None
     target = max(floor, walk[-1].kept_fraction * shrink)
     held = 0
     for epoch in range(warm, warm + walking):
-        run_epoch(target)
+        run_epoch(epoch, target)
         point = record(epoch, target, "walk")
         if point.within:
             if best is None or point.kept_fraction <= best.point.kept_fraction:
@@ -182,8 +187,11 @@ def fit_within_tolerance(
     if best is not None:
         best.restore(sm, optimizer)
     final_budget = best.point.kept_fraction if best is not None else target
+    if options.finetune > 0:  # freeze the best structure and fine-tune the surviving weights
+        sm.enforce_budget(final_budget)
+        sm.gates.freeze(sm.kept_mask())
     for epoch in range(warm + walking, epochs):
-        run_epoch(final_budget)
+        run_epoch(epoch, final_budget)
         point = record(epoch, final_budget, "finetune")
         if best is None or (point.within and point.kept_fraction <= best.point.kept_fraction):
             best = _snapshot(sm, optimizer, point)

@@ -331,10 +331,14 @@ def train(
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 2,
     resume: bool | str | os.PathLike = False,
+    progress_range: tuple[float, float] = (0.0, 1.0),
 ) -> History:
     """Train ``model`` (dense or :class:`SparseModel`) with Adam for ``epochs`` epochs.
 
     ``val_data`` with ``metrics`` are evaluated after every epoch (``History.val``).
+    ``progress_range``: the part of a longer schedule this call covers (a SparseModel's
+    progress runs from its first to its second number), for loops that call ``train`` in
+    pieces.
     ``on_epoch(epoch, history)`` may return True to stop early. Progress bars show on a TTY.
 
     Checkpoints: with ``checkpoint_dir`` a checkpoint is written after every epoch and, with
@@ -354,6 +358,15 @@ def train(
         raise ConfigurationError(f"lr must be a positive number, got {lr!r}.")
     if val_data is not None and metrics is None:
         raise ConfigurationError("val_data needs metrics=fn(pred, target) -> dict to score it.")
+    lo, hi = progress_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ConfigurationError(
+            f"progress_range must satisfy 0 <= start <= end <= 1, got {progress_range!r}."
+        )
+
+    def span(fraction: float) -> float:
+        return lo + (hi - lo) * fraction
+
     if checkpoint_every is not None and not (
         isinstance(checkpoint_every, int) and checkpoint_every >= 0
     ):
@@ -426,7 +439,7 @@ def train(
             for inputs, targets in batches.epoch(epoch, pos.batch):
                 inputs, targets = _to(inputs, device), _to(targets, device)
                 if sparse:
-                    model.set_progress(pos.step / total_steps)
+                    model.set_progress(span(pos.step / total_steps))
                 loss = loss_fn(_call(net, inputs), targets)
                 total = loss
                 if sparse:
@@ -465,7 +478,7 @@ def train(
                 )
             if sparse:
                 if epoch == epochs - 1:
-                    model.set_progress(1.0)
+                    model.set_progress(span(1.0))
                 _record_sparse(model, history, sums[1] / n, record_gates)
             if val_data is not None:
                 history.val.append(evaluate(model, val_data, metrics, device))
@@ -479,7 +492,7 @@ def train(
         if bar is not None:
             bar.close()
     if sparse:
-        model.set_progress(1.0)
+        model.set_progress(span(1.0))
     model.eval()
     return history
 
