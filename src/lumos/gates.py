@@ -45,9 +45,9 @@ def sample_gates(log_alpha: Tensor, cfg: HardConcreteConfig, u: Tensor | None = 
     """Reparameterised hard-concrete sample; ``u`` (values in [0, 1]) may be given for tests."""
     if u is None:
         u = torch.rand_like(log_alpha)
-    u = u.clamp(_UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / cfg.beta)
-    return (s * (cfg.zeta - cfg.gamma) + cfg.gamma).clamp(0.0, 1.0)
+    logit = torch.special.logit(u, eps=_UNIFORM_EPS)  # log u - log(1 - u), finite at 0 and 1
+    s = torch.sigmoid((logit + log_alpha) / cfg.beta)
+    return torch.clamp(s * (cfg.zeta - cfg.gamma) + cfg.gamma, 0.0, 1.0)
 
 
 def deterministic_gates(log_alpha: Tensor, cfg: HardConcreteConfig) -> Tensor:
@@ -129,6 +129,8 @@ class GateBank(nn.Module):
         self.noise_seed = 0
         self.draws = 0
         self.frozen = False
+        self._open_mask_key: tuple | None = None
+        self._any_shut_key: tuple | None = None
 
     @property
     def num_gates(self) -> int:
@@ -148,7 +150,8 @@ class GateBank(nn.Module):
     def forward(self) -> Tensor:
         """Gate values for this forward pass: a sample in training, deterministic in eval."""
         if self.training and not self.frozen:
-            return sample_gates(self.log_alpha, self.cfg, self.draw_uniform()) * self.open_mask
+            return self._apply_open_mask(
+                sample_gates(self.log_alpha, self.cfg, self.draw_uniform()))
         return self.deterministic()
 
     def freeze(self, kept: Tensor) -> None:
@@ -161,9 +164,10 @@ class GateBank(nn.Module):
         """The next uniform draw in [b, 1 - b], identical on every process for the same draw."""
         generator = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + self.draws)
         self.draws += 1
-        u = torch.rand(self.num_gates, generator=generator, dtype=torch.float64)
+        u = torch.rand(self.num_gates, generator=generator, dtype=self.log_alpha.dtype)
         b = self.noise_interval
-        return (b + (1.0 - 2.0 * b) * u).to(self.log_alpha)
+        u = u if b == 0.0 else b + (1.0 - 2.0 * b) * u
+        return u.to(self.log_alpha.device)
 
     def get_extra_state(self) -> dict:
         return {"noise_seed": self.noise_seed, "draws": self.draws,
@@ -183,17 +187,34 @@ class GateBank(nn.Module):
     def deterministic(self) -> Tensor:
         if self.frozen:
             return self.open_mask
-        return deterministic_gates(self.log_alpha, self.cfg) * self.open_mask
+        return self._apply_open_mask(deterministic_gates(self.log_alpha, self.cfg))
 
     def prob_nonzero(self) -> Tensor:
         if self.frozen:
             return self.open_mask
-        return prob_nonzero(self.log_alpha, self.cfg) * self.open_mask
+        return self._apply_open_mask(prob_nonzero(self.log_alpha, self.cfg))
 
     @property
     def open_mask(self) -> Tensor:
-        """0 for gates shut for good (budget projection), else 1."""
-        return (~self.shut).to(self.log_alpha.dtype)
+        """0 for gates shut for good (budget projection), else 1 (cached: it runs every step
+        and changes only when ``shut`` does, which bumps the buffer's version)."""
+        key = (self.shut._version, self.shut.device, self.log_alpha.dtype)
+        if self._open_mask_key != key:
+            self._open_mask = (~self.shut).to(self.log_alpha.dtype)
+            self._open_mask_key = key
+        return self._open_mask
+
+    def _apply_open_mask(self, gates: Tensor) -> Tensor:
+        mask = self.open_mask
+        return gates if not self._any_shut else gates * mask
+
+    @property
+    def _any_shut(self) -> bool:
+        _ = self.open_mask  # refreshes the key below when shut changed
+        if self._any_shut_key != self._open_mask_key:
+            self._any_shut_value = bool(self.shut.any())
+            self._any_shut_key = self._open_mask_key
+        return self._any_shut_value
 
     def shut_gates(self, index: Tensor) -> None:
         """Close these gates for good: they stay 0 whatever log alpha does next."""
