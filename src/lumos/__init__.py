@@ -3,7 +3,7 @@ smaller, faster plain PyTorch model."""
 
 import importlib.util
 
-from . import rules
+from . import metrics, rules
 from .errors import (
     CheckpointError,
     ConfigurationError,
