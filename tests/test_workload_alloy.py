@@ -2,68 +2,48 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("ase")
 
-from lumos.training import train  # noqa: E402
 from lumos.workloads import alloy as mod  # noqa: E402
 from lumos.workloads import get_workload  # noqa: E402
+from workload_checks import (  # noqa: E402
+    all_rows,
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_imports_lazy,
+    check_partition,
+    one_thread,  # noqa: F401 (autouse)
+    physical_inputs,
+    seeded_model,
+    smoke_predictions,
+)
 
 WL = get_workload("alloy_mixing")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small MLPs on a shared 2-core machine: extra intra-op threads only contend
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def data(cache):
-    return WL.data("smoke", seed=0, cache_dir=cache)
-
-
-def _all(split):
-    (x,), y = split.batch(slice(None))
-    return x, y
-
-
-def _raw(data, x):
-    """Undo the input standardisation with the scalers recorded in ``info``."""
-    return x * torch.tensor(data.info["x_std"]) + torch.tensor(data.info["x_mean"])
+def data(tmp_path_factory):
+    return WL.data("smoke", seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def test_shapes_dtypes_and_partition(data):
-    xt, yt = _all(data.train)
-    xv, yv = _all(data.val)
+    check_partition(data, len(mod.feature_names()), ["specimen_mass_g"], n_noise=8)
+    xt, yt = all_rows(data.train)
+    xv, yv = all_rows(data.val)
     n_feat = len(data.feature_names)
-    assert xt.dtype == yt.dtype == torch.float32
     assert xt.shape == (len(yt), n_feat) and xv.shape == (len(yv), n_feat)
     assert yt.shape[1] == 1 and len(xt) + len(xv) == mod.SIZES["smoke"][0]
     assert data.feature_dim == -1
-    assert data.true_features == list(range(len(mod.feature_names())))
-    assert [data.feature_names[i] for i in data.nuisance_features] == ["specimen_mass_g"]
-    assert len(data.noise_features) == 8
-    assert torch.allclose(xt.mean(0), torch.zeros(n_feat), atol=1e-4)
     assert torch.allclose(yt.std(0), torch.ones(1), atol=1e-4)
 
 
 def test_composition_columns_are_consistent(data):
-    raw = _raw(data, torch.cat([_all(data.train)[0], _all(data.val)[0]])).double()
+    x_all = torch.cat([all_rows(data.train)[0], all_rows(data.val)[0]])
+    raw = physical_inputs(data, x_all).double()
     n_el = len(mod.ELEMENTS)
     x = raw[:, :n_el]
     assert torch.allclose(x.sum(1), torch.ones(len(x), dtype=x.dtype), atol=1e-5)
@@ -99,57 +79,30 @@ def test_pure_element_has_zero_mixing_energy():
 
 
 def test_noise_uncorrelated_composition_correlated(data):
-    xt, yt = _all(data.train)
+    xt, yt = all_rows(data.train)
     corr = torch.corrcoef(torch.cat([xt, yt], 1).T)[-1, :-1].abs()
     assert corr[data.irrelevant_features].max() < 0.45  # 77 samples: |r| < 0.45 by chance
     assert corr[data.true_features].max() > 0.5
 
 
-def test_deterministic_cached_and_seed_dependent(data, cache):
-    again = WL.data("smoke", seed=0, cache_dir=cache)  # read back from the cache
-    fresh = WL.generate("smoke", 0, False)
-    other = WL.generate("smoke", 1, False)
-    assert list(cache.glob("alloy_mixing-v*-smoke-seed0.pt"))
-    for d in (again, fresh):
-        for a, b in ((data.train, d.train), (data.val, d.val)):
-            assert torch.equal(a.inputs[0], b.inputs[0]) and torch.equal(a.target, b.target)
-        assert d.info == data.info
+def test_deterministic_cached_and_seed_dependent(data, tmp_path):
+    other = check_deterministic_and_cached(WL, data, tmp_path)
     assert not torch.equal(other.train.target, data.train.target)
 
 
 def test_smoke_training_beats_mean_predictor(data):
-    recipe = WL.recipes["smoke"]
-    torch.manual_seed(0)
-    model = WL.build_model(data)
-    train(
-        model,
-        data.loader("train", recipe.batch_size, seed=0),
-        epochs=recipe.epochs,
-        loss_fn=WL.loss,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-    )
-    xv, yv = _all(data.val)
-    with torch.no_grad():
-        m = WL.metrics(model(xv), yv)
-        baseline = WL.metrics(torch.full_like(yv, float(data.train.target.mean())), yv)
+    pred, yv = smoke_predictions(WL, data)
+    m = WL.metrics(pred, yv)
+    baseline = WL.metrics(torch.full_like(yv, float(data.train.target.mean())), yv)
     assert baseline["r2"] < 0.1
     assert m["r2"] > 0.6, m
     assert m["mae"] < 0.6 * baseline["mae"]
 
 
 def test_model_is_fx_traceable(data):
-    torch.manual_seed(0)
-    model = WL.build_model(data).eval()
-    traced = torch.fx.symbolic_trace(model)
-    (x,), _ = data.example_batch("val", 8)
-    assert torch.equal(traced(x), model(x))
+    check_fx_traceable(seeded_model(WL, data), data.example_batch("val", 8)[0])
 
 
 def test_optional_packages_imported_lazily():
-    tree = ast.parse(Path(mod.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert names <= {"__future__", "functools", "numpy", "torch"}, names
+    check_imports_lazy(mod, {"__future__", "functools", "numpy", "torch"})
     assert "ase" in WL.requires

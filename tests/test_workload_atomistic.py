@@ -2,81 +2,56 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("ase")
 
-from lumos.training import train  # noqa: E402
 from lumos.workloads import atomistic as mod  # noqa: E402
 from lumos.workloads import get_workload  # noqa: E402
+from workload_checks import (  # noqa: E402
+    all_rows,
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_imports_lazy,
+    check_partition,
+    one_thread,  # noqa: F401 (autouse)
+    seeded_model,
+    smoke_predictions,
+)
 
 WL = get_workload("atomistic_energy")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small MLPs on a shared 2-core machine: extra intra-op threads only contend
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def data(cache):
-    return WL.data("smoke", seed=0, cache_dir=cache)
-
-
-def _all(split):
-    (x,), y = split.batch(slice(None))
-    return x, y
+def data(tmp_path_factory):
+    return WL.data("smoke", seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def test_shapes_dtypes_and_partition(data):
-    xt, yt = _all(data.train)
-    xv, yv = _all(data.val)
+    names, angular = mod.feature_names()
+    check_partition(data, len(names), ["thermostat_T_label"], n_noise=8)
+    xt, yt = all_rows(data.train)
+    xv, yv = all_rows(data.val)
     n_feat = len(data.feature_names)
-    assert xt.dtype == yt.dtype == torch.float32
     assert xt.shape[1] == xv.shape[1] == n_feat and yt.shape[1] == yv.shape[1] == 1
     assert len(xt) > 300 and len(xv) > 50
-    assert data.feature_arg == "x" and data.feature_dim == -1
-    names, angular = mod.feature_names()
-    assert data.true_features == list(range(len(names)))
-    assert [data.feature_names[i] for i in data.nuisance_features] == ["thermostat_T_label"]
-    assert len(data.noise_features) == 8
+    assert data.feature_dim == -1
     assert data.info["redundant_features"] == [data.feature_names.index(a) for a in angular]
     assert torch.isfinite(xt).all() and torch.isfinite(yt).all()
-    # standardised with train statistics
-    assert torch.allclose(xt.mean(0), torch.zeros(n_feat), atol=1e-4)
-    assert torch.allclose(yt.std(0), torch.ones(1), atol=1e-4)
+    assert torch.allclose(yt.std(0), torch.ones(1), atol=1e-4)  # standardised with train stats
 
 
 def test_noise_uncorrelated_physics_correlated(data):
-    xt, yt = _all(data.train)
+    xt, yt = all_rows(data.train)
     corr = torch.corrcoef(torch.cat([xt, yt], 1).T)[-1, :-1].abs()
     assert corr[data.noise_features].max() < 4.0 / len(xt) ** 0.5
     assert corr[data.true_features].max() > 0.5
 
 
-def test_deterministic_cached_and_seed_dependent(data, cache):
-    again = WL.data("smoke", seed=0, cache_dir=cache)  # read back from the cache
-    fresh = WL.generate("smoke", 0, False)
-    other = WL.generate("smoke", 1, False)
-    assert list(cache.glob("atomistic_energy-v*-smoke-seed0.pt"))
-    for d in (again, fresh):
-        for a, b in ((data.train, d.train), (data.val, d.val)):
-            assert torch.equal(a.inputs[0], b.inputs[0]) and torch.equal(a.target, b.target)
-        assert d.info == data.info and d.feature_names == data.feature_names
+def test_deterministic_cached_and_seed_dependent(data, tmp_path):
+    other = check_deterministic_and_cached(WL, data, tmp_path)
     assert other.train.target.shape != data.train.target.shape or not torch.equal(
         other.train.target, data.train.target
     )
@@ -145,34 +120,21 @@ def test_symmetry_functions_match_reference_and_are_invariant():
 
 
 def test_smoke_training_beats_mean_predictor(data):
-    recipe = WL.recipes["smoke"]
-    torch.manual_seed(0)
-    model = WL.build_model(data)
-    train(model, data.loader("train", recipe.batch_size, seed=0), epochs=recipe.epochs,
-          loss_fn=WL.loss, lr=recipe.lr, weight_decay=recipe.weight_decay)  # fmt: skip
-    xv, yv = _all(data.val)
-    with torch.no_grad():
-        m = WL.metrics(model(xv), yv)
-        baseline = WL.metrics(torch.full_like(yv, float(data.train.target.mean())), yv)
+    pred, yv = smoke_predictions(WL, data)
+    m = WL.metrics(pred, yv)
+    baseline = WL.metrics(torch.full_like(yv, float(data.train.target.mean())), yv)
     assert baseline["r2"] < 0.05
     assert m["r2"] > 0.9, m
     assert m["mae"] < 0.5 * baseline["mae"]
 
 
 def test_model_is_fx_traceable(data):
-    torch.manual_seed(0)
-    model = WL.build_model(data).eval()
-    traced = torch.fx.symbolic_trace(model)
-    (x,), _ = data.example_batch("val", 8)
-    assert torch.equal(traced(x), model(x))
+    model = seeded_model(WL, data)
+    check_fx_traceable(model, data.example_batch("val", 8)[0])
     assert all(isinstance(m, (torch.nn.Linear, torch.nn.SiLU)) for m in model)
 
 
 def test_optional_packages_imported_lazily():
     # `import lumos.workloads.atomistic` must work without ASE: only lazy (in-function) imports
-    tree = ast.parse(Path(mod.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert names <= {"__future__", "numpy", "torch"}, names
+    check_imports_lazy(mod, {"__future__", "numpy", "torch"})
     assert "ase" in WL.requires

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.fx
 
-from lumos.training import train
 from lumos.workloads import get_workload
 from lumos.workloads.base import WorkloadUnavailableError
+from workload_checks import (
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_partition,
+    one_thread,  # noqa: F401 (autouse)
+    physical_inputs,
+    seeded_model,
+    smoke_predictions,
+)
 
 burgers = pytest.importorskip("lumos.workloads.burgers")
 try:
@@ -19,40 +26,24 @@ except WorkloadUnavailableError:
 W = get_workload("burgers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster (and far more predictably on a shared box) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data():
     return W.generate("smoke", 0, False)
 
 
 def _physical(d, split):
-    x = split.inputs[0] * torch.tensor(d.info["x_std"]) + torch.tensor(d.info["x_mean"])
-    return x, split.target * d.info["y_std"] + d.info["y_mean"]
+    return physical_inputs(d, split.inputs[0]), split.target * d.info["y_std"] + d.info["y_mean"]
 
 
 def test_shapes_and_partition(data) -> None:
+    check_partition(data, 6, ["nuisance_u0_other_traj"], n_noise=4)
     x, y = data.train.inputs[0], data.train.target
-    assert x.dtype == y.dtype == torch.float32
     assert x.shape[1:] == (16, len(data.feature_names))
     assert y.shape[1:] == (16, 13)
     assert data.val.inputs[0].shape[1:] == x.shape[1:]
     assert len(data.train) + len(data.val) == 300
-    assert data.feature_dim == -1 and data.feature_arg == "x"
-    assert data.true_features == [0, 1, 2, 3, 4, 5]
+    assert data.feature_dim == -1
     assert data.nuisance_features == [6]
-    assert len(data.noise_features) == 4
-    # standardised with train statistics
-    flat = x.reshape(-1, x.shape[-1])
-    assert torch.allclose(flat.mean(0), torch.zeros(flat.shape[1]), atol=1e-4)
-    assert torch.allclose(flat.std(0), torch.ones(flat.shape[1]), atol=1e-3)
 
 
 def test_physics_consistent(data) -> None:
@@ -85,43 +76,17 @@ def test_noise_uncorrelated_true_correlated(data) -> None:
 
 
 def test_deterministic_per_seed_and_cache(tmp_path, data) -> None:
-    again = W.generate("smoke", 0, False)
-    assert torch.equal(again.train.inputs[0], data.train.inputs[0])
-    assert torch.equal(again.val.target, data.val.target)
-    other = W.generate("smoke", 1, False)
+    other = check_deterministic_and_cached(W, data, tmp_path)
     assert not torch.equal(other.train.inputs[0], data.train.inputs[0])
-    first = W.data("smoke", seed=0, cache_dir=tmp_path)
-    cached = W.data("smoke", seed=0, cache_dir=tmp_path)
-    assert torch.equal(first.train.inputs[0], cached.train.inputs[0])
-    assert torch.equal(first.val.target, cached.val.target)
-    assert cached.feature_names == data.feature_names
-    assert cached.info == first.info
 
 
 def test_model_traceable(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data).eval()
-    (x,), _ = data.example_batch("val", 4)
-    traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert torch.allclose(traced(x), model(x), atol=1e-6)
+    check_fx_traceable(seeded_model(W, data), data.example_batch("val", 4)[0], atol=1e-6)
 
 
 def test_smoke_training_beats_baseline(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data)
-    r = W.recipes["smoke"]
-    train(
-        model,
-        data.loader("train", r.batch_size, seed=0),
-        epochs=r.epochs,
-        loss_fn=W.loss,
-        lr=r.lr,
-        seed=0,
-    )
-    (x,), y = data.val.batch(slice(None))
-    with torch.no_grad():
-        got = W.metrics(model(x), y)
+    pred, y = smoke_predictions(W, data)
+    got = W.metrics(pred, y)
     # persistence (copy u at step 3 forward) is the natural baseline; the mean field is ~1.0
     (xs,), _ = data.val.batch(slice(None))
     u3 = (xs[..., 3] * data.info["x_std"][3] + data.info["x_mean"][3]) / data.info["y_std"]

@@ -8,19 +8,19 @@ import torch
 
 pytest.importorskip("scipy")
 
-from lumos.training import train  # noqa: E402
 from lumos.workloads import cfd, get_workload  # noqa: E402
+from workload_checks import (  # noqa: E402
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_partition,
+    check_registered,
+    one_thread,  # noqa: F401 (autouse)
+    physical_inputs,
+    seeded_model,
+    smoke_predictions,
+)
 
 WL = get_workload("cfd_pressure")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run faster on one thread, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -31,32 +31,26 @@ def data(tmp_path_factory):
 def _raw(data, split="val"):
     """Un-standardise inputs and target with the scalers recorded in ``info``."""
     s = data.val if split == "val" else data.train
-    mean = torch.tensor(data.info["x_mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(data.info["x_std"]).view(1, -1, 1, 1)
-    x = s.inputs[0] * std + mean
+    x = physical_inputs(data, s.inputs[0])
     y = s.target * data.info["y_std"] + data.info["y_mean"]
     return x.double().numpy(), y.double().numpy()
 
 
 def test_registered_and_described():
-    assert WL.name == "cfd_pressure"
-    assert WL.architecture == "cnn2d" and WL.task == "regression" and WL.primary == "r2"
+    check_registered(WL, "cfd_pressure", "cnn2d", "regression", "r2")
     assert set(WL.recipes) == {"smoke", "full"}
 
 
 def test_shapes_dtypes_and_partition(data):
+    check_partition(data, 3, ["temperature"], n_noise=2)
     n = cfd.SIZES["smoke"]["grid"]
     x, y = data.train.inputs[0], data.train.target
-    assert x.dtype == torch.float32 and y.dtype == torch.float32
     assert x.shape[1:] == (6, n, n) and y.shape[1:] == (1, n, n)
     assert len(data.train) + len(data.val) == cfd.SIZES["smoke"]["n"]
-    assert data.feature_dim == 0 and data.feature_arg == "x"
+    assert data.feature_dim == 0
     assert data.feature_names[:3] == ["u", "v", "obstacle_mask"]
-    assert data.true_features == [0, 1, 2]
-    assert data.nuisance_features == [5] and data.feature_names[5] == "temperature"
+    assert data.nuisance_features == [5]
     assert data.noise_features == [3, 4]
-    # standardised with train statistics
-    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(6), atol=1e-4)
     assert torch.allclose(y.mean(), torch.zeros(()), atol=1e-4)
 
 
@@ -107,48 +101,20 @@ def test_obstacles_leave_no_enclosed_fluid():
         assert set(range(1, k + 1)) <= border
 
 
-def test_deterministic_per_seed_and_different_across_seeds(data):
-    again = WL.generate("smoke", 0, False)
-    assert torch.equal(again.train.inputs[0], data.train.inputs[0])
-    assert torch.equal(again.val.target, data.val.target)
-    other = WL.generate("smoke", 1, False)
+def test_deterministic_cached_and_different_across_seeds(data, tmp_path):
+    other = check_deterministic_and_cached(WL, data, tmp_path)
     assert not torch.equal(other.train.target, data.train.target)
 
 
-def test_cache_round_trip(tmp_path):
-    a = WL.data("smoke", seed=2, cache_dir=tmp_path, progress=False)
-    assert len(list(tmp_path.glob("*.pt"))) == 1
-    b = WL.data("smoke", seed=2, cache_dir=tmp_path, progress=False)
-    for sa, sb in ((a.train, b.train), (a.val, b.val)):
-        assert torch.equal(sa.inputs[0], sb.inputs[0]) and torch.equal(sa.target, sb.target)
-    assert a.feature_names == b.feature_names and a.info == b.info
-
-
 def test_model_is_fx_traceable(data):
-    torch.manual_seed(0)
-    model = WL.build_model(data).eval()
     (x,), _ = data.example_batch("val", 4)
-    traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert torch.allclose(traced(x), model(x), atol=1e-6)
-        assert model(x).shape == (4, 1, *x.shape[2:])
+    _, out = check_fx_traceable(seeded_model(WL, data), (x,), atol=1e-6)
+    assert out.shape == (4, 1, *x.shape[2:])
 
 
 def test_smoke_training_beats_mean_baseline(data):
-    recipe = WL.recipes["smoke"]
-    torch.manual_seed(0)
-    model = WL.build_model(data)
-    train(
-        model,
-        data.loader("train", recipe.batch_size, seed=0),
-        epochs=recipe.epochs,
-        loss_fn=WL.loss,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-    )
-    (x,), y = data.val.batch(slice(None))
-    with torch.no_grad():
-        m = WL.metrics(model(x), y)
+    pred, y = smoke_predictions(WL, data)
+    m = WL.metrics(pred, y)
     baseline = WL.metrics(torch.zeros_like(y) + data.train.target.mean(), y)
     assert baseline["primary"] < 0.05
     assert m["primary"] > 0.5, m

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.fx
 
-from lumos.training import train
 from lumos.workloads import get_workload
+from workload_checks import (
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_partition,
+    one_thread,  # noqa: F401 (autouse)
+    physical_inputs,
+    seeded_model,
+    smoke_predictions,
+)
 
 pytest.importorskip("cantera")
 combustion = pytest.importorskip("lumos.workloads.combustion")
@@ -27,46 +34,29 @@ ATOMS = {
 MASS = {"H": 1.008, "O": 15.999}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster (and far more predictably on a shared box) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data():
     return W.generate("smoke", 0, False)
 
 
-def _physical_inputs(d, split):
-    x = split.inputs[0].double()
-    return x * torch.tensor(d.info["x_std"]).double() + torch.tensor(d.info["x_mean"]).double()
-
-
 def test_shapes_and_partition(data) -> None:
+    check_partition(data, 10, ["nuisance_ambient_T"], combustion.N_NOISE)
     x, y = data.train.inputs[0], data.train.target
     n_traj, n_uni, n_zone = combustion.SIZES["smoke"]
-    assert x.dtype == y.dtype == torch.float32
     assert x.shape[1:] == (combustion.WINDOW, len(data.feature_names))
     assert y.shape[1:] == (5,)
     assert len(data.train) + len(data.val) == n_traj * (n_uni + n_zone)
-    assert data.feature_dim == -1 and data.feature_arg == "x"
+    assert data.feature_dim == -1
     assert data.feature_names[:2] == ["T", "P"]
-    assert data.true_features == list(range(10))
     assert data.nuisance_features == [10]
     assert data.noise_features == list(range(11, 11 + combustion.N_NOISE))
-    flat = x.reshape(-1, x.shape[-1])
-    assert torch.allclose(flat.mean(0), torch.zeros(flat.shape[1]), atol=1e-4)
     assert torch.allclose(y.mean(0), torch.zeros(5), atol=1e-4)
 
 
 def test_physics_consistent(data) -> None:
     """Element conservation along each window (closed reactor), constant pressure, mass
     fractions in [0, 1], the nuisance constant per run, temperature that never falls."""
-    x = _physical_inputs(data, data.train)
+    x = physical_inputs(data, data.train.inputs[0].double())
     species = combustion.SPECIES
     lam = combustion.BOX_COX
     y_k = x[..., 2 : 2 + len(species)]
@@ -104,42 +94,20 @@ def test_noise_uncorrelated_true_correlated(data) -> None:
 
 
 def test_deterministic_per_seed_and_cache(tmp_path, data) -> None:
-    first = W.data("smoke", seed=0, cache_dir=tmp_path)
-    cached = W.data("smoke", seed=0, cache_dir=tmp_path)
-    for d in (first, cached):
-        assert torch.equal(d.train.inputs[0], data.train.inputs[0])
-        assert torch.equal(d.val.target, data.val.target)
-    assert cached.info == first.info
-    other = W.generate("smoke", 1, False)
+    other = check_deterministic_and_cached(W, data, tmp_path)
     assert not torch.equal(other.train.target, data.train.target)
 
 
 def test_model_traceable(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data).eval()
-    (x,), _ = data.example_batch("val", 4)
-    traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert torch.allclose(traced(x), model(x), atol=1e-6)
+    model = seeded_model(W, data)
+    check_fx_traceable(model, data.example_batch("val", 4)[0], atol=1e-6)
     assert any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in model.modules())
 
 
 def test_smoke_training_beats_baseline(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data)
-    r = W.recipes["smoke"]
-    train(
-        model,
-        data.loader("train", r.batch_size, seed=0),
-        epochs=r.epochs,
-        loss_fn=W.loss,
-        lr=r.lr,
-        seed=0,
-    )
-    (x,), y = data.val.batch(slice(None))
+    pred, y = smoke_predictions(W, data)
     baseline = W.metrics(data.train.target.mean(0).expand_as(y), y)["r2"]
-    with torch.no_grad():
-        got = W.metrics(model(x), y)
+    got = W.metrics(pred, y)
     assert got["primary"] == got["r2"]
     assert baseline < 0.05
     assert got["r2"] > 0.5

@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from lumos.training import train
-from lumos.workloads import base, cosmoflow, get_workload
+from lumos.workloads import cosmoflow, get_workload
+from workload_checks import (
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_partition,
+    check_registered,
+    one_thread,  # noqa: F401 (autouse)
+    seeded_model,
+    smoke_predictions,
+)
 
 WL = get_workload("cosmoflow")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run faster on one thread, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,7 @@ def data(tmp_path_factory):
 
 
 def test_registered_and_described():
-    assert WL.name == "cosmoflow"
-    assert WL.architecture == "cnn3d" and WL.task == "regression" and WL.primary == "r2"
+    check_registered(WL, "cosmoflow", "cnn3d", "regression", "r2")
 
 
 def test_power_spectrum_is_normalised_to_sigma8():
@@ -69,15 +67,13 @@ def test_cic_conserves_mass_and_zeldovich_boxes_are_finite():
 
 
 def test_shapes_dtypes_and_partition(data):
+    check_partition(data, 2, ["instrument_map"], n_noise=2)
     n = cosmoflow.SIZES["smoke"]["grid"]
     x, y = data.train.inputs[0], data.train.target
-    assert x.dtype == torch.float32 and y.dtype == torch.float32
     assert x.shape[1:] == (5, n, n, n) and y.shape[1:] == (4,)
     assert len(data.train) + len(data.val) == cosmoflow.SIZES["smoke"]["n"]
-    assert data.feature_dim == 0 and data.feature_arg == "x"
-    assert data.true_features == [0, 1]
+    assert data.feature_dim == 0
     assert data.noise_features == [2, 3] and data.nuisance_features == [4]
-    assert data.feature_names[4] == "instrument_map"
     assert torch.allclose(y.mean(0), torch.zeros(4), atol=1e-5)
     raw = y * torch.tensor(data.info["y_std"]) + torch.tensor(data.info["y_mean"])
     for j, (lo, hi) in enumerate(cosmoflow.RANGES):
@@ -99,47 +95,19 @@ def test_true_channels_carry_sigma8_and_irrelevant_ones_do_not(data):
             assert abs(_corr(spread[:, c], y[:, j])) < 0.3, (data.feature_names[c], j)
 
 
-def test_deterministic_per_seed_and_different_across_seeds(data):
-    again = WL.generate("smoke", 0, False)
-    assert torch.equal(again.train.inputs[0], data.train.inputs[0])
-    assert torch.equal(again.val.target, data.val.target)
-    other = WL.generate("smoke", 1, False)
+def test_deterministic_cached_and_different_across_seeds(data, tmp_path):
+    other = check_deterministic_and_cached(WL, data, tmp_path)
     assert not torch.equal(other.train.target, data.train.target)
 
 
-def test_cache_round_trip(tmp_path, data):
-    base.cached("cf-roundtrip", tmp_path, lambda: data)
-    back = base.cached("cf-roundtrip", tmp_path, lambda: pytest.fail("cache not used"))
-    for sa, sb in ((data.train, back.train), (data.val, back.val)):
-        assert torch.equal(sa.inputs[0], sb.inputs[0]) and torch.equal(sa.target, sb.target)
-    assert back.info == data.info and back.feature_names == data.feature_names
-
-
 def test_model_is_fx_traceable(data):
-    torch.manual_seed(0)
-    model = WL.build_model(data).eval()
-    (x,), _ = data.example_batch("val", 3)
-    traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert torch.allclose(traced(x), model(x), atol=1e-6)
-        assert model(x).shape == (3, 4)
+    _, out = check_fx_traceable(seeded_model(WL, data), data.example_batch("val", 3)[0], atol=1e-6)
+    assert out.shape == (3, 4)
 
 
 def test_smoke_training_beats_mean_baseline(data):
-    recipe = WL.recipes["smoke"]
-    torch.manual_seed(0)
-    model = WL.build_model(data)
-    train(
-        model,
-        data.loader("train", recipe.batch_size, seed=0),
-        epochs=recipe.epochs,
-        loss_fn=WL.loss,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-    )
-    (x,), y = data.val.batch(slice(None))
-    with torch.no_grad():
-        m = WL.metrics(model(x), y)
+    pred, y = smoke_predictions(WL, data)
+    m = WL.metrics(pred, y)
     assert WL.metrics(torch.zeros_like(y), y)["primary"] < 0.05
     assert m["r2_sigma_8"] > 0.5, m
     assert m["primary"] > 0.1, m  # measured 0.21: n_s and h need the full size

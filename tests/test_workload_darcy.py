@@ -7,22 +7,20 @@ import pytest
 import torch
 import torch.fx
 
-from lumos.training import train
 from lumos.workloads import get_workload
 from lumos.workloads.base import WorkloadUnavailableError
+from workload_checks import (
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_partition,
+    one_thread,  # noqa: F401 (autouse)
+    seeded_model,
+    smoke_predictions,
+)
 
 pytest.importorskip("scipy")
 darcy = pytest.importorskip("lumos.workloads.darcy")
 W = get_workload("darcy")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster (and far more predictably on a shared box) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _shipped_available() -> bool:
@@ -92,18 +90,14 @@ def data():
 
 @needs_shipped
 def test_shapes_and_partition(data) -> None:
+    check_partition(data, 3, ["nuisance_temperature"], n_noise=3)
     x, y = data.train.inputs[0], data.train.target
-    assert x.dtype == y.dtype == torch.float32
     assert x.shape[1:] == (7, 16, 16) and y.shape[1:] == (1, 16, 16)
     assert len(data.train) + len(data.val) == darcy.SMOKE["n"]
-    assert data.feature_dim == 0 and data.feature_arg == "x"
+    assert data.feature_dim == 0
     assert data.feature_names[:4] == ["permeability_a", "grid_x", "grid_y", "nuisance_temperature"]
-    assert data.true_features == [0, 1, 2] and data.nuisance_features == [3]
+    assert data.nuisance_features == [3]
     assert data.noise_features == [4, 5, 6]
-    m = x.mean(dim=(0, 2, 3))
-    s = x.std(dim=(0, 2, 3))
-    assert torch.allclose(m, torch.zeros(7), atol=1e-4)
-    assert torch.allclose(s, torch.ones(7), atol=1e-3)
     # the permeability channel is two-valued, the grid channels are the same for every sample
     assert len(torch.unique(x[:, 0])) == 2
     assert torch.equal(x[0, 1:3], x[-1, 1:3])
@@ -124,22 +118,13 @@ def test_noise_uncorrelated_true_correlated(data) -> None:
 
 @needs_shipped
 def test_deterministic_per_seed_and_cache(tmp_path, data) -> None:
-    again = W.generate("smoke", 0, False)
-    assert torch.equal(again.train.inputs[0], data.train.inputs[0])
-    assert torch.equal(again.val.target, data.val.target)
-    other = W.generate("smoke", 1, False)
+    other = check_deterministic_and_cached(W, data, tmp_path)
     assert not torch.equal(other.train.target, data.train.target)
-    first = W.data("smoke", seed=0, cache_dir=tmp_path)
-    cached = W.data("smoke", seed=0, cache_dir=tmp_path)
-    assert torch.equal(first.train.inputs[0], cached.train.inputs[0])
-    assert torch.equal(first.val.target, cached.val.target)
-    assert cached.info == first.info
 
 
 @needs_shipped
 def test_model_traceable(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data).eval()
+    model = seeded_model(W, data)
     (x,), _ = data.example_batch("val", 4)
     from lumos.layers import SpectralConv1d, SpectralConv2d
 
@@ -148,30 +133,16 @@ def test_model_traceable(data) -> None:
             spectral = isinstance(m, (SpectralConv1d, SpectralConv2d))
             return spectral or super().is_leaf_module(m, name)
 
-    traced = torch.fx.GraphModule(model, Tracer().trace(model))
-    with torch.no_grad():
-        assert torch.allclose(traced(x), model(x), atol=1e-5)
+    check_fx_traceable(model, (x,), Tracer(), atol=1e-5)
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"SpectralConv2d", "Conv2d", "GELU"} <= kinds
 
 
 @needs_shipped
 def test_smoke_training_beats_baseline(data) -> None:
-    torch.manual_seed(0)
-    model = W.build_model(data)
-    r = W.recipes["smoke"]
-    train(
-        model,
-        data.loader("train", r.batch_size, seed=0),
-        epochs=r.epochs,
-        loss_fn=W.loss,
-        lr=r.lr,
-        seed=0,
-    )
-    (x,), y = data.val.batch(slice(None))
+    pred, y = smoke_predictions(W, data)
     mean_field = data.train.target.mean(0, keepdim=True).expand_as(y)
     baseline = W.metrics(mean_field, y)["rel_l2"]
-    with torch.no_grad():
-        got = W.metrics(model(x), y)
+    got = W.metrics(pred, y)
     assert got["primary"] == got["rel_l2"]
     assert got["rel_l2"] < 0.6 * baseline

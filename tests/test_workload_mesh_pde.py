@@ -9,11 +9,19 @@ import torch
 pytest.importorskip("skfem")
 pyg_nn = pytest.importorskip("torch_geometric.nn")
 
-from torch import fx  # noqa: E402
-
-from lumos.training import train  # noqa: E402
-from lumos.workloads import get_workload  # noqa: E402
 from lumos.workloads import mesh_pde as P  # noqa: E402
+from workload_checks import (  # noqa: E402
+    check_deterministic_and_cached,
+    check_fx_traceable,
+    check_graphs,
+    check_partition,
+    check_registered,
+    one_thread,  # noqa: F401 (autouse)
+    pyg_tracer,
+    same_split,
+    seeded_model,
+    smoke_predictions,
+)
 
 W = P.WORKLOAD
 
@@ -23,23 +31,8 @@ def data():
     return P.generate("smoke", 0, False)
 
 
-@pytest.fixture
-def one_thread():
-    """Small graph batches train faster on one thread (and do not fight over shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _all_graphs(d):
     return d.train.graphs + d.val.graphs
-
-
-def _same(a, b) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(g[k], h[k]) for g, h in zip(a, b, strict=True) for k in ("x", "edge_index", "y")
-    )
 
 
 def _physical(d, g, name):
@@ -48,9 +41,7 @@ def _physical(d, g, name):
 
 
 def test_registered():
-    assert get_workload("mesh_pde") is W
-    assert W.architecture == "gnn" and W.task == "regression"
-    assert W.primary == "r2" and W.higher_is_better
+    check_registered(W, "mesh_pde", "gnn", "regression", "r2")
     assert set(W.metrics(torch.randn(10, 1), torch.randn(10, 1))) >= {"r2", "mae"}
 
 
@@ -70,49 +61,25 @@ def test_fem_solver_matches_manufactured_solution():
 
 
 def test_shapes_partition_and_boundary_condition(data):
-    f = len(data.feature_names)
-    assert data.feature_dim == -1 and data.feature_arg == "x"
+    check_partition(data, len(P.TRUE_NAMES), ["heat_capacity_rho_cp"], P.N_NOISE)
+    check_graphs(data)
+    assert data.feature_dim == -1
     assert data.train.node_level and data.val.node_level
     assert len(data.train) + len(data.val) == P.SIZES["smoke"]["n_meshes"]
-    assert data.true_features == list(range(len(P.TRUE_NAMES)))
-    assert [data.feature_names[i] for i in data.nuisance_features] == ["heat_capacity_rho_cp"]
-    assert len(data.noise_features) == P.N_NOISE
     for g in _all_graphs(data):
-        n = g["x"].shape[0]
-        assert g["x"].dtype == torch.float32 and g["x"].shape == (n, f)
-        assert g["y"].dtype == torch.float32 and g["y"].shape == (n, 1)
-        e = g["edge_index"]
-        assert e.dtype == torch.long and e.shape[0] == 2 and int(e.max()) < n
-        pairs = set(map(tuple, e.t().tolist()))
-        assert pairs == {(j, i) for i, j in pairs} and all(i != j for i, j in pairs)
         # Dirichlet condition: u = T_amb(x, y) on the boundary nodes
         u = g["y"][:, 0].double() * data.info["y_std"] + data.info["y_mean"]
         on_edge = _physical(data, g, "boundary") > 0.5
         xy = torch.stack([_physical(data, g, "x"), _physical(data, g, "y")], 1).numpy()
         assert on_edge.sum() >= 4 * 8
         np.testing.assert_allclose(u[on_edge], P.ambient(xy)[on_edge.numpy()], atol=1e-4)
-    x = torch.cat([g["x"] for g in data.train.graphs])
     y = torch.cat([g["y"] for g in data.train.graphs])
-    assert torch.allclose(x.mean(0), torch.zeros(f), atol=1e-4)
-    assert torch.allclose(x.std(0), torch.ones(f), atol=1e-3)
     assert abs(float(y.mean())) < 1e-4 and abs(float(y.std()) - 1) < 1e-3
 
 
-def test_deterministic_and_seed_dependent(data):
-    again = P.generate("smoke", 0, False)
-    assert _same(data.train.graphs, again.train.graphs)
-    assert _same(data.val.graphs, again.val.graphs)
-    other = P.generate("smoke", 1, False)
-    assert not _same(data.train.graphs, other.train.graphs)
-
-
-def test_cache_round_trip(tmp_path):
-    first = W.data("smoke", seed=0, cache_dir=tmp_path)
-    assert list(tmp_path.glob("mesh_pde-*.pt"))
-    second = W.data("smoke", seed=0, cache_dir=tmp_path)
-    assert _same(first.train.graphs, second.train.graphs)
-    assert _same(first.val.graphs, second.val.graphs)
-    assert second.train.node_level and first.info == second.info
+def test_deterministic_cached_and_seed_dependent(data, tmp_path):
+    other = check_deterministic_and_cached(W, data, tmp_path)  # node_level survives the cache
+    assert not same_split(data.train, other.train)
 
 
 def test_feature_ground_truth(data):
@@ -128,44 +95,17 @@ def test_feature_ground_truth(data):
     assert r[name.index("cooling_h")] < -0.1  # stronger cooling, cooler plate
 
 
-def test_smoke_training_beats_mean(data, one_thread):
-    recipe = W.recipes["smoke"]
-    torch.manual_seed(0)
-    model = W.build_model(data)
-    train(
-        model,
-        data.loader("train", recipe.batch_size, seed=0),
-        epochs=recipe.epochs,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        loss_fn=W.loss,
-    )
-    inputs, y = data.val.batch(slice(0, len(data.val)))
-    with torch.no_grad():
-        pred = model(*inputs)
+def test_smoke_training_beats_mean(data):
+    pred, y = smoke_predictions(W, data)
     assert pred.shape == y.shape
     assert W.metrics(torch.zeros_like(y), y)["r2"] < 0.05  # predicting the train mean
     assert W.metrics(pred, y)["r2"] > 0.75
 
 
 def test_model_deterministic_and_fx_traceable(data):
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m, name):
-            return isinstance(m, pyg_nn.MessagePassing) or super().is_leaf_module(m, name)
-
-    torch.manual_seed(0)
-    model = W.build_model(data).eval()
-    torch.manual_seed(0)
-    twin = W.build_model(data)
-    assert all(
-        torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True)
-    )
+    model = seeded_model(W, data)
     heads = [m.heads for m in model.modules() if isinstance(m, pyg_nn.GATConv)]
     assert len(heads) == 4 and min(heads) >= 2
-    graph = Tracer().trace(model)
-    gm = fx.GraphModule(model, graph)
     inputs, _ = data.example_batch("val", 3)
-    with torch.no_grad():
-        out = model(*inputs)
-        assert out.shape == (inputs[0].shape[0], 1)
-        assert torch.allclose(gm(*inputs), out)
+    _, out = check_fx_traceable(model, inputs, pyg_tracer(), atol=1e-8)
+    assert out.shape == (inputs[0].shape[0], 1)

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..metrics import mae, r2, rmse
+from ._common import regression_metrics, standardized_splits, table_mlp
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -38,7 +37,6 @@ from .base import (
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 ELEMENTS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
@@ -189,11 +187,10 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.tensor(energies, dtype=torch.float32)[:, None]
 
     tr, va = split_indices(n_alloys, VAL_FRACTION, seed)
-    xt, xv, x_mean, x_std = standardize(x[tr], x[va], dim=-1)
-    yt, yv, y_mean, y_std = standardize(y[tr], y[va], dim=-1)
+    train, val, scalers = standardized_splits(x, y, tr, va)
     return WorkloadData(
-        train=TensorSplit([xt], yt),
-        val=TensorSplit([xv], yv),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -209,30 +206,17 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "pure_emt_lattice_constants_A": ref_a.tolist(),
             "pure_emt_bulk_moduli_eV_per_A3": ref_b.tolist(),
             "element_properties": {p: props[:, k].tolist() for k, p in enumerate(PROPERTIES)},
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": float(y_mean),
-            "y_std": float(y_std),
+            **scalers,
         },
     )
 
 
 def build_model(data: WorkloadData) -> nn.Module:
-    n_in = len(data.feature_names)
-    width = 256
-    return nn.Sequential(
-        nn.Linear(n_in, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, 1),
-    )
+    return table_mlp(data)
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": r2(pred, target), "mae": mae(pred, target), "rmse": rmse(pred, target)}
+    return regression_metrics(pred, target)
 
 
 WORKLOAD = Workload(

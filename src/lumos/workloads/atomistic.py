@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..metrics import mae, r2, rmse
+from ._common import regression_metrics, standardized_splits, table_mlp
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -35,7 +34,6 @@ from .base import (
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 SPECIES = ("Cu", "Au", "Pt")
@@ -184,11 +182,10 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     train_s, val_s = split_indices(n_struct, VAL_FRACTION, seed)
     tr = torch.isin(owner_t, train_s).nonzero().squeeze(1)
     va = torch.isin(owner_t, val_s).nonzero().squeeze(1)
-    xt, xv, x_mean, x_std = standardize(x[tr], x[va], dim=-1)
-    yt, yv, y_mean, y_std = standardize(y[tr], y[va], dim=-1)
+    train, val, scalers = standardized_splits(x, y, tr, va)
     return WorkloadData(
-        train=TensorSplit([xt], yt),
-        val=TensorSplit([xv], yv),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -205,31 +202,18 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "r_cut_radial": R_CUT_RADIAL,
             "r_cut_angular": R_CUT_ANGULAR,
             "redundant_features": [names.index(a) for a in angular],
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": float(y_mean),
-            "y_std": float(y_std),
+            **scalers,
             "split": "by structure",
         },
     )
 
 
 def build_model(data: WorkloadData) -> nn.Module:
-    n_in = len(data.feature_names)
-    width = 256
-    return nn.Sequential(
-        nn.Linear(n_in, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, 1),
-    )
+    return table_mlp(data)
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": r2(pred, target), "mae": mae(pred, target), "rmse": rmse(pred, target)}
+    return regression_metrics(pred, target)
 
 
 WORKLOAD = Workload(

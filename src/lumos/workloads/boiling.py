@@ -20,9 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
+from ._common import (
+    bond_edges,
+    graph_split,
+    mlp,
+    node_rows,
+    regression_metrics,
+    standardize_rows,
+)
 from .base import (
-    GraphSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -130,14 +136,6 @@ def _mol_features(mol) -> np.ndarray | None:
     return np.asarray(rows, dtype=np.float32)
 
 
-def _edge_index(mol) -> Tensor:
-    pairs = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
-    if not pairs:
-        return torch.zeros(2, 0, dtype=torch.long)
-    e = torch.tensor(pairs, dtype=torch.long).t()
-    return torch.cat([e, e.flip(0)], dim=1)
-
-
 def _molecules(size: str, progress: bool):
     """(canonical smiles, Tb, mol) for every usable CRC compound, sorted by SMILES."""
     from rdkit import Chem, RDLogger
@@ -199,28 +197,15 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.tensor([r[1] for r in rows], dtype=torch.float32)
     train_idx, val_idx = split_indices(len(rows), VAL_FRACTION, seed)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    train_nodes = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in train_idx.tolist()])
-    x_mean = x[train_nodes].mean(0)
-    x_std = x[train_nodes].std(0)
-    x_std = torch.where(x_std > 1e-3, x_std, torch.ones_like(x_std))  # constant in train
-    x = (x - x_mean) / x_std
+    x, x_mean, x_std = standardize_rows(x, node_rows(starts, train_idx.tolist()), min_std=1e-3)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     y = (y - y_mean) / y_std
-
-    def graphs(idx: Tensor) -> list[dict[str, Tensor]]:
-        return [
-            {
-                "x": x[starts[i] : starts[i + 1]].clone(),
-                "edge_index": _edge_index(rows[i][2]),
-                "y": y[i : i + 1].clone(),
-            }
-            for i in idx.tolist()
-        ]
+    edges = [bond_edges(r[2]) for r in rows]
 
     names = list(TRUE_NAMES) + NUISANCE_NAMES + [f"noise_{k}" for k in range(N_NOISE)]
     return WorkloadData(
-        train=GraphSplit(graphs(train_idx)),
-        val=GraphSplit(graphs(val_idx)),
+        train=graph_split(x, y, starts, edges, train_idx.tolist()),
+        val=graph_split(x, y, starts, edges, val_idx.tolist()),
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -264,14 +249,10 @@ class BoilingPointGIN(nn.Module):
 
         self.convs = nn.ModuleList()
         for k in range(layers):
-            mlp = nn.Sequential(
-                nn.Linear(in_dim if k == 0 else hidden, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-            )
-            self.convs.append(GINConv(mlp, train_eps=True))
+            inner = mlp(in_dim if k == 0 else hidden, hidden, [hidden], nn.ReLU)
+            self.convs.append(GINConv(inner, train_eps=True))
         self.act = nn.ReLU()
-        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.head = mlp(2 * hidden, 1, [hidden], nn.ReLU)
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
         h = x
@@ -287,7 +268,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": M.r2(pred, target), "mae": M.mae(pred, target)}
+    return regression_metrics(pred, target, ("r2", "mae"))
 
 
 WORKLOAD = Workload(

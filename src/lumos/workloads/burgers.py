@@ -16,29 +16,30 @@ noise channels. The target is the velocity at time steps 4..16 at every grid poi
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import math
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
+from ._common import (
+    NEURALOP_INSTALL_HINT,
+    encoder_layers,
+    neuralop_file,
+    regression_metrics,
+    standardized_splits,
+)
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
-    WorkloadUnavailableError,
     append_noise_columns,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 DATA_FILE = "neuralop/datasets/data/burgers_lowres.pt"
-INSTALL_HINT = "pip install neuraloperator==0.3.0"
+INSTALL_HINT = NEURALOP_INSTALL_HINT
 N_INPUT_STEPS = 4  # u(t_0..t_3) are inputs; u(t_4..t_16) are targets
 N_NOISE = 4
 SIZES = {"smoke": 300, "full": 1200}  # trajectories used (the file holds 1200)
@@ -47,26 +48,7 @@ VAL_FRACTION = {"smoke": 0.2, "full": 1 / 6}
 
 def data_path() -> Path:
     """Where the wheel put ``burgers_lowres.pt`` (without importing ``neuralop``)."""
-    candidates: list[Path] = []
-    try:
-        dist = importlib.metadata.distribution("neuraloperator")
-        candidates.append(Path(str(dist.locate_file(DATA_FILE))))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        spec = importlib.util.find_spec("neuralop")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            candidates.append(Path(root) / "datasets" / "data" / "burgers_lowres.pt")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WorkloadUnavailableError(
-        "workload 'burgers' reads the Burgers data shipped in the neuraloperator wheel "
-        f"({DATA_FILE}), which was not found; install it with: {INSTALL_HINT}"
-    )
+    return neuralop_file(DATA_FILE, "workload 'burgers' reads the Burgers data")
 
 
 def load_raw() -> tuple[Tensor, float]:
@@ -104,15 +86,14 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = u[:, N_INPUT_STEPS:].transpose(1, 2).float()  # (n, 16, 13)
 
     tr, va = split_indices(n, VAL_FRACTION[size], seed)
-    x_tr, x_va, mean, std = standardize(x[tr], x[va], dim=-1)
     # targets: one global scale and no shift, so rel_l2 on the scaled field is the physical one
-    y_scale = float(y[tr].std())
+    train, val, scalers = standardized_splits(x, y, tr, va, target="scale")
     names = [f"u_t{k}" for k in range(N_INPUT_STEPS)] + ["sin_2pi_x", "cos_2pi_x"]
     names += ["nuisance_u0_other_traj"] + [f"noise_{k}" for k in range(N_NOISE)]
     n_true = N_INPUT_STEPS + 2
     return WorkloadData(
-        train=TensorSplit([x_tr], y[tr] / y_scale),
-        val=TensorSplit([x_va], y[va] / y_scale),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -127,10 +108,7 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "time_steps_out": list(range(N_INPUT_STEPS, n_t)),
             "n_train": len(tr),
             "n_val": len(va),
-            "x_mean": mean.flatten().tolist(),
-            "x_std": std.flatten().tolist(),
-            "y_mean": 0.0,
-            "y_std": y_scale,
+            **scalers,
         },
     )
 
@@ -149,18 +127,7 @@ class BurgersTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(n_features, d_model)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                d_model,
-                n_heads,
-                d_ff,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(n_layers)
-        )
+        self.layers = encoder_layers(d_model, n_heads, d_ff, n_layers)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, n_out)
 
@@ -176,12 +143,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {
-        "primary": M.rel_l2(pred, target),
-        "rel_l2": M.rel_l2(pred, target),
-        "r2": M.r2(pred, target),
-        "mae": M.mae(pred, target),
-    }
+    return regression_metrics(pred, target, ("rel_l2", "r2", "mae"), primary="rel_l2")
 
 
 WORKLOAD = Workload(

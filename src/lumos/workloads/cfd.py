@@ -23,16 +23,8 @@ import torch
 from torch import nn
 
 from .. import metrics as M
-from .base import (
-    TensorSplit,
-    TrainRecipe,
-    Workload,
-    WorkloadData,
-    progress_bar,
-    seed_everything,
-    split_indices,
-    standardize,
-)
+from ._common import standardized_splits
+from .base import TrainRecipe, Workload, WorkloadData, progress_bar, seed_everything, split_indices
 
 SIZES = {"smoke": {"grid": 16, "n": 256}, "full": {"grid": 32, "n": 2400}}
 VAL_FRACTION = 0.2
@@ -144,13 +136,12 @@ def generate(size: str, seed: int, progress: bool) -> WorkloadData:
     x = torch.from_numpy(x)
     y = torch.from_numpy(y)
     tr, va = split_indices(n_samples, VAL_FRACTION, seed)
-    x_tr, x_va, x_mean, x_std = standardize(x[tr], x[va], dim=1)
-    y_tr, y_va, y_mean, y_std = standardize(y[tr], y[va], dim=1)
+    train, val, scalers = standardized_splits(x, y, tr, va, dim=1)
     names = ["u", "v", "obstacle_mask"] + [f"noise_{j}" for j in range(N_NOISE)]
     names.append("temperature")
     return WorkloadData(
-        train=TensorSplit([x_tr.contiguous()], y_tr.contiguous()),
-        val=TensorSplit([x_va.contiguous()], y_va.contiguous()),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=0,
         feature_names=names,
@@ -162,10 +153,7 @@ def generate(size: str, seed: int, progress: bool) -> WorkloadData:
             "grid": n,
             "n_train": int(len(tr)),
             "n_val": int(len(va)),
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": float(y_mean.flatten()[0]),
-            "y_std": float(y_std.flatten()[0]),
+            **scalers,
             "generation_seconds": time.perf_counter() - t0,
         },
     )

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
+from ._common import encoder_layers, regression_metrics, standardized_splits
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -31,7 +30,6 @@ from .base import (
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 MECHANISM = "h2o2.yaml"
@@ -154,12 +152,11 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     traj_t = torch.from_numpy(traj)
     tr = torch.isin(traj_t, tr_traj).nonzero().flatten()
     va = torch.isin(traj_t, va_traj).nonzero().flatten()
-    x_tr, x_va, x_mean, x_std = standardize(x[tr], x[va], dim=-1)
-    y_tr, y_va, y_mean, y_std = standardize(delta[tr], delta[va], dim=-1)
+    train, val, scalers = standardized_splits(x, delta, tr, va)
     n_true = len(names)
     return WorkloadData(
-        train=TensorSplit([x_tr], y_tr),
-        val=TensorSplit([x_va], y_va),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names + ["nuisance_ambient_T"] + [f"noise_{k}" for k in range(N_NOISE)],
@@ -176,10 +173,7 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "initial_T_P_phi_ranges": [list(T0_RANGE), list(P_RANGE), list(PHI_RANGE)],
             "n_train": len(tr),
             "n_val": len(va),
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": y_mean.flatten().tolist(),
-            "y_std": y_std.flatten().tolist(),
+            **scalers,
         },
     )
 
@@ -201,18 +195,7 @@ class CombustionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(n_features, d_model)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                d_model,
-                n_heads,
-                d_ff,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(n_layers)
-        )
+        self.layers = encoder_layers(d_model, n_heads, d_ff, n_layers)
         self.norm = nn.LayerNorm(d_model)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(n_tokens * d_model, d_head)
@@ -233,12 +216,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {
-        "primary": M.r2(pred, target),
-        "r2": M.r2(pred, target),
-        "mae": M.mae(pred, target),
-        "rmse": M.rmse(pred, target),
-    }
+    return regression_metrics(pred, target, primary="r2")
 
 
 WORKLOAD = Workload(

@@ -26,9 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
+from ._common import (
+    bond_edges,
+    graph_split,
+    mlp,
+    node_rows,
+    regression_metrics,
+    standardize_rows,
+)
 from .base import (
-    GraphSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -156,12 +162,6 @@ def _node_features(mol, props, pos: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _edge_index(mol) -> Tensor:
-    pairs = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
-    e = torch.tensor(pairs, dtype=torch.long).t()
-    return torch.cat([e, e.flip(0)], dim=1)
-
-
 def _molecule_samples(mol, smiles: str, seed: int, size: str):
     """(node features, edge_index, energy per atom) for each sampled conformer of a molecule."""
     from rdkit import Chem
@@ -177,7 +177,7 @@ def _molecule_samples(mol, smiles: str, seed: int, size: str):
     params = rdDistGeom.ETKDGv3()
     params.randomSeed = int(rng.integers(1, 2**31 - 1))
     cids = list(rdDistGeom.EmbedMultipleConfs(mol, cfg["conformers"], params))
-    edges = _edge_index(mol)
+    edges = bond_edges(mol)
     out = []
     for cid in cids:
         ff = FF.MMFFGetMoleculeForceField(mol, props, confId=cid)
@@ -236,28 +236,15 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     in_train = set(train_mol.tolist())
     train_g = [g for g, (m, _) in enumerate(flat) if m in in_train]
     val_g = [g for g, (m, _) in enumerate(flat) if m not in in_train]
-    train_nodes = torch.cat([torch.arange(starts[g], starts[g + 1]) for g in train_g])
-    x_mean = x[train_nodes].mean(0)
-    x_std = x[train_nodes].std(0)
-    x_std = torch.where(x_std > 1e-6, x_std, torch.ones_like(x_std))  # constant in train
-    x = (x - x_mean) / x_std
+    x, x_mean, x_std = standardize_rows(x, node_rows(starts, train_g), min_std=1e-6)
     y_mean, y_std = y[train_g].mean(), y[train_g].std()
     y = (y - y_mean) / y_std
-
-    def graphs(index: list[int]) -> list[dict[str, Tensor]]:
-        return [
-            {
-                "x": x[starts[g] : starts[g + 1]].clone(),
-                "edge_index": flat[g][1][1],
-                "y": y[g : g + 1].clone(),
-            }
-            for g in index
-        ]
+    edges = [s[1] for _, s in flat]
 
     feature_names = list(TRUE_NAMES) + NUISANCE_NAMES + [f"noise_{k}" for k in range(N_NOISE)]
     return WorkloadData(
-        train=GraphSplit(graphs(train_g)),
-        val=GraphSplit(graphs(val_g)),
+        train=graph_split(x, y, starts, edges, train_g),
+        val=graph_split(x, y, starts, edges, val_g),
         feature_arg="x",
         feature_dim=-1,
         feature_names=feature_names,
@@ -304,7 +291,7 @@ class ConformerGCN(nn.Module):
         self.embed = nn.Linear(in_dim, hidden)
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
         self.act = nn.ReLU()
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.head = mlp(hidden, 1, [hidden], nn.ReLU)
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
         h = self.act(self.embed(x))
@@ -318,7 +305,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": M.r2(pred, target), "mae": M.mae(pred, target)}
+    return regression_metrics(pred, target, ("r2", "mae"))
 
 
 WORKLOAD = Workload(

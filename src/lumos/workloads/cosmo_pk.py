@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..metrics import mae, r2, rel_l2, rmse
+from ._common import regression_metrics, standardized_splits, table_mlp
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -29,7 +28,6 @@ from .base import (
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 #: sampled parameters and their ranges; the last one (tau) does not enter P(k).
@@ -101,11 +99,10 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.tensor(logp, dtype=torch.float32)
 
     tr, va = split_indices(n, VAL_FRACTION, seed)
-    xt, xv, x_mean, x_std = standardize(x[tr], x[va], dim=-1)
-    yt, yv, y_mean, y_std = standardize(y[tr], y[va], dim=-1)
+    train, val, scalers = standardized_splits(x, y, tr, va)
     return WorkloadData(
-        train=TensorSplit([xt], yt),
-        val=TensorSplit([xv], yv),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -117,36 +114,17 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "target": "log10 P(k) [(Mpc/h)^3] at k_h_per_Mpc (standardised per k)",
             "k_h_per_Mpc": k.tolist(),
             "parameter_ranges": {p: list(r) for p, r in PARAMETERS.items()},
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": y_mean.flatten().tolist(),
-            "y_std": y_std.flatten().tolist(),
+            **scalers,
         },
     )
 
 
 def build_model(data: WorkloadData) -> nn.Module:
-    n_in = len(data.feature_names)
-    n_out = data.train.target.shape[1]
-    width = 256
-    return nn.Sequential(
-        nn.Linear(n_in, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, n_out),
-    )
+    return table_mlp(data)
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {
-        "r2": r2(pred, target),
-        "mae": mae(pred, target),
-        "rmse": rmse(pred, target),
-        "rel_l2": rel_l2(pred, target),
-    }
+    return regression_metrics(pred, target, ("r2", "mae", "rmse", "rel_l2"))
 
 
 WORKLOAD = Workload(

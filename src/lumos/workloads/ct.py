@@ -25,16 +25,8 @@ import torch
 from torch import nn
 
 from .. import metrics as M
-from .base import (
-    TensorSplit,
-    TrainRecipe,
-    Workload,
-    WorkloadData,
-    progress_bar,
-    seed_everything,
-    split_indices,
-    standardize,
-)
+from ._common import standardized_splits
+from .base import TrainRecipe, Workload, WorkloadData, progress_bar, seed_everything, split_indices
 
 #: modified Shepp-Logan (Toft 1996): intensity, semi-axes a, b, centre x0, y0, angle (degrees);
 #: coordinates in [-1, 1], y up. Renders ``skimage.data.shepp_logan_phantom()``.
@@ -192,11 +184,11 @@ def generate(size: str, seed: int, progress: bool) -> WorkloadData:
     xt = torch.from_numpy(x)
     y = torch.from_numpy(labels[:, None])
     tr, va = split_indices(n_samples, VAL_FRACTION, seed)
-    x_tr, x_va, x_mean, x_std = standardize(xt[tr], xt[va], dim=1)
+    train, val, scalers = standardized_splits(xt, y, tr, va, dim=1, target="none")
     names = ["fbp_image"] + [f"noise_{j}" for j in range(N_NOISE)] + ["calibration_map"]
     return WorkloadData(
-        train=TensorSplit([x_tr.contiguous()], y[tr].contiguous()),
-        val=TensorSplit([x_va.contiguous()], y[va].contiguous()),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=0,
         feature_names=names,
@@ -212,8 +204,7 @@ def generate(size: str, seed: int, progress: bool) -> WorkloadData:
             "n_train": int(len(tr)),
             "n_val": int(len(va)),
             "positive_fraction": float(labels.mean()),
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
+            **scalers,
             "generation_seconds": time.perf_counter() - t0,
         },
     )

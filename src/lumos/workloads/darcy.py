@@ -22,31 +22,31 @@ it) and i.i.d. noise channels. Target: ``u`` on the grid, ``(1, H, W)``.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
 from ..layers import SpectralConv2d
+from ._common import (
+    NEURALOP_INSTALL_HINT,
+    neuralop_file,
+    regression_metrics,
+    standardized_splits,
+)
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
-    WorkloadUnavailableError,
     append_noise_columns,
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 SHIPPED_FILE = "neuralop/datasets/data/darcy_train_16.pt"
-INSTALL_HINT = "pip install neuraloperator==0.3.0"
+INSTALL_HINT = NEURALOP_INSTALL_HINT
 A_HIGH, A_LOW = 12.0, 3.0  # permeability where the GRF is >= 0 / < 0
 TAU, ALPHA = 3.0, 2.0  # GRF covariance (-Laplace + tau^2)^-alpha
 N_NOISE = 3
@@ -57,26 +57,7 @@ FULL = {"n": 1800, "val_fraction": 1 / 6, "resolution": 32}  # generated here
 # ---- data sources ------------------------------------------------------------------------------
 def shipped_path(name: str = SHIPPED_FILE) -> Path:
     """Where the neuraloperator wheel put a data file (without importing ``neuralop``)."""
-    candidates: list[Path] = []
-    try:
-        dist = importlib.metadata.distribution("neuraloperator")
-        candidates.append(Path(str(dist.locate_file(name))))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        spec = importlib.util.find_spec("neuralop")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            candidates.append(Path(root).parent / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WorkloadUnavailableError(
-        "the 'smoke' size of workload 'darcy' reads the Darcy data shipped in the "
-        f"neuraloperator wheel ({name}), which was not found; install it with: {INSTALL_HINT}"
-    )
+    return neuralop_file(name, "the 'smoke' size of workload 'darcy' reads the Darcy data")
 
 
 def load_shipped(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,14 +151,13 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.from_numpy(u).float().unsqueeze(1)
 
     tr, va = split_indices(n, val_fraction, seed)
-    x_tr, x_va, mean, std = standardize(x[tr], x[va], dim=1)
     # targets: one global scale and no shift, so rel_l2 on the scaled field is the physical one
-    y_scale = float(y[tr].std())
+    train, val, scalers = standardized_splits(x, y, tr, va, dim=1, target="scale")
     names = ["permeability_a", "grid_x", "grid_y", "nuisance_temperature"]
     names += [f"noise_{k}" for k in range(N_NOISE)]
     return WorkloadData(
-        train=TensorSplit([x_tr], y[tr] / y_scale),
-        val=TensorSplit([x_va], y[va] / y_scale),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=0,
         feature_names=names,
@@ -191,10 +171,7 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "grf_tau_alpha": [TAU, ALPHA],
             "n_train": len(tr),
             "n_val": len(va),
-            "x_mean": mean.flatten().tolist(),
-            "x_std": std.flatten().tolist(),
-            "y_mean": 0.0,
-            "y_std": y_scale,
+            **scalers,
         },
     )
 
@@ -237,12 +214,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {
-        "primary": M.rel_l2(pred, target),
-        "rel_l2": M.rel_l2(pred, target),
-        "r2": M.r2(pred, target),
-        "mae": M.mae(pred, target),
-    }
+    return regression_metrics(pred, target, ("rel_l2", "r2", "mae"), primary="rel_l2")
 
 
 WORKLOAD = Workload(

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import metrics as M
+from ._common import graph_split, node_rows, regression_metrics
 from .base import (
-    GraphSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -151,26 +150,17 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.cat([s["y"] for s in samples])
 
     train_idx, val_idx = split_indices(n, VAL_FRACTION, seed)
-    train_nodes = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in train_idx.tolist()])
+    train_nodes = node_rows(starts, train_idx.tolist())
     x_mean, x_std = x[train_nodes].mean(0), x[train_nodes].std(0).clamp_min(1e-6)
     y_mean, y_std = y[train_nodes].mean(0), y[train_nodes].std(0).clamp_min(1e-6)
     x = (x - x_mean) / x_std
     y = (y - y_mean) / y_std
-
-    def graphs(idx: Tensor) -> list[dict[str, Tensor]]:
-        return [
-            {
-                "x": x[starts[i] : starts[i + 1]].clone(),
-                "edge_index": samples[i]["edge_index"],
-                "y": y[starts[i] : starts[i + 1]].clone(),
-            }
-            for i in idx.tolist()
-        ]
+    edges = [s["edge_index"] for s in samples]
 
     names = TRUE_NAMES + NUISANCE_NAMES + [f"noise_{k}" for k in range(N_NOISE)]
     return WorkloadData(
-        train=GraphSplit(graphs(train_idx), node_level=True),
-        val=GraphSplit(graphs(val_idx), node_level=True),
+        train=graph_split(x, y, starts, edges, train_idx.tolist(), node_level=True),
+        val=graph_split(x, y, starts, edges, val_idx.tolist(), node_level=True),
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -221,7 +211,7 @@ def build_model(data: WorkloadData) -> nn.Module:
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": M.r2(pred, target), "mae": M.mae(pred, target), "rmse": M.rmse(pred, target)}
+    return regression_metrics(pred, target)
 
 
 WORKLOAD = Workload(

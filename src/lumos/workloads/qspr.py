@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..metrics import mae, r2, rmse
+from ._common import regression_metrics, standardized_splits, table_mlp
 from .base import (
-    TensorSplit,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -32,7 +31,6 @@ from .base import (
     progress_bar,
     seed_everything,
     split_indices,
-    standardize,
 )
 
 #: RDKit descriptors used (names in ``rdkit.Chem.Descriptors.descList``); Ipc enters as log1p.
@@ -170,11 +168,10 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
     y = torch.tensor(tc, dtype=torch.float32)[:, None]
 
     tr, va = split_indices(n, VAL_FRACTION, seed)
-    xt, xv, x_mean, x_std = standardize(x[tr], x[va], dim=-1)
-    yt, yv, y_mean, y_std = standardize(y[tr], y[va], dim=-1)
+    train, val, scalers = standardized_splits(x, y, tr, va)
     return WorkloadData(
-        train=TensorSplit([xt], yt),
-        val=TensorSplit([xv], yv),
+        train=train,
+        val=val,
         feature_arg="x",
         feature_dim=-1,
         feature_names=names,
@@ -187,30 +184,17 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
             "n_molecules": n,
             "smiles_train": [smiles[i] for i in tr.tolist()],
             "smiles_val": [smiles[i] for i in va.tolist()],
-            "x_mean": x_mean.flatten().tolist(),
-            "x_std": x_std.flatten().tolist(),
-            "y_mean": float(y_mean),
-            "y_std": float(y_std),
+            **scalers,
         },
     )
 
 
 def build_model(data: WorkloadData) -> nn.Module:
-    n_in = len(data.feature_names)
-    width = 256
-    return nn.Sequential(
-        nn.Linear(n_in, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, width),
-        nn.SiLU(),
-        nn.Linear(width, 1),
-    )
+    return table_mlp(data)
 
 
 def metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    return {"r2": r2(pred, target), "mae": mae(pred, target), "rmse": rmse(pred, target)}
+    return regression_metrics(pred, target)
 
 
 WORKLOAD = Workload(
