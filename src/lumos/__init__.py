@@ -36,6 +36,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "latency",
+    "metrics",
     "register_rule",
     "rules",
     "sparsify",
