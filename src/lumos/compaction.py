@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from .errors import ConfigurationError
-from .sparse_model import call_with_gated_params
+from .sparse_model import call_with_gated_input_columns, call_with_gated_params
 from .topology import registry
 from .topology.spaces import Layout
 
@@ -75,6 +75,16 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
 
     # 3. drop the gate nodes and the gate placeholder; gated leaf calls become plain calls.
     g = gm.graph
+    for node in list(g.nodes):
+        if node.op == "call_function" and node.target is call_with_gated_input_columns:
+            module_node, _, index_node, x = node.args
+            with g.inserting_before(node):
+                call = g.call_module(module_node.target, (x,))
+            call.meta = dict(node.meta)
+            node.replace_all_uses_with(call)
+            g.erase_node(node)
+            _erase_unused_attr(gm, index_node)
+            _erase_unused_attr(gm, module_node, buffer=False)
     for node in list(g.nodes):
         if node.op == "call_function" and node.target is call_with_gated_params:
             module_node, _, specs, *args = node.args

@@ -54,6 +54,25 @@ def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args
 torch.fx.wrap("call_with_gated_params")
 
 
+def call_with_gated_input_columns(module: nn.Module, gates: Tensor, index: Tensor, x: Tensor):
+    """``module(x * z)`` for a Linear or a conv, computed as ``module`` with its input columns
+    scaled by ``z``: the same numbers, but a weight-sized multiply instead of an
+    activation-sized one (much cheaper for convolutions and long sequences)."""
+    weight = module.weight
+    shape = [1] * weight.dim()
+    shape[1] = -1
+    scaled = weight * gates.index_select(0, index).view(shape).to(weight.dtype)
+    if isinstance(module, nn.Linear):
+        return torch.nn.functional.linear(x, scaled, module.bias)
+    return module._conv_forward(x, scaled, module.bias)
+
+
+torch.fx.wrap("call_with_gated_input_columns")
+
+#: readers whose input gate is folded into their weight on the fly (see above)
+_COLUMN_GATED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def _as_call(example_inputs) -> tuple[tuple, dict]:
     if isinstance(example_inputs, Tensor):
         return (example_inputs,), {}
@@ -647,6 +666,16 @@ def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
         gm.register_buffer(buffer, index, persistent=False)
         args = site.node.args if isinstance(site.arg, int) else site.node.kwargs
         value = args[site.arg]
+        if _gate_weight_instead(gm, site, value):
+            node = site.node
+            with g.inserting_before(node):
+                call = g.call_function(call_with_gated_input_columns, (
+                    g.get_attr(node.target), gates_node, g.get_attr(buffer), value))
+            call.meta = dict(node.meta)
+            call.meta["is_wrapped"] = True
+            node.replace_all_uses_with(call)
+            g.erase_node(node)
+            continue
         with g.inserting_before(site.node):
             idx_node = g.get_attr(buffer)
             gated = g.call_function(apply_gates, (value, gates_node, idx_node, site.dim))
@@ -663,6 +692,21 @@ def _insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
     _insert_param_gates(gm, graph, gates_node)
     g.lint()
     gm.recompile()
+
+
+def _gate_weight_instead(gm: fx.GraphModule, site, value) -> bool:
+    """Gate a Linear/conv's input by scaling its weight columns when the activation is the
+    bigger tensor (convolutions, tokens, graph nodes); plain activations stay gated for
+    small-batch MLPs, where the weight is the bigger one."""
+    node = site.node
+    if node.op != "call_module" or site.arg != 0 or len(node.args) != 1 or node.kwargs:
+        return False
+    module = gm.get_submodule(node.target)
+    if type(module) not in _COLUMN_GATED or getattr(module, "groups", 1) != 1:
+        return False
+    meta = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else None
+    activation = math.prod(meta.shape) if meta is not None else 0
+    return 4 * activation > module.weight.numel()  # the example batch is a small one
 
 
 def _insert_param_gates(gm: fx.GraphModule, graph: ChannelGraph, gates_node: fx.Node) -> None:
