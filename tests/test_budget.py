@@ -131,3 +131,32 @@ def test_enforcement_counts_the_inert_channel_and_warns_when_the_budget_is_unrea
     ok = lumos.sparsify(Net(), x, budget=floor + 0.02)
     ok.set_progress(1.0)
     assert ok.compacted_counts()["params"] / ok.dense_params <= floor + 0.02
+
+
+def test_settling_reopens_the_strongest_closed_gates_up_to_the_budget_but_not_at_the_end():
+    torch.manual_seed(0)
+    sm = lumos.sparsify(_mlp(w=64), torch.randn(4, 9), budget=0.6)
+    neurons = ~sm.feature_mask
+    with torch.no_grad():  # the controller closed far too much, and two features
+        sm.gates.log_alpha[neurons] = torch.linspace(-8.0, 4.0, int(neurons.sum()))
+        sm.gates.log_alpha[:2] = -8.0
+    before = sm.compacted_counts()["params"] / sm.dense_params
+    closed_before = ~sm.kept_mask()
+    assert before < 0.5
+    ending = lumos.sparsify(_mlp(w=64), torch.randn(4, 9), budget=0.6)
+    ending.load_state_dict(sm.state_dict())
+    sm.set_progress(0.9)
+    after = sm.compacted_counts()["params"] / sm.dense_params
+    assert before < after <= 0.6 + 1e-9
+    reopened = closed_before & sm.kept_mask()
+    still_closed = closed_before & ~sm.kept_mask() & neurons
+    assert reopened.any() and not reopened[~neurons].any()  # features are never reopened
+    la = sm.gates.log_alpha.detach()
+    assert la[still_closed].max() <= la[reopened].min()  # the strongest were reopened first
+    # and the next strongest would not have fitted
+    keep = sm.kept_mask().double()
+    keep[torch.nonzero(still_closed).flatten()[la[still_closed].argmax()]] = 1.0
+    assert float(sm.cost.total(keep, "params")) / sm.dense_params > 0.6
+    # at the end of training nothing follows, so nothing is reopened
+    ending.set_progress(1.0)
+    assert ending.compacted_counts()["params"] / ending.dense_params == pytest.approx(before)

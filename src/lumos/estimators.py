@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 
 from .errors import ConfigurationError
 from .measure import count_params
-from .sparse_model import SparseModel, sparsify
+from .sparse_model import DEFAULT_FEATURE_PENALTY, SparseModel, sparsify
 from .training import History, train
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -81,7 +81,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         epochs=100,
         lr=1e-3,
         batch_size=64,
-        feature_penalty=0.05,
+        feature_penalty=DEFAULT_FEATURE_PENALTY,
         activation="silu",
         standardize=True,
         random_state=None,
@@ -335,7 +335,7 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
     lr : float, default=1e-3
         Adam learning rate of the weights (gates learn at ``max(50 * lr, 0.05)``).
     batch_size : int, default=64
-    feature_penalty : float, default=0.05
+    feature_penalty : float, default=0.07
         Pressure on the input-feature gates; 0 keeps every feature.
     activation : {"silu", "relu", "tanh", "gelu"}, default="silu"
     standardize : bool, default=True

@@ -36,6 +36,7 @@ import torch
 
 from . import distributed
 from .errors import ConfigurationError, LumosError
+from .sparse_model import DEFAULT_FEATURE_PENALTY
 
 #: keys of a run configuration: name -> (accepted type, help text). Order = file order.
 SCHEMA: dict[str, tuple[str, str]] = {
@@ -82,7 +83,7 @@ class RunConfig:
     lr: float | None = None
     weight_decay: float | None = None
     gate_lr: float | None = None
-    feature_penalty: float = 0.05
+    feature_penalty: float = DEFAULT_FEATURE_PENALTY
     warmup: float = 0.5
     grad_clip: float | None = None
     device: str = "auto"
