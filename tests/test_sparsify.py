@@ -70,6 +70,48 @@ def test_penalty_modes():
     assert float(sm_feat.penalty()) == pytest.approx(0.3 * float(keep), rel=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["lam", "budget_over", "budget_under", "frozen"])
+def test_penalty_value_and_gradient_equal_the_differentiated_formula(mode):
+    """penalty() hands autograd its gradient directly; it must be the gradient of
+    size term + feature_penalty * mean P(feature kept), differentiated by autograd."""
+    torch.manual_seed(0)
+    kwargs = {"lam": 1.7} if mode == "lam" else {"budget": 0.3}
+    sm = lumos.sparsify(MLP(d=6, h=24), _x(), feature_penalty=0.2, **kwargs)
+    with torch.no_grad():
+        sm.gates.log_alpha.uniform_(-3.0, 4.0)
+        sm.gates.shut_gates(torch.tensor([7, 20]))
+    sm.train()
+    if mode != "lam":
+        sm.controller.progress.fill_(0.6 if mode == "budget_over" else 0.0)
+        sm.controller.lambda1.fill_(0.8)
+        sm.controller.lambda2.fill_(2.5)
+    if mode == "frozen":
+        sm.gates.freeze(sm.kept_mask())
+    la = sm.gates.log_alpha
+    keep = sm.gates.prob_nonzero()
+    fraction = sm.cost.total(keep, "params") / sm.dense_params
+    reference = 0.2 * keep[sm.feature_mask].mean()
+    if mode == "lam":
+        reference = reference + 1.7 * fraction
+    else:
+        realized = sm._realized_fraction(keep.dtype)
+        over = torch.relu(fraction + (realized - fraction).detach() - sm.controller.target())
+        reference = reference + 0.8 * over + 2.5 * over**2
+    value = sm.penalty()
+    assert float(value.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    if mode == "frozen":  # frozen gates: a constant penalty, no gradient
+        assert not reference.requires_grad
+        assert torch.autograd.grad(value, la, allow_unused=True)[0] is None
+        return
+    (expected,) = torch.autograd.grad(reference, la)
+    (got,) = torch.autograd.grad(value, la)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)
+    if mode == "budget_under":  # under target: only the feature pressure pushes
+        assert (got[~sm.feature_mask] == 0).all() and (got[sm.feature_mask] != 0).any()
+    else:
+        assert (got[~sm.gates.shut] != 0).all()
+
+
 def test_penalty_gradient_reaches_every_gate():
     sm = lumos.sparsify(MLP(), _x(), budget=0.3)
     sm.train()

@@ -55,16 +55,24 @@ class BudgetController(nn.Module):
         return 1.0 - (1.0 - self.budget) * ramp
 
     def forward(self, fraction: Tensor) -> Tensor:
-        gap = fraction - self.target()
-        over = torch.relu(gap)
-        # Clones: the in-place ascent below must not touch tensors saved for backward.
-        loss = self.lambda1.clone() * over + self.lambda2.clone() * over.pow(2)
+        """The Lagrangian term for a kept ``fraction``, differentiable in ``fraction``."""
+        value, slope = self.value_and_slope(float(fraction))
+        return (fraction - fraction.detach()) * slope + value
+
+    @torch.no_grad()
+    def value_and_slope(self, fraction: float) -> tuple[float, float]:
+        """The Lagrangian term and its derivative in ``fraction`` (for a penalty that applies
+        its gradient directly), after which the multipliers take their ascent step (in
+        training mode). Plain floats: a handful of scalar operations on every training step,
+        where tensor ops would cost microseconds each."""
+        gap = float(fraction) - self.target()
+        over = max(gap, 0.0)
+        l1, l2 = float(self.lambda1), float(self.lambda2)
+        value = l1 * over + l2 * over * over
+        slope = l1 + 2.0 * l2 * over if gap > 0 else 0.0
         if self.training:
-            with torch.no_grad():
-                # Projected ascent: the multipliers grow while over target and shrink back
-                # (never below 0) while under it, so they do not stay stale.
-                g = gap.detach().to(self.lambda1.dtype)
-                self.lambda1.add_(self.multiplier_lr * g).clamp_(min=0.0)
-                self.lambda2.add_(self.multiplier_lr * g * g.abs()).clamp_(min=0.0)
-                self.steps.add_(1)
-        return loss
+            rate = self.multiplier_lr
+            self.lambda1.fill_(max(l1 + rate * gap, 0.0))
+            self.lambda2.fill_(max(l2 + rate * gap * abs(gap), 0.0))
+            self.steps.add_(1)
+        return value, slope

@@ -101,6 +101,35 @@ class CostModel(nn.Module):
             return coeff
         return coeff * live[factors].prod(dim=1)
 
+    def marginal(self, keep: Tensor, kind: str = "params") -> Tensor:
+        """``d total(keep) / d keep`` for every gate, computed directly (no autograd graph).
+
+        Each term ``coeff * prod(live_f)`` gives each of its factors ``coeff * prod(other
+        live)``; a factor's share reaches its gates through the layout weights. The penalty
+        uses this on every training step, where a backward pass through the cost model would
+        cost more than the rest of the gate machinery together.
+        """
+        live = self.live(keep)
+        factors = getattr(self, f"{kind}_factors")
+        coeff = self._as(f"{kind}_coeff", keep)
+        per_row = torch.zeros_like(live)
+        width = factors.shape[1]
+        values = live[factors]  # terms x factors (padding points at the constant row 0)
+        if width == 1:
+            per_row.index_add_(0, factors[:, 0], coeff)
+        elif width == 2:  # the common case (in x out), in one pass
+            others = values.flip(1) * coeff[:, None]
+            per_row.index_add_(0, factors.flatten(), others.flatten())
+        else:
+            for f in range(width):
+                others = torch.cat([values[:, :f], values[:, f + 1:]], dim=1).prod(dim=1)
+                per_row.index_add_(0, factors[:, f], coeff * others)
+        out = torch.zeros_like(keep)
+        if self.entry_rows.numel():
+            share = per_row[self.entry_rows] * self._as("entry_weights", keep)
+            out.index_add_(0, self.entry_gates, share)
+        return out
+
     def total(self, keep: Tensor, kind: str = "params") -> Tensor:
         """Expected (or exact, for 0/1 keep) parameter or FLOP count."""
         return self.per_term(keep, kind).sum()

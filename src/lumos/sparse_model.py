@@ -83,6 +83,20 @@ torch.fx.wrap("call_with_gated_input_columns")
 _COLUMN_GATED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+class _Penalty(torch.autograd.Function):
+    """A scalar ``value`` whose gradient in log alpha is the given ``grad`` (see penalty)."""
+
+    @staticmethod
+    def forward(ctx, log_alpha: Tensor, value: Tensor, grad: Tensor | None) -> Tensor:
+        ctx.grad = grad
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad = None if ctx.grad is None else grad_out * ctx.grad
+        return grad, None, None
+
+
 def _as_call(example_inputs) -> tuple[tuple, dict]:
     if isinstance(example_inputs, Tensor):
         return (example_inputs,), {}
@@ -205,8 +219,7 @@ class SparseModel(nn.Module):
     def forward(self, *args, **kwargs):
         bound = self._bind(args, kwargs)
         z = self.gates()
-        gates = torch.cat([z, z.new_ones(1)])
-        return self.model(*bound, **{GATES_PLACEHOLDER: gates})
+        return self.model(*bound, **{GATES_PLACEHOLDER: torch.cat([z, z.new_ones(1)])})
 
     def _bind(self, args: tuple, kwargs: dict) -> list:
         try:
@@ -245,22 +258,46 @@ class SparseModel(nn.Module):
         ``lam`` it is ``lam * expected_live_params / dense_params``. Feature gates get their own
         pressure, ``feature_penalty * mean P(feature kept)``, because an input column costs so
         few parameters that a size budget alone would never close it.
+
+        The value and its gradient in log alpha are computed directly (the cost model's
+        marginal, the sigmoid's slope) and handed to autograd as one node: the same gradient
+        as differentiating the formula above, at a fraction of the per-step cost.
         """
-        keep = self.gates.prob_nonzero()
-        total = keep.new_zeros(())
-        if self.controller is not None or self.lam is not None:
-            fraction = self.cost.total(keep, "params") / max(self.dense_params, 1.0)
-            if self.controller is not None:
-                # The budget is on what compaction keeps (deterministic gate > 0), which can be
-                # more than the expected count while gates sit half-open: the constraint sees
-                # the kept fraction's value, with the expected fraction's gradient.
-                realized = self._realized_fraction(keep.dtype)
-                total = total + self.controller(fraction + (realized - fraction).detach())
-            else:
-                total = total + self.lam * fraction
-        if self.feature_penalty > 0 and self._has_feature_gates:
-            total = total + self.feature_penalty * keep[self.feature_mask].mean()
-        return total
+        with torch.no_grad():
+            keep = self.gates.prob_nonzero()
+            value = keep.new_zeros(())
+            slope = torch.zeros_like(keep)  # d penalty / d keep
+            if self.controller is not None or self.lam is not None:
+                dense = max(self.dense_params, 1.0)
+                if self.controller is not None:
+                    # The budget is on what compaction keeps (deterministic gate > 0), which
+                    # can be more than the expected count while gates sit half-open: the
+                    # constraint sees the kept fraction's value, with the expected fraction's
+                    # gradient.
+                    realized = self._realized_fraction(keep.dtype)
+                    size_value, size_slope = self.controller.value_and_slope(realized)
+                else:
+                    size_value = self.lam * self.cost.total(keep, "params") / dense
+                    size_slope = self.lam
+                value = value + size_value
+                if size_slope:
+                    slope = self.cost.marginal(keep, "params").mul_(size_slope / dense)
+            if self.feature_penalty > 0 and self._has_feature_gates:
+                weights = self._feature_weights(keep.dtype)
+                value = value + self.feature_penalty * torch.dot(keep, weights)
+                slope = slope + self.feature_penalty * weights
+            # d keep / d log alpha: keep = sigmoid(log alpha - c), 0 where shut or frozen
+            grad = slope * keep * (1.0 - keep) if not self.gates.frozen else None
+        return _Penalty.apply(self.gates.log_alpha, value, grad)
+
+    def _feature_weights(self, dtype: torch.dtype) -> Tensor:
+        """1 / (number of feature gates) on feature gates, 0 elsewhere (their mean, as a dot)."""
+        key = (dtype, self.feature_mask.device)
+        if getattr(self, "_feature_weights_key", None) != key:
+            mask = self.feature_mask.to(dtype)
+            self._feature_weights_cache = mask / mask.sum().clamp_min(1.0)
+            self._feature_weights_key = key
+        return self._feature_weights_cache
 
     #: the kept fraction moves only when a gate crosses zero: refreshed every few steps
     REALIZED_EVERY = 8
@@ -289,9 +326,10 @@ class SparseModel(nn.Module):
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
         opts = self.gate_options
-        self.gates.noise_interval = Schedule.of(opts.noise_interval)(fraction)
-        if opts.temperature is not None:
-            self.gates.set_temperature(Schedule.of(opts.temperature)(fraction))
+        noise, temperature = self._schedules()
+        self.gates.noise_interval = noise(fraction)
+        if temperature is not None:
+            self.gates.set_temperature(temperature(fraction))
         if opts.log_alpha_range is not None:
             with torch.no_grad():
                 self.gates.log_alpha.clamp_(*opts.log_alpha_range)
@@ -306,6 +344,15 @@ class SparseModel(nn.Module):
         if opts.finetune > 0 and fraction >= 1.0 - opts.finetune and not self.gates.frozen:
             self.enforce_budget(fill=fraction < 1.0)
             self.gates.freeze(self.kept_mask())
+
+    def _schedules(self) -> tuple[Schedule, Schedule | None]:
+        """The gate options' schedules, built once per options object (this runs every step)."""
+        opts = self.gate_options
+        if getattr(self, "_schedules_of", None) is not opts:
+            temperature = None if opts.temperature is None else Schedule.of(opts.temperature)
+            self._schedules_cache = (Schedule.of(opts.noise_interval), temperature)
+            self._schedules_of = opts
+        return self._schedules_cache
 
     @torch.no_grad()
     def enforce_budget(self, budget: float | None = None, fill: bool = False) -> int:
