@@ -358,3 +358,31 @@ def test_state_dict_round_trip_restores_gates_and_controller():
     fresh.eval()
     sm.eval()
     torch.testing.assert_close(fresh(x), sm(x))
+
+
+class _TimeMajor(nn.Module):
+    """(batch, time, channels) data read by a Conv1d after a permute or a transpose."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv1d(4, 10, 3, padding=1)
+        self.head = nn.Linear(10, 2)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 1) if self.how == "permute" else x.transpose(1, 2)
+        return self.head(torch.relu(self.conv(x)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("how", ["permute", "transpose"])
+def test_features_are_the_dim_the_first_layer_reads_through_a_permute(how):
+    x = torch.randn(8, 20, 4)
+    sm = lumos.sparsify(_TimeMajor(how), x, lam=0.5)
+    assert sm.graph_info.feature_spaces["x"].size == 4  # the channels, not the 20 time steps
+    with torch.no_grad():
+        sm.gates.log_alpha[:4] = torch.tensor([6.0, -6.0, 6.0, -6.0])
+    sm.eval()
+    assert sm.selected_features() == {"x": [0, 2]}
+    with torch.no_grad():
+        torch.testing.assert_close(sm.compact()(x), sm(x))
+        torch.testing.assert_close(sm.compact(inputs="selected")(x[..., [0, 2]]), sm(x))

@@ -543,21 +543,64 @@ def _unreachable_message(sm: SparseModel, budget: float, reached: float) -> str:
     )
 
 
-def _feature_dim(gm: fx.GraphModule, placeholder: fx.Node) -> int:
-    """The dim of an input that holds its features: the one its first layer reads (default -1)."""
-    frontier = list(placeholder.users)
+#: ops that reorder dims without changing what each one holds (followed by ``_feature_dim``)
+_DIM_MOVES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"}
+
+
+def _moved(node: fx.Node, order: list[int]) -> list[int] | None:
+    """``order`` (the input dim held by each dim) after a permute/transpose-like ``node``;
+    None when the node is not one or its dims are not constants."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name not in _DIM_MOVES or not node.args or not all(
+            isinstance(a, int) for a in _flat_ints(node.args[1:])):
+        return None
+    rank = len(order)
+    dims = [d % rank for d in _flat_ints(node.args[1:])]
+    if name == "permute":
+        return [order[d] for d in dims] if len(dims) == rank else None
+    if name in ("movedim", "moveaxis"):
+        if len(dims) != 2:
+            return None
+        moved = list(order)
+        moved.insert(dims[1], moved.pop(dims[0]))
+        return moved
+    if len(dims) != 2:
+        return None
+    swapped = list(order)
+    swapped[dims[0]], swapped[dims[1]] = swapped[dims[1]], swapped[dims[0]]
+    return swapped
+
+
+def _flat_ints(args) -> list:
+    out = []
+    for a in args:
+        out.extend(a if isinstance(a, (tuple, list)) else [a])
+    return out
+
+
+def _feature_dim(gm: fx.GraphModule, placeholder: fx.Node, rank: int) -> int:
+    """The dim of an input that holds its features: the one its first layer reads (default -1),
+    followed back through permutes and transposes on the way (``x.permute(0, 2, 1)`` before a
+    Conv1d makes the input's last dim the features, not its middle one)."""
+    frontier = [(user, list(range(rank))) for user in placeholder.users]
     seen = set()
     while frontier:
-        node = frontier.pop(0)
+        node, order = frontier.pop(0)
         if node in seen:
             continue
         seen.add(node)
         if node.op == "call_module":
             rule = registry.module_rule(gm.get_submodule(node.target))
             if rule is not None and rule.input_dim is not None:
-                return rule.input_dim
-        if node.op in ("call_function", "call_method", "call_module") and len(seen) < 64:
-            frontier.extend(node.users)
+                return order[rule.input_dim % rank]
+        if node.op in ("call_function", "call_method") and len(seen) < 64:
+            moved = _moved(node, order)
+            if moved is None and (node.target in _DIM_MOVES or getattr(
+                    node.target, "__name__", "") in _DIM_MOVES):
+                return -1  # dims moved in a way we cannot follow: the last dim, as by default
+            frontier.extend((user, moved or order) for user in node.users)
+        elif node.op == "call_module" and len(seen) < 64:
+            frontier.extend((user, order) for user in node.users)
     return -1
 
 
@@ -665,7 +708,7 @@ def sparsify(
     for node, value in zip(placeholders, example_args):
         floating = isinstance(value, Tensor) and value.is_floating_point()
         if node.target in wanted and floating and value.dim() >= 2:
-            feature_inputs[node.target] = _feature_dim(gm, node) % value.dim()
+            feature_inputs[node.target] = _feature_dim(gm, node, value.dim()) % value.dim()
     names = _feature_names(feature_names, feature_inputs, example_args, placeholders)
 
     graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict)
