@@ -386,3 +386,18 @@ def test_features_are_the_dim_the_first_layer_reads_through_a_permute(how):
     with torch.no_grad():
         torch.testing.assert_close(sm.compact()(x), sm(x))
         torch.testing.assert_close(sm.compact(inputs="selected")(x[..., [0, 2]]), sm(x))
+
+
+def test_sparsify_leaves_the_users_model_as_it_was():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    lumos.sparsify(model, torch.randn(16, 4) * 5 + 3)
+    assert model.training
+    for k, v in model.state_dict().items():  # BatchNorm's running statistics included
+        assert torch.equal(v, stats[k]), k
+
+
+def test_a_model_that_fails_on_its_example_inputs_gets_an_input_error():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(lumos.InputError, match="fails on its own example_inputs.*dtype"):
+        lumos.sparsify(model, torch.randint(0, 3, (4, 4)))

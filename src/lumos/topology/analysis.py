@@ -6,16 +6,19 @@ groups, where gates are applied, which parameter dims each group slices, and the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
 import math
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from . import registry
 from .infos import (
     AttrInfo,
@@ -214,6 +217,33 @@ class Group:
         return self.root.nonempty
 
 
+def _propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
+    """Record every node's shape from one run on the example inputs.
+
+    The run is in eval mode without autograd: it must not touch the user's model (BatchNorm
+    running statistics would otherwise take a step towards the example batch). A model that
+    fails on its own example inputs gets an :class:`InputError` naming the layer.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(*example_args)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        node = re.search(r"node=%(\S+)", str(exc))
+        where = f" at '{node.group(1)}'" if node else ""
+        first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        raise InputError(
+            f"the model fails on its own example_inputs{where}: {type(cause).__name__}: "
+            f"{first}. Pass example inputs the model runs on as it is (same dtypes, shapes "
+            "and devices as real batches, several samples per batch) and check that "
+            "model(*example_inputs) works."
+        ) from None
+    finally:
+        gm.train(was_training)
+
+
 class ChannelGraph:
     """The coordinator's reading of one traced model on its example inputs."""
 
@@ -226,7 +256,7 @@ class ChannelGraph:
     ) -> None:
         self.gm = gm
         self.ctx = RuleContext(gm, strict)
-        ShapeProp(gm).propagate(*example_args)
+        _propagate_shapes(gm, example_args)
         self.feature_spaces: dict[str, Space] = {}
         self.feature_dims: dict[str, int] = {}
         for node in gm.graph.nodes:
