@@ -42,12 +42,32 @@ class BudgetController(nn.Module):
         # progress in [0, 1] set by the training loop; negative means "count steps instead".
         self.register_buffer("progress", torch.full((), -1.0))
         self.register_buffer("settled", torch.zeros((), dtype=torch.bool))
+        self._host: dict[str, tuple] = {}
+
+    def host(self, name: str) -> float:
+        """The value of scalar buffer ``name`` as a Python number, read from the device only
+        when the buffer changed behind our back (a loaded state, a move): the controller runs
+        every step, and a device read each time would stall a GPU's queue."""
+        t = getattr(self, name)
+        key = (t._version, t.data_ptr())
+        cached = self._host.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._host[name] = (key, t.item())
+        return cached[1]
+
+    def set_host(self, name: str, value: float) -> None:
+        """Write scalar buffer ``name`` and remember its value as the buffer holds it (in its
+        dtype: a resumed run reads the buffer, and must see the same number); no device read."""
+        t = getattr(self, name)
+        stored = torch.tensor(value, dtype=t.dtype).item()
+        t.fill_(stored)
+        self._host[name] = ((t._version, t.data_ptr()), stored)
 
     def current_progress(self) -> float:
-        p = float(self.progress)
+        p = self.host("progress")
         if p >= 0:
             return min(p, 1.0)
-        return min(1.0, int(self.steps) / (self.default_warmup_steps / self.warmup))
+        return min(1.0, self.host("steps") / (self.default_warmup_steps / self.warmup))
 
     def target(self) -> float:
         """Kept fraction aimed at now: 1 at the start, ``budget`` once warm-up is over."""
@@ -67,12 +87,12 @@ class BudgetController(nn.Module):
         where tensor ops would cost microseconds each."""
         gap = float(fraction) - self.target()
         over = max(gap, 0.0)
-        l1, l2 = float(self.lambda1), float(self.lambda2)
+        l1, l2 = self.host("lambda1"), self.host("lambda2")
         value = l1 * over + l2 * over * over
         slope = l1 + 2.0 * l2 * over if gap > 0 else 0.0
         if self.training:
             rate = self.multiplier_lr
-            self.lambda1.fill_(max(l1 + rate * gap, 0.0))
-            self.lambda2.fill_(max(l2 + rate * gap * abs(gap), 0.0))
-            self.steps.add_(1)
+            self.set_host("lambda1", max(l1 + rate * gap, 0.0))
+            self.set_host("lambda2", max(l2 + rate * gap * abs(gap), 0.0))
+            self.set_host("steps", self.host("steps") + 1)
         return value, slope

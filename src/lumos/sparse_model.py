@@ -302,14 +302,15 @@ class SparseModel(nn.Module):
     #: the kept fraction moves only when a gate crosses zero: refreshed every few steps
     REALIZED_EVERY = 8
 
-    def _realized_fraction(self, dtype: torch.dtype) -> Tensor:
+    def _realized_fraction(self, dtype: torch.dtype) -> float:
         calls = self._realized_calls
         self._realized_calls += 1
         if self._realized is None or calls % self.REALIZED_EVERY == 0 or not self.training:
             with torch.no_grad():
                 kept = (self.gates.deterministic() > 0).to(dtype)
                 self._realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
-        return self._realized
+            self._realized_value = float(self._realized)  # one device read per refresh
+        return self._realized_value
 
     def get_extra_state(self) -> dict:
         # the cached kept fraction and its refresh count travel with the weights, so a run
@@ -319,6 +320,8 @@ class SparseModel(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         realized = state.get("realized")
         self._realized = None if realized is None else realized.to(self.gates.log_alpha.device)
+        if realized is not None:
+            self._realized_value = float(realized)
         self._realized_calls = int(state.get("realized_calls", 0))
 
     def set_progress(self, fraction: float) -> None:
@@ -334,13 +337,13 @@ class SparseModel(nn.Module):
             with torch.no_grad():
                 self.gates.log_alpha.clamp_(*opts.log_alpha_range)
         if self.controller is not None:
-            self.controller.progress.fill_(fraction)
+            self.controller.set_host("progress", fraction)
             # enforce once when training settles and once at its end (not every step)
-            settling = fraction >= self.controller.settle and not bool(self.controller.settled)
+            settling = fraction >= self.controller.settle and not self.controller.host("settled")
             if settling or fraction >= 1.0:
                 # at settle, training goes on: gates closed past the budget may reopen
                 self.enforce_budget(fill=settling and fraction < 1.0)
-                self.controller.settled.fill_(True)
+                self.controller.set_host("settled", True)
         if opts.finetune > 0 and fraction >= 1.0 - opts.finetune and not self.gates.frozen:
             self.enforce_budget(fill=fraction < 1.0)
             self.gates.freeze(self.kept_mask())
