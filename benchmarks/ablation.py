@@ -90,7 +90,8 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
         rel = (metric - dense_metric) / max(abs(dense_metric), 1e-12)
         records.append({
             "workload": name, "architecture": wl.architecture, "config": config,
-            "size": size, "epochs": epochs, "budget": budget, "seed": seed,
+            "size": size, "epochs": epochs, "epochs_scale": epochs_scale, "budget": budget,
+            "seed": seed,
             "metric": wl.primary, "higher_is_better": wl.higher_is_better,
             "metric_dense": dense_metric, "metric_lumos": metric,
             "metric_relative_change": rel if wl.higher_is_better else -rel,  # + is better
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--rerun", nargs="+", metavar="CONFIG",
+                        help="run these configs again even where OUT/ablation/ has them")
     args = parser.parse_args(argv)
     configs = all_configs()
     if args.configs:
@@ -182,18 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for name in args.only:
         path = per / f"{name}.json"
-        if path.exists():
-            previous = json.loads(path.read_text())
-            done = {r["config"] for r in previous if r["size"] == args.size
-                    and r["budget"] == args.budget and r["seed"] == args.seed}
-            if set(configs) <= done:
-                records += [r for r in previous if r["config"] in configs]
-                print(f"[ablation] {name}: reused {path}", flush=True)
-                continue
-        rs = run_workload(name, args.size, args.budget, args.seed, args.epochs_scale, configs,
-                          args.cache_dir)
-        path.write_text(json.dumps(rs, indent=2))
-        records += rs
+        previous = json.loads(path.read_text()) if path.exists() else []
+        same = [r for r in previous if r["size"] == args.size and r["budget"] == args.budget
+                and r["seed"] == args.seed and r.get("epochs_scale", 1.0) == args.epochs_scale]
+        done = {r["config"] for r in same} - set(args.rerun or [])
+        todo = {k: v for k, v in configs.items() if k not in done}
+        if todo:
+            rs = run_workload(name, args.size, args.budget, args.seed, args.epochs_scale, todo,
+                              args.cache_dir)
+            same = [r for r in same if r["config"] not in todo] + rs
+            path.write_text(json.dumps(same, indent=2))
+        else:
+            print(f"[ablation] {name}: reused {path}", flush=True)
+        records += sorted((r for r in same if r["config"] in configs),
+                          key=lambda r: list(configs).index(r["config"]))
     summary = summarize(records)
     meta = {"command": command, "machine": machine_info(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,

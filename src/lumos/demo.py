@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .measure import count_flops, count_params, latency
+from .metrics import r2
 from .sparse_model import sparsify
 from .training import train
 from .workloads.laws import LAWS, make_law_data, train_val_split
@@ -30,12 +31,6 @@ def demo_mlp(n_inputs: int, width: int = 256, depth: int = 2) -> nn.Sequential:
         d = width
     layers.append(nn.Linear(d, 1))
     return nn.Sequential(*layers)
-
-
-def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
-    ss_res = float(((pred - target) ** 2).sum())
-    ss_tot = float(((target - target.mean()) ** 2).sum())
-    return 1.0 - ss_res / max(ss_tot, 1e-12)
 
 
 @dataclass
@@ -105,8 +100,8 @@ def run_demo(
 
     small = sm.compact()
     with torch.no_grad():
-        r2_dense = r2_score(dense.eval()(x_va), y_va)
-        r2_lumos = r2_score(small(x_va), y_va)
+        r2_dense = r2(dense.eval()(x_va), y_va)
+        r2_lumos = r2(small(x_va), y_va)
     x256 = x_va[:256]
     x1 = x_va[:1]
     return DemoResult(

@@ -161,9 +161,18 @@ class GateBank(nn.Module):
         return self.deterministic()
 
     def freeze(self, kept: Tensor) -> None:
-        """Fix every gate at 0 or 1 (kept): the network can then be fine-tuned without noise,
-        and eval, training and compaction all see exactly these gates."""
+        """Fix every gate where it is: closed where not ``kept``, else at its deterministic
+        value. The network can then be fine-tuned without noise, and eval, training and
+        compaction all see exactly these gates.
+
+        Kept gates keep their (possibly fractional) value rather than jumping to 1: freezing
+        then leaves the model's function as it was, and fine-tuning starts from the model
+        that was trained. (Snapping to 1 cost 9% of R^2 on the P(k) emulator when the gates
+        had trained half-open under deterministic gating.)
+        """
+        values = self.deterministic().detach()
         self.shut |= ~kept.to(self.shut.device)
+        self._frozen_values = values * self.open_mask
         self.frozen = True
 
     def draw_uniform(self) -> Tensor:
@@ -176,9 +185,12 @@ class GateBank(nn.Module):
         return u.to(self.log_alpha.device)
 
     def get_extra_state(self) -> dict:
-        return {"noise_seed": self.noise_seed, "draws": self.draws,
-                "noise_interval": self.noise_interval, "beta": self.cfg.beta,
-                "frozen": self.frozen}
+        state = {"noise_seed": self.noise_seed, "draws": self.draws,
+                 "noise_interval": self.noise_interval, "beta": self.cfg.beta,
+                 "frozen": self.frozen}
+        if self.frozen:
+            state["frozen_values"] = self._frozen_values
+        return state
 
     def set_extra_state(self, state: dict) -> None:
         self.noise_seed = int(state["noise_seed"])
@@ -186,18 +198,20 @@ class GateBank(nn.Module):
         self.noise_interval = float(state["noise_interval"])
         self.cfg = dataclasses.replace(self.cfg, beta=float(state.get("beta", self.cfg.beta)))
         self.frozen = bool(state.get("frozen", False))
+        if self.frozen:
+            self._frozen_values = state["frozen_values"].to(self.log_alpha.device)
 
     def set_temperature(self, beta: float) -> None:
         self.cfg = dataclasses.replace(self.cfg, beta=float(beta))
 
     def deterministic(self) -> Tensor:
         if self.frozen:
-            return self.open_mask
+            return self._frozen_values
         return self._apply_open_mask(deterministic_gates(self.log_alpha, self.cfg))
 
     def prob_nonzero(self) -> Tensor:
-        if self.frozen:
-            return self.open_mask
+        if self.frozen:  # certain: open exactly where the frozen value is not 0
+            return (self._frozen_values > 0).to(self.log_alpha.dtype)
         return self._apply_open_mask(prob_nonzero(self.log_alpha, self.cfg))
 
     @property

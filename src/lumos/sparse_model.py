@@ -128,8 +128,9 @@ class GateOptions:
     hard-concrete gate, 0.5 a deterministic one; a number or a :class:`~lumos.Schedule` over
     training progress. ``temperature``: beta (None keeps the gate config's). ``log_alpha_range``:
     clamp log alpha into this range before every step (None: no clamp). ``finetune``: the last
-    fraction of training runs with every gate frozen at 0 or 1 (budget enforced first), so the
-    surviving weights adapt to the final structure. ``gate_lr_scale``: default gate learning
+    fraction of training runs with every gate frozen where it is (closed ones at 0, kept ones
+    at their deterministic value; budget enforced first), without gate noise, so the surviving
+    weights adapt to the final structure. ``gate_lr_scale``: default gate learning
     rate is ``max(gate_lr_scale * lr, 0.05)``.
     """
 
