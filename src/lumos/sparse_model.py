@@ -396,19 +396,30 @@ class SparseModel(nn.Module):
                 hi = mid
             else:
                 lo = mid + 1
-        self.gates.shut_gates(order[:lo])
-        self._realized = None
         final = none.clone()
         final[order[:lo]] = True
+        # the last gate shut may be a big one (a head) that overshoots: spare, strongest first,
+        # every shut gate the budget still allows (cheap neurons fill the gap)
+        for gate in order[: max(lo - 1, 0)].flip(0).tolist():
+            final[gate] = False
+            if fraction(final) > budget:
+                final[gate] = True
+        self.gates.shut_gates(torch.nonzero(final).flatten())
+        self._realized = None
         reached = fraction(final)
         if reached > budget + 1e-9 and not self._warned_unreachable:
             self._warned_unreachable = True
             warnings.warn(_unreachable_message(self, budget, reached), LumosWarning, stacklevel=2)
-        return lo
+        return int(final.sum())
 
     def _reopen_within(self, budget: float, kept: Tensor) -> int:
-        """Reopen the strongest closed, not shut-for-good, non-feature gates (highest log
-        alpha first) as long as compaction stays within ``budget``; returns how many."""
+        """Reopen closed, not shut-for-good, non-feature gates, strongest (highest log alpha)
+        first, each one that still fits: compaction stays within ``budget``. Returns how many.
+
+        The strongest ones are found by a binary search over how many fit in a row; after the
+        first that does not fit, the rest are tried one by one, so a cheap unit (a neuron) can
+        still fill the gap an expensive one (an attention head) would overshoot.
+        """
         closed = ~kept & ~self.gates.shut & ~self.feature_mask
         candidates = torch.nonzero(closed).flatten()
         if len(candidates) == 0:
@@ -416,25 +427,33 @@ class SparseModel(nn.Module):
         order = candidates[torch.argsort(self.gates.log_alpha.detach()[candidates],
                                          descending=True)]
 
-        def fraction(k: int) -> float:
-            keep = kept.clone()
-            keep[order[:k]] = True
+        def fraction(keep: Tensor) -> float:
             keep = self._keep_alive(keep).double()
             return float(self.cost.total(keep, "params")) / max(self.dense_params, 1.0)
+
+        def with_first(k: int) -> Tensor:
+            keep = kept.clone()
+            keep[order[:k]] = True
+            return keep
 
         lo, hi = 0, len(order)  # largest k whose k strongest gates reopened stay in budget
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if fraction(mid) <= budget:
+            if fraction(with_first(mid)) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
-        if lo:
-            cfg = self.gates.cfg
-            opened = log_alpha_for_keep_probability(_REOPEN_KEEP_PROBABILITY, cfg)
-            self.gates.log_alpha.data[order[:lo]] = opened
+        keep = with_first(lo)
+        for gate in order[lo + 1:].tolist():  # order[lo] did not fit; cost only grows
+            keep[gate] = True
+            if fraction(keep) > budget:
+                keep[gate] = False
+        reopened = keep & ~kept
+        if reopened.any():
+            opened = log_alpha_for_keep_probability(_REOPEN_KEEP_PROBABILITY, self.gates.cfg)
+            self.gates.log_alpha.data[reopened] = opened
             self._realized = None
-        return lo
+        return int(reopened.sum())
 
     def parameter_groups(
         self, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0
