@@ -31,12 +31,12 @@ from lumos.workloads import get_workload
 from .suite import RESULTS, _steady, feature_argument, machine_info
 
 CONFIGS: dict[str, GateOptions] = {
-    "stochastic": GateOptions(),
+    "stochastic": GateOptions(finetune=0.0),  # plain hard-concrete gating
     "narrowing": GateOptions(noise_interval=Schedule("cosine", 0.0, 0.45),
-                             temperature=Schedule("linear", 2 / 3, 0.4)),
+                             temperature=Schedule("linear", 2 / 3, 0.4), finetune=0.0),
     "widening": GateOptions(noise_interval=Schedule("cosine", 0.45, 0.0),
-                            temperature=Schedule("linear", 1.0, 2 / 3)),
-    "deterministic": GateOptions(noise_interval=0.5),
+                            temperature=Schedule("linear", 1.0, 2 / 3), finetune=0.0),
+    "deterministic": GateOptions(noise_interval=0.5, finetune=0.0),
 }
 FINETUNE = 0.1
 DEFAULT_WORKLOADS = ["atomistic_energy", "cosmo_power_spectrum", "cfd_pressure", "darcy",
