@@ -110,12 +110,24 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
 
 
 def summarize(records: list[dict]) -> dict[str, dict]:
+    """Per config: means over workloads, the median metric change (one workload that every
+    config finds hard must not decide alone), and wins against plain hard-concrete gating
+    (``stochastic``) on the same workload."""
+    baseline = {r["workload"]: r["metric_relative_change"] for r in records
+                if r["config"] == "stochastic"}
     out = {}
     for config in dict.fromkeys(r["config"] for r in records):
         rs = [r for r in records if r["config"] == config]
+        paired = [r for r in rs if r["workload"] in baseline]
         out[config] = {
             "mean_metric_relative_change": statistics.mean(r["metric_relative_change"]
                                                            for r in rs),
+            "median_metric_relative_change": statistics.median(r["metric_relative_change"]
+                                                               for r in rs),
+            "better_than_stochastic": sum(r["metric_relative_change"] > baseline[r["workload"]]
+                                          for r in paired),
+            "worse_than_stochastic": sum(r["metric_relative_change"] < baseline[r["workload"]]
+                                         for r in paired),
             "mean_abs_budget_error": statistics.mean(abs(r["budget_error"]) for r in rs),
             "max_budget_overshoot": max(r["budget_error"] for r in rs),
             "irrelevant_dropped": statistics.mean(r["irrelevant_dropped"] for r in rs),
@@ -136,13 +148,16 @@ def write_markdown(records: list[dict], summary: dict, meta: dict, path: Path) -
         f"Date: {meta['date']}; size: {meta['size']}; epochs x{meta['epochs_scale']}; "
         f"budget {meta['budget']}; seed {meta['seed']}", "",
         "Metric change is relative to the dense model, signed so that + is better.", "",
-        "| config | mean metric change | mean abs budget error | max overshoot | "
-        "irrelevant dropped | true kept | train overhead |",
-        "|---|---|---|---|---|---|---|",
+        "| config | mean metric change | median | better / worse than stochastic | "
+        "mean abs budget error | max overshoot | irrelevant dropped | true kept | "
+        "train overhead |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, s in summary.items():
         lines.append(
             f"| {config} | {100 * s['mean_metric_relative_change']:+.2f}% | "
+            f"{100 * s['median_metric_relative_change']:+.2f}% | "
+            f"{s['better_than_stochastic']} / {s['worse_than_stochastic']} | "
             f"{100 * s['mean_abs_budget_error']:.2f} pp | "
             f"{100 * s['max_budget_overshoot']:+.2f} pp | "
             f"{100 * s['irrelevant_dropped']:.1f}% | {100 * s['true_kept']:.1f}% | "

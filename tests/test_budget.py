@@ -169,3 +169,38 @@ def test_settling_reopens_closed_gates_up_to_the_budget_but_not_at_the_end():
     # at the end of training nothing follows, so nothing is reopened
     ending.set_progress(1.0)
     assert ending.compacted_counts()["params"] / ending.dense_params == pytest.approx(before)
+
+
+def test_batchnorm_statistics_are_recalibrated_for_the_evaluation_gates():
+    """Gates sampled in training scale what a later BatchNorm normalises; its running
+    statistics must describe the deterministic gates eval uses, or eval sees shifted inputs."""
+    from lumos.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1))
+    x, y = torch.randn(64, 3, 8, 8), torch.randn(64, 1)
+    sm = lumos.sparsify(model, x[:4], lam=0.1)
+    with torch.no_grad():  # half-open gates: training samples differ a lot from eval values
+        sm.gates.log_alpha.uniform_(-1.0, 1.0)
+    sm.train()
+    for _ in range(5):  # training-mode passes leave statistics of sampled gates behind
+        sm(x)
+    bn = model[4]
+    assert recalibrate_batchnorm(sm, (x, y), batches=1, batch_size=64)
+    # the statistics now are those of one train-mode pass with the evaluation gates
+    captured = {}
+    hook = bn.register_forward_hook(lambda m, i, o: captured.setdefault("in", i[0]))
+    sm.train()
+    sm.gates.eval()
+    with torch.no_grad():
+        sm(x)
+    hook.remove()
+    inputs = captured["in"]
+    torch.testing.assert_close(bn.running_mean, inputs.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, inputs.var(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1  # restored
+    # a model without BatchNorm is left alone
+    plain = lumos.sparsify(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4))
+    assert not recalibrate_batchnorm(plain, (torch.randn(8, 4), torch.randn(8, 4)))

@@ -102,13 +102,19 @@ def test_a_state_dict_holds_everything_the_next_training_steps_depend_on():
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        if isinstance(sa[k], torch.Tensor):
-            assert torch.equal(sa[k], sb[k]), k
-        else:
-            assert sa[k] == sb[k], k
+    _same(a.state_dict(), b.state_dict(), "state")
+
+
+def _same(x, y, where: str) -> None:
+    """Bit-for-bit equal, through the dicts of extra state (which may hold tensors)."""
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor) and torch.equal(x, y), where
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), where
+        for k in x:
+            _same(x[k], y[k], f"{where}.{k}")
+    else:
+        assert x == y, where
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,11 @@ class GateBank(nn.Module):
         if self.training and not self.frozen:
             return self._apply_open_mask(
                 sample_gates(self.log_alpha, self.cfg, self.draw_uniform()))
+        if self.frozen and self.training:
+            # a zero gradient, not none: DistributedDataParallel fills zeros for parameters a
+            # step did not use, so one process must see the same, or the optimiser's momentum
+            # would move log alpha on the ranks and not in a single process
+            return self._frozen_values + 0.0 * self.log_alpha
         return self.deterministic()
 
     def freeze(self, kept: Tensor) -> None:

@@ -481,6 +481,8 @@ def train(
                     model.set_progress(span(1.0))
                 _record_sparse(model, history, sums[1] / n, record_gates)
             if val_data is not None:
+                if sparse and not model.gates.frozen:  # evaluate the gates eval will use
+                    recalibrate_batchnorm(model, data, batch_size=batch_size, device=device)
                 history.val.append(evaluate(model, val_data, metrics, device))
                 model.train()
             if bar is not None:
@@ -493,8 +495,58 @@ def train(
             bar.close()
     if sparse:
         model.set_progress(span(1.0))
+        if not model.gates.frozen:  # BatchNorm statistics for the gates eval will use
+            recalibrate_batchnorm(model, data, batch_size=batch_size, device=device)
     model.eval()
     return history
+
+
+#: training batches :func:`recalibrate_batchnorm` runs by default
+RECALIBRATION_BATCHES = 16
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data, batches: int = RECALIBRATION_BATCHES,
+                          batch_size: int = 128, device=None) -> bool:
+    """Recompute every BatchNorm's running statistics from the first ``batches`` training
+    batches (in order, no shuffling), with a SparseModel's gates at their evaluation values.
+
+    Why: gates sampled during training scale the channels that later BatchNorms normalise,
+    so their running statistics describe randomly gated activations, while evaluation uses the
+    deterministic gates: the eval-mode model sees a shifted input (the variance shift of
+    dropout before BatchNorm). On the CosmoFlow-like 3D CNN the validation R^2 of the gated
+    model jumped between -12 and 0.5 from one epoch to the next for that reason alone.
+    Training is unaffected (in training mode BatchNorm uses batch statistics). Returns False,
+    changing nothing, when the model has no BatchNorm or the data cannot be re-read in order
+    (an iterable dataset).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return False
+    loader = data if isinstance(data, DataLoader) else as_loader(data, batch_size, False)
+    if isinstance(loader.dataset, IterableDataset) or not loader.batch_size:
+        return False
+    ordered = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                         collate_fn=loader.collate_fn)
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.train()
+    if isinstance(model, SparseModel):
+        model.gates.eval()  # the gates evaluation will use
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+        for k, (inputs, _) in enumerate(ordered):
+            if k == batches:
+                break
+            _call(model, _to(inputs, device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return True
 
 
 def _wrap(model: nn.Module, ctx: distributed.ProcessContext, device) -> nn.Module:
