@@ -120,6 +120,11 @@ def test_finetune_phase_freezes_gates_where_they_are_and_stays_exact():
     twin.load_state_dict(sm.state_dict())
     assert twin.gates.frozen
     torch.testing.assert_close(twin.gates.deterministic(), values)
+    # and the frozen values move with the model (a buffer)
+    twin.double()
+    assert twin.gates.deterministic().dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(twin.eval()(x.double()), before_freeze.double())
     with torch.no_grad():
         torch.testing.assert_close(sm.compact()(x), sm(x))
     before = sm.gates.log_alpha.detach().clone()

@@ -126,6 +126,8 @@ class GateBank(nn.Module):
         self.offsets = offsets
         self.kinds = list(kinds)
         self.register_buffer("shut", torch.zeros(total, dtype=torch.bool))
+        #: the gate values once frozen (see ``freeze``); a buffer so it moves with the model
+        self.register_buffer("frozen_values", torch.ones(total))
         #: the uniform noise is drawn in [b, 1 - b]: 0 is the plain hard-concrete gate,
         #: 0.5 a deterministic one ("semi-stochastic" gating narrows it in between).
         self.noise_interval = 0.0
@@ -162,7 +164,7 @@ class GateBank(nn.Module):
             # a zero gradient, not none: DistributedDataParallel fills zeros for parameters a
             # step did not use, so one process must see the same, or the optimiser's momentum
             # would move log alpha on the ranks and not in a single process
-            return self._frozen_values + 0.0 * self.log_alpha
+            return self.frozen_values + 0.0 * self.log_alpha
         return self.deterministic()
 
     def freeze(self, kept: Tensor) -> None:
@@ -177,7 +179,7 @@ class GateBank(nn.Module):
         """
         values = self.deterministic().detach()
         self.shut |= ~kept.to(self.shut.device)
-        self._frozen_values = values * self.open_mask
+        self.frozen_values = (values * self.open_mask).to(self.log_alpha.dtype)
         self.frozen = True
 
     def draw_uniform(self) -> Tensor:
@@ -190,12 +192,9 @@ class GateBank(nn.Module):
         return u.to(self.log_alpha.device)
 
     def get_extra_state(self) -> dict:
-        state = {"noise_seed": self.noise_seed, "draws": self.draws,
-                 "noise_interval": self.noise_interval, "beta": self.cfg.beta,
-                 "frozen": self.frozen}
-        if self.frozen:
-            state["frozen_values"] = self._frozen_values
-        return state
+        return {"noise_seed": self.noise_seed, "draws": self.draws,
+                "noise_interval": self.noise_interval, "beta": self.cfg.beta,
+                "frozen": self.frozen}
 
     def set_extra_state(self, state: dict) -> None:
         self.noise_seed = int(state["noise_seed"])
@@ -203,20 +202,18 @@ class GateBank(nn.Module):
         self.noise_interval = float(state["noise_interval"])
         self.cfg = dataclasses.replace(self.cfg, beta=float(state.get("beta", self.cfg.beta)))
         self.frozen = bool(state.get("frozen", False))
-        if self.frozen:
-            self._frozen_values = state["frozen_values"].to(self.log_alpha.device)
 
     def set_temperature(self, beta: float) -> None:
         self.cfg = dataclasses.replace(self.cfg, beta=float(beta))
 
     def deterministic(self) -> Tensor:
         if self.frozen:
-            return self._frozen_values
+            return self.frozen_values
         return self._apply_open_mask(deterministic_gates(self.log_alpha, self.cfg))
 
     def prob_nonzero(self) -> Tensor:
         if self.frozen:  # certain: open exactly where the frozen value is not 0
-            return (self._frozen_values > 0).to(self.log_alpha.dtype)
+            return (self.frozen_values > 0).to(self.log_alpha.dtype)
         return self._apply_open_mask(prob_nonzero(self.log_alpha, self.cfg))
 
     @property
