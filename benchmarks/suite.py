@@ -48,12 +48,12 @@ def machine_info() -> dict:
         "cpu_count": _cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_model": _cpu_model(),
-        "code": code_revision(),
+        "code": CODE_REVISION,
     }
 
 
 def code_revision() -> str:
-    """The git commit the benchmark ran from (``+dirty`` with uncommitted changes)."""
+    """The git commit the benchmark runs from (``+dirty`` with uncommitted changes)."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -65,6 +65,10 @@ def code_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+#: read when the benchmark starts: the code this process loaded, whatever is committed later
+CODE_REVISION = code_revision()
 
 
 def _cpu_count() -> int:
@@ -84,7 +88,22 @@ def _cpu_model() -> str:
 
 
 def paired_latency(dense, small, inputs, rounds: int = 5, budget_s: float = 0.4) -> tuple:
-    """Median latencies of two models timed in alternating rounds (drift hits both alike)."""
+    """Median latencies of two models timed in alternating rounds (drift hits both alike).
+
+    Denormal floats are flushed to zero while timing (for both models): weights that weight
+    decay shrank towards 0 can hold denormals, which the CPU multiplies tens of times slower
+    (a dense alloy MLP ran 34x slower than a same-sized one without them), and that would
+    credit compaction with a speed-up that is really a floating-point artefact.
+    """
+    flushing = torch.set_flush_denormal(True)
+    try:
+        return _paired_latency(dense, small, inputs, rounds, budget_s)
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+
+
+def _paired_latency(dense, small, inputs, rounds: int, budget_s: float) -> tuple:
     probe = latency(dense, inputs, repeats=3, warmup=2)
     repeats = max(5, min(500, int(budget_s / rounds / max(probe, 1e-6))))
     d, s = [], []
