@@ -389,7 +389,7 @@ def test_penalty_gradient_reaches_every_gate(spec, lam_mode):
         # budget mode: past warm-up, a positive multiplier and over budget (mostly open gates)
         sm = build(spec, low=1.0, high=4.0).sm
         sm.set_progress(0.5)  # target at the budget, before it is enforced
-        sm.controller.lambda1.fill_(1.0)
+        sm.controller.lambda1 = 1.0
         assert float(sm.expected_fraction().detach()) > 0.5
     sm.train()
     assume(sm.gates.num_gates > 0)  # some random nets pin every channel (nothing to gate)

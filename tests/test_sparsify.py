@@ -82,9 +82,9 @@ def test_penalty_value_and_gradient_equal_the_differentiated_formula(mode):
         sm.gates.shut_gates(torch.tensor([7, 20]))
     sm.train()
     if mode != "lam":
-        sm.controller.progress.fill_(0.6 if mode == "budget_over" else 0.0)
-        sm.controller.lambda1.fill_(0.8)
-        sm.controller.lambda2.fill_(2.5)
+        sm.controller.progress = 0.6 if mode == "budget_over" else 0.0
+        sm.controller.lambda1 = 0.8
+        sm.controller.lambda2 = 2.5
     if mode == "frozen":
         sm.gates.freeze(sm.kept_mask())
     la = sm.gates.log_alpha
@@ -116,7 +116,7 @@ def test_penalty_gradient_reaches_every_gate():
     sm = lumos.sparsify(MLP(), _x(), budget=0.3)
     sm.train()
     sm.set_progress(0.5)  # target at the budget, before it is enforced
-    sm.controller.lambda1.fill_(1.0)
+    sm.controller.lambda1 = 1.0
     sm.penalty().backward()
     grad = sm.gates.log_alpha.grad
     assert grad is not None and torch.isfinite(grad).all() and (grad != 0).all()
@@ -346,7 +346,7 @@ def test_state_dict_round_trip_restores_gates_and_controller():
     x = _x()
     sm = lumos.sparsify(MLP(), x, budget=0.4)
     sm.train()
-    sm.controller.lambda1.fill_(0.7)
+    sm.controller.lambda1 = 0.7
     with torch.no_grad():
         sm.gates.log_alpha.uniform_(-3, 3)
     state = sm.state_dict()

@@ -10,14 +10,19 @@ keeps feature gates free to close when the parameter budget is already met.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .errors import ConfigurationError
 
 
 class BudgetController(nn.Module):
-    """Lagrange multipliers and target schedule; state lives in buffers so checkpoints resume."""
+    """Lagrange multipliers and target schedule.
+
+    The state is a handful of Python numbers carried in the module's extra state (so
+    ``state_dict``/checkpoints resume it exactly), not tensors: it is read and written on
+    every training step, where tensor ops and device reads would cost more than the maths,
+    and it is identical on every DDP rank by construction (nothing to broadcast).
+    """
 
     def __init__(
         self,
@@ -36,38 +41,29 @@ class BudgetController(nn.Module):
         self.default_warmup_steps = int(default_warmup_steps)
         #: from this training progress on, the budget is enforced exactly (see SparseModel)
         self.settle = float(settle)
-        self.register_buffer("lambda1", torch.zeros(()))
-        self.register_buffer("lambda2", torch.zeros(()))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        # progress in [0, 1] set by the training loop; negative means "count steps instead".
-        self.register_buffer("progress", torch.full((), -1.0))
-        self.register_buffer("settled", torch.zeros((), dtype=torch.bool))
-        self._host: dict[str, tuple] = {}
+        self.lambda1 = 0.0
+        self.lambda2 = 0.0
+        self.steps = 0
+        #: progress in [0, 1] set by the training loop; negative means "count steps instead"
+        self.progress = -1.0
+        self.settled = False
 
-    def host(self, name: str) -> float:
-        """The value of scalar buffer ``name`` as a Python number, read from the device only
-        when the buffer changed behind our back (a loaded state, a move): the controller runs
-        every step, and a device read each time would stall a GPU's queue."""
-        t = getattr(self, name)
-        key = (t._version, t.data_ptr())
-        cached = self._host.get(name)
-        if cached is None or cached[0] != key:
-            cached = self._host[name] = (key, t.item())
-        return cached[1]
+    _STATE = ("lambda1", "lambda2", "steps", "progress", "settled")
 
-    def set_host(self, name: str, value: float) -> None:
-        """Write scalar buffer ``name`` and remember its value as the buffer holds it (in its
-        dtype: a resumed run reads the buffer, and must see the same number); no device read."""
-        t = getattr(self, name)
-        stored = torch.tensor(value, dtype=t.dtype).item()
-        t.fill_(stored)
-        self._host[name] = ((t._version, t.data_ptr()), stored)
+    def get_extra_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.lambda1 = float(state["lambda1"])
+        self.lambda2 = float(state["lambda2"])
+        self.steps = int(state["steps"])
+        self.progress = float(state["progress"])
+        self.settled = bool(state["settled"])
 
     def current_progress(self) -> float:
-        p = self.host("progress")
-        if p >= 0:
-            return min(p, 1.0)
-        return min(1.0, self.host("steps") / (self.default_warmup_steps / self.warmup))
+        if self.progress >= 0:
+            return min(self.progress, 1.0)
+        return min(1.0, self.steps / (self.default_warmup_steps / self.warmup))
 
     def target(self) -> float:
         """Kept fraction aimed at now: 1 at the start, ``budget`` once warm-up is over."""
@@ -79,20 +75,18 @@ class BudgetController(nn.Module):
         value, slope = self.value_and_slope(float(fraction))
         return (fraction - fraction.detach()) * slope + value
 
-    @torch.no_grad()
     def value_and_slope(self, fraction: float) -> tuple[float, float]:
         """The Lagrangian term and its derivative in ``fraction`` (for a penalty that applies
         its gradient directly), after which the multipliers take their ascent step (in
-        training mode). Plain floats: a handful of scalar operations on every training step,
-        where tensor ops would cost microseconds each."""
+        training mode): grow while over target, shrink back (never below 0) while under it,
+        so they do not stay stale."""
         gap = float(fraction) - self.target()
         over = max(gap, 0.0)
-        l1, l2 = self.host("lambda1"), self.host("lambda2")
+        l1, l2 = self.lambda1, self.lambda2
         value = l1 * over + l2 * over * over
         slope = l1 + 2.0 * l2 * over if gap > 0 else 0.0
         if self.training:
-            rate = self.multiplier_lr
-            self.set_host("lambda1", max(l1 + rate * gap, 0.0))
-            self.set_host("lambda2", max(l2 + rate * gap * abs(gap), 0.0))
-            self.set_host("steps", self.host("steps") + 1)
+            self.lambda1 = max(l1 + self.multiplier_lr * gap, 0.0)
+            self.lambda2 = max(l2 + self.multiplier_lr * gap * abs(gap), 0.0)
+            self.steps += 1
         return value, slope

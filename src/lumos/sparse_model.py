@@ -340,13 +340,13 @@ class SparseModel(nn.Module):
             with torch.no_grad():
                 self.gates.log_alpha.clamp_(*opts.log_alpha_range)
         if self.controller is not None:
-            self.controller.set_host("progress", fraction)
+            self.controller.progress = float(fraction)
             # enforce once when training settles and once at its end (not every step)
-            settling = fraction >= self.controller.settle and not self.controller.host("settled")
+            settling = fraction >= self.controller.settle and not self.controller.settled
             if settling or fraction >= 1.0:
                 # at settle, training goes on: gates closed past the budget may reopen
                 self.enforce_budget(fill=settling and fraction < 1.0)
-                self.controller.set_host("settled", True)
+                self.controller.settled = True
         if opts.finetune > 0 and fraction >= 1.0 - opts.finetune and not self.gates.frozen:
             self.enforce_budget(fill=fraction < 1.0)
             self.gates.freeze(self.kept_mask())
