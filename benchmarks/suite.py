@@ -323,17 +323,25 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
         + (f"budget: {meta['budget']}" if meta["tolerance"] is None
            else f"tolerance: {meta['tolerance']} (smallest model within it)")
         + f"; seed: {meta['seed']}",
+    ]
+    sources = sorted({(r.get("command", "?"), r.get("machine", {}).get("code", "?"))
+                      for r in records})
+    if sources != [(meta["command"], meta["machine"].get("code", "?"))]:
+        lines[-1] += "  "
+        lines.append("Records measured by (reused with `--resume`):")
+        lines += [f"- `{cmd}` (code {code})" for cmd, code in sources]
+    lines += [
         "",
-        "| workload | arch | metric | dense | LUMOS | Δ rel | params kept | FLOPs kept | "
-        "speed-up b1 | speed-up b256 | b256 / FLOP ratio | train overhead | irrelevant dropped |"
-        " true kept |",
+        "| workload | arch | metric | dense | LUMOS | change (+ better) | params kept | "
+        "FLOPs kept | speed-up b1 | speed-up b256 | b256 / FLOP ratio | train overhead | "
+        "irrelevant dropped | true kept |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['workload']} | {r['architecture']} | {r['metric']} | "
             f"{r['metric_dense']:.4f} | {r['metric_lumos']:.4f} | "
-            f"{100 * r['metric_relative_change']:+.2f}% | "
+            f"{100 * _signed_better(r):+.2f}% | "
             f"{_fmt_pct(1 - r['param_reduction'])} | {_fmt_pct(1 - r['flop_reduction'])} | "
             f"{r['speedup_b1']:.2f}x | {r['speedup_b256']:.2f}x | "
             f"{r['speedup_b256_over_flop_ratio']:.2f} | {100 * r['train_overhead']:+.1f}% | "
@@ -362,6 +370,12 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
             "![reduction](suite_reduction.png) ![speed-up](suite_speedup.png)",
         ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _signed_better(record: dict) -> float:
+    """Relative metric change signed so that + means LUMOS is better (errors fall, scores rise)."""
+    change = record["metric_relative_change"]
+    return change if record["higher_is_better"] else -change
 
 
 def averages(records: list[dict]) -> dict:
