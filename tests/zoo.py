@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATConv, GCNConv, GINConv, global_add_pool, global_mean_pool
+from torch_geometric.nn import (
+    GATConv,
+    GCNConv,
+    GINConv,
+    SAGEConv,
+    global_add_pool,
+    global_mean_pool,
+)
 
 from lumos.layers import SpectralConv2d
 
@@ -109,6 +116,25 @@ class CNN3D(nn.Module):
         return self.head(self.features(x))
 
 
+class DepthwiseSeparableCNN(nn.Module):
+    """MobileNet-style blocks: a depthwise conv (groups = channels, multiplier 2) between
+    pointwise convs, with BatchNorm; the depthwise channels live and die with their source."""
+
+    def __init__(self, c_in: int = 3, width: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, padding=1, groups=width), nn.BatchNorm2d(2 * width),
+            nn.ReLU())
+        self.pointwise = nn.Sequential(nn.Conv2d(2 * width, width, 1), nn.ReLU())
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        h = self.pointwise(self.depthwise(self.stem(x)))
+        return self.head(h.mean(dim=(2, 3)))
+
+
 class Transformer(nn.Module):
     def __init__(self, d_in: int = 6, d_model: int = 32, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
@@ -133,6 +159,21 @@ class GCN(nn.Module):
         h = F.relu(self.convs[0](x, edge_index))
         for conv in self.convs[1:]:
             h = h + F.relu(conv(h, edge_index))
+        return self.head(global_mean_pool(h, batch))
+
+
+class GraphSAGE(nn.Module):
+    """SAGEConv (mean, root weight) with a skip connection across the second layer."""
+
+    def __init__(self, d_in: int = 7, hidden: int = 32) -> None:
+        super().__init__()
+        self.conv1 = SAGEConv(d_in, hidden)
+        self.conv2 = SAGEConv(hidden, hidden, aggr="max")
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x, edge_index, batch):
+        h = F.relu(self.conv1(x, edge_index))
+        h = h + F.relu(self.conv2(h, edge_index))
         return self.head(global_mean_pool(h, batch))
 
 
@@ -213,6 +254,9 @@ ZOO = {
     "cnn3d_regressor": lambda: _case(CNN3D(), (_randn(8, 3, 8, 8, 8),), (8, 4)),
     "transformer_encoder": lambda: _case(Transformer(), (_randn(16, 9, 6),), (16, 1)),
     "gcn": lambda: _case(GCN(), random_graphs(), (6, 1)),
+    "graphsage": lambda: _case(GraphSAGE(), random_graphs(), (6, 1)),
+    "depthwise_separable_cnn": lambda: _case(DepthwiseSeparableCNN(), (_randn(16, 3, 10, 10),),
+                                             (16, 2)),
     "gin": lambda: _case(GIN(), random_graphs(), (6, 1)),
     "gat": lambda: _case(GAT(), random_graphs(), (6, 1)),
     "fno": lambda: _case(FNO(), (_randn(8, 3, 16, 16),), (8, 1, 16, 16)),
