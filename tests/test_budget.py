@@ -97,6 +97,27 @@ def test_a_fully_closed_conv_group_keeps_one_inert_channel_and_compacts_exactly(
     assert lumos.count_params(small) == sm.compacted_counts()["params"]
 
 
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_an_input_whose_every_feature_closed_still_compacts_and_is_named(pool_first):
+    """A conv (or a pooling before it) cannot take zero channels: one inert column stays."""
+    layers = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 1, 1)]
+    model = nn.Sequential(*([nn.AvgPool2d(2)] if pool_first else []), *layers)
+    x = torch.randn(2, 3, 8, 8)
+    sm = lumos.sparsify(model, x, lam=0.1)
+    group = next(g for g in sm.graph_info.groups if g.kind == "feature")
+    with torch.no_grad():
+        sm.gates.log_alpha[group.offset : group.offset + group.size] = -10.0
+        sm.gates.log_alpha[group.offset + 1] = -9.0
+    sm.eval()
+    with pytest.warns(lumos.LumosWarning, match="every feature of input 'input' closed"):
+        small = sm.compact()
+    assert sm.selected_features()["input"] == [1]  # the inert column compaction keeps
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x))
+        assert torch.equal(small(x), small(torch.randn_like(x)))  # the input is ignored
+    assert lumos.count_params(small) == sm.compacted_counts()["params"]
+
 def test_training_history_records_validation_and_gates():
     torch.manual_seed(0)
     x, y = torch.randn(256, 9), torch.randn(256, 2)

@@ -202,7 +202,9 @@ class SparseModel(nn.Module):
         self.controller = BudgetController(budget, warmup) if budget is not None else None
         self.feature_names = feature_names
         self.gate_options = gate_options
-        self._nonempty_groups = [g for g in graph.groups if g.nonempty and g.kind != "feature"]
+        # feature groups too: an input whose every column closed still feeds a conv that
+        # torch cannot build with zero input channels (one inert column stays, gate 0 folded)
+        self._nonempty_groups = [g for g in graph.groups if g.nonempty]
         self.register_buffer("feature_mask", self.gates.mask_of_kind("feature"), persistent=False)
         self._has_feature_gates = bool(self.feature_mask.any())
         self._realized: Tensor | None = None
@@ -543,7 +545,21 @@ class SparseModel(nn.Module):
         """A plain PyTorch module without the closed channels (see :mod:`lumos.compaction`)."""
         from .compaction import compact
 
+        self._warn_if_an_input_closed()
         return compact(self, inputs=inputs)
+
+    def _warn_if_an_input_closed(self) -> None:
+        open_ = self.gates.deterministic().detach() > 0
+        for name, space in self.graph_info.feature_spaces.items():
+            group = self.graph_info.group_of(space)
+            if group is None:
+                continue
+            if not bool(open_[group.offset : group.offset + group.size].any()):
+                warnings.warn(
+                    f"every feature of input '{name}' closed: the compacted model ignores it "
+                    "(where the next layer needs an input channel, one column stays with weight "
+                    "0). If the input matters, train longer or lower feature_penalty.",
+                    LumosWarning, stacklevel=3)
 
     def report(self) -> str:
         from .reporting import report
