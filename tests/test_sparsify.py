@@ -401,3 +401,46 @@ def test_a_model_that_fails_on_its_example_inputs_gets_an_input_error():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     with pytest.raises(lumos.InputError, match="fails on its own example_inputs.*dtype"):
         lumos.sparsify(model, torch.randint(0, 3, (4, 4)))
+
+
+def test_misuse_gets_lumos_errors_that_name_the_fix():
+    sm = lumos.sparsify(MLP(), _x())
+    with pytest.raises(lumos.ConfigurationError, match="already a lumos.SparseModel"):
+        lumos.sparsify(sm, _x())
+    with pytest.raises(lumos.ConfigurationError, match=r"_orig_mod"):
+        lumos.sparsify(torch.compile(MLP()), _x())
+    with pytest.raises(lumos.ConfigurationError, match=r"repeat \['a'\]"):
+        lumos.sparsify(MLP(), _x(), feature_names=["a", "a", "b", "c", "d", "e"])
+    for wrong in (torch.randint(0, 3, (4, 6)), torch.randn(4, 6, dtype=torch.float64)):
+        with pytest.raises(lumos.InputError, match=rf"dtype {wrong.dtype}.*x\.to\(torch.float32\)"):
+            sm(wrong)
+    assert sm.double()(torch.randn(4, 6, dtype=torch.float64)).dtype == torch.float64
+
+
+class Conditioned(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 16)
+        self.b = nn.Linear(3, 16)
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x, cond=None, scale: float = 1.0):
+        h = self.a(x)
+        if cond is not None:
+            h = h + self.b(cond)
+        return self.out(F.relu(h)) * scale
+
+
+def test_an_optional_argument_left_at_none_is_traced_as_none():
+    x = _x()
+    model = Conditioned()
+    sm = lumos.sparsify(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(sm.eval()(x), model(x))
+        torch.testing.assert_close(sm(x, scale=2.0), 2.0 * model(x))
+        torch.testing.assert_close(sm.compact()(x), model(x))
+    assert set(sm.selected_features()) == {"x"}
+    with pytest.raises(lumos.InputError, match="'cond' was None in example_inputs"):
+        sm(x, torch.randn(32, 3))
+    both = lumos.sparsify(Conditioned(), {"x": x, "cond": torch.randn(32, 3)})
+    assert set(both.selected_features()) == {"x", "cond"}

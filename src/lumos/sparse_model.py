@@ -167,6 +167,9 @@ class GateOptions:
 class SparseModel(nn.Module):
     """A model with hard-concrete gates on its channel groups (see :func:`sparsify`)."""
 
+    #: optional forward arguments that were None in example_inputs (traced as that constant)
+    absent_arguments: tuple[str, ...] = ()
+
     def __init__(
         self,
         gated: fx.GraphModule,
@@ -224,7 +227,24 @@ class SparseModel(nn.Module):
     def forward(self, *args, **kwargs):
         bound = self._bind(args, kwargs)
         z = self.gates()
-        return self.model(*bound, **{GATES_PLACEHOLDER: torch.cat([z, z.new_ones(1)])})
+        try:
+            return self.model(*bound, **{GATES_PLACEHOLDER: torch.cat([z, z.new_ones(1)])})
+        except RuntimeError as exc:
+            mismatch = self._dtype_mismatch(bound)
+            if mismatch is None:
+                raise
+            raise InputError(mismatch) from exc
+
+    def _dtype_mismatch(self, values: list) -> str | None:
+        """Why a failed call failed, if an input's dtype differs from the example's."""
+        for name, value, example in zip(self.signature.parameters, values, self.example_args):
+            if isinstance(value, Tensor) and isinstance(example, Tensor) and \
+                    value.dtype != example.dtype and value.dtype != self.gates.log_alpha.dtype:
+                return (f"input '{name}' has dtype {value.dtype} but the model was sparsified "
+                        f"with {example.dtype} example inputs and its weights are "
+                        f"{self.gates.log_alpha.dtype}; convert it, e.g. "
+                        f"{name}.to({example.dtype}).")
+        return None
 
     def _bind(self, args: tuple, kwargs: dict) -> list:
         try:
@@ -235,6 +255,13 @@ class SparseModel(nn.Module):
             ) from None
         bound.apply_defaults()
         values = list(bound.arguments.values())
+        for name in self.absent_arguments:
+            if bound.arguments[name] is not None:
+                raise InputError(
+                    f"argument '{name}' was None in example_inputs, so the sparse model was built "
+                    f"for {name}=None; to use it, sparsify with example_inputs that include "
+                    f"'{name}'."
+                )
         for name, (dim, size) in self._input_dims.items():
             value = bound.arguments.get(name)
             if not isinstance(value, Tensor):
@@ -686,6 +713,17 @@ def sparsify(
             f"sparsify expects a torch.nn.Module, got {type(model).__name__}; wrap your function "
             "in a module first."
         )
+    if isinstance(model, SparseModel):
+        raise ConfigurationError(
+            "this model is already a lumos.SparseModel; pass the original model to sparsify, "
+            "or keep training the SparseModel you have."
+        )
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise ConfigurationError(
+            "sparsify got a torch.compile'd model, which torch.fx cannot read; pass the "
+            "original module (model._orig_mod) and compile the SparseModel or the compacted "
+            "model afterwards."
+        )
     if budget is not None and lam is not None:
         raise ConfigurationError(
             "give either budget= (LUMOS finds the penalty) or lam= (a fixed penalty), not both."
@@ -732,8 +770,19 @@ def sparsify(
     for name, value in bound.arguments.items():
         _check_finite(name, value, "example inputs")
 
-    gm = topology.trace(model, registry.leaf_types(), concrete_args)
+    # An optional argument left at None (a mask, a conditioning input) is traced as the
+    # constant None, so `if cond is not None:` follows the branch the example takes.
+    absent = [name for name, value in bound.arguments.items()
+              if value is None and name not in (concrete_args or {})]
+    traced_constants = {**dict.fromkeys(absent), **(concrete_args or {})}
+    gm = topology.trace(model, registry.leaf_types(), traced_constants or None)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) == len(bound.arguments):  # fx renames specialised arguments (cond_1)
+        taken = {n.name for n in gm.graph.nodes}
+        for node, name in zip(placeholders, bound.arguments):
+            if node.target != name and name not in taken:
+                node.target = node.name = name
+        gm.recompile()
     example_args = []
     for node in placeholders:
         if node.target not in bound.arguments:
@@ -777,6 +826,7 @@ def sparsify(
         warmup=warmup,
         gate_options=gates or GateOptions(),
     )
+    sm.absent_arguments = tuple(absent)
     if budget is not None and budget < 1.0:
         floor = sm.smallest_fraction()
         if floor > budget:
@@ -824,6 +874,12 @@ def _feature_names(feature_names, feature_inputs, example_args, placeholders) ->
         if len(names) != size:
             raise ConfigurationError(
                 f"{len(names)} feature_names given for '{arg}', which has {size} features."
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigurationError(
+                f"feature_names for '{arg}' repeat {repeated}: each column needs its own name "
+                "so that selected_features() is unambiguous."
             )
         out[arg] = names
     return out
