@@ -89,6 +89,16 @@ def test_structured_peers_prune_to_the_lumos_count():
     assert r["features_kept"] and len(r["feature_scores"]) == 48
 
 
+def test_magnitude_masks_reach_weights_a_parent_reads_directly():
+    """MultiheadAttention reads out_proj.weight without calling out_proj: masks still apply."""
+    torch.set_num_threads(1)
+    r = structured.run_structured("combustion", "smoke", 0.25, 0,
+                                  methods=("unstructured_magnitude",))
+    masks = r["methods"]["unstructured_magnitude"]
+    assert masks["status"] == "ok", masks.get("error")
+    assert masks["nonzero_params"] <= r["target_params"] * 1.001
+
+
 def _has(module: str) -> bool:
     import importlib.util
 

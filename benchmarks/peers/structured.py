@@ -231,6 +231,10 @@ def run_unstructured(setup: Setup, target: int, dense_out: torch.Tensor) -> nn.M
     pre, per = schedule(setup.recipe.epochs)
     setup.fit(model, pre)
     params = prunable(model)
+    # prune's masks are applied by a pre-hook on the owning module's forward, which never runs
+    # when a parent reads the weight directly (MultiheadAttention's out_proj): apply them all
+    # before every forward of the whole model instead
+    hook = model.register_forward_pre_hook(lambda *_: _apply_masks(params))
     total = count_params(model)
     goals = targets(total, target, len(per))
     for k, (goal, epochs) in enumerate(zip(goals, per, strict=True)):
@@ -241,7 +245,14 @@ def run_unstructured(setup: Setup, target: int, dense_out: torch.Tensor) -> nn.M
         setup.fit(model, epochs, stage=k + 1)
     for module, name in params:
         prune.remove(module, name)
+    hook.remove()
     return model
+
+
+def _apply_masks(params: list[tuple[nn.Module, str]]) -> None:
+    for module, name in params:
+        if hasattr(module, name + "_mask"):
+            setattr(module, name, getattr(module, name + "_orig") * getattr(module, name + "_mask"))
 
 
 def _check_output(model: nn.Module, setup: Setup, dense_out: torch.Tensor) -> None:
