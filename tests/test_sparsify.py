@@ -444,3 +444,16 @@ def test_an_optional_argument_left_at_none_is_traced_as_none():
         sm(x, torch.randn(32, 3))
     both = lumos.sparsify(Conditioned(), {"x": x, "cond": torch.randn(32, 3)})
     assert set(both.selected_features()) == {"x", "cond"}
+
+
+def test_train_names_batches_that_are_not_pairs_and_targets_of_another_shape():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _x(64), torch.randn(64, 1)
+    sm = lumos.sparsify(MLP(out=1), x, budget=0.5)
+    triples = DataLoader(TensorDataset(x, y, y), batch_size=16)
+    with pytest.raises(lumos.InputError, match="pair \\(inputs, targets\\), got a list of 3"):
+        train(sm, triples, epochs=1, progress=False)
+    with pytest.raises(lumos.InputError, match=r"predicts shape \(16, 1\).*\(16,\).*view\(-1, 1\)"):
+        train(sm, (x, y.view(-1)), epochs=1, batch_size=16, progress=False)
+    train(sm, (x, y), epochs=1, batch_size=16, progress=False)  # the right shapes train

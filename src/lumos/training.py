@@ -78,6 +78,33 @@ def as_loader(data, batch_size: int = 128, shuffle: bool = True, seed: int = 0) 
     )
 
 
+def _pair(batch) -> tuple:
+    """A batch as ``(inputs, targets)``, or an InputError saying what the loader gave."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+           else f"a {type(batch).__name__}")
+    raise InputError(
+        f"each batch must be a pair (inputs, targets), got {got}. Wrap the loader so it yields "
+        "pairs (inputs may be a tuple of the model's positional arguments), or write your own "
+        "loop with sm.penalty() added to the loss."
+    )
+
+
+#: elementwise losses that silently broadcast predictions against targets of another shape
+_ELEMENTWISE_LOSSES = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+
+
+def _check_shapes(loss_fn, pred, targets) -> None:
+    if loss_fn in _ELEMENTWISE_LOSSES and isinstance(pred, Tensor) and \
+            isinstance(targets, Tensor) and pred.shape != targets.shape:
+        raise InputError(
+            f"the model predicts shape {tuple(pred.shape)} but the targets have shape "
+            f"{tuple(targets.shape)}; {loss_fn.__name__} would broadcast them into a wrong "
+            "loss. Give targets the prediction's shape (e.g. y.view(-1, 1) for one output)."
+        )
+
+
 def _call(model: nn.Module, inputs):
     return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
@@ -97,7 +124,8 @@ def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> tuple
     model.eval()
     preds, targets = [], []
     try:
-        for inputs, target in as_loader(data, batch_size, shuffle=False):
+        for batch in as_loader(data, batch_size, shuffle=False):
+            inputs, target = _pair(batch)
             preds.append(_call(model, _to(inputs, device)).cpu())
             targets.append(target)
     finally:
@@ -436,11 +464,14 @@ def train(
         while not pos.finished and pos.epoch < epochs:
             epoch = pos.epoch
             start = time.perf_counter() - pos.seconds
-            for inputs, targets in batches.epoch(epoch, pos.batch):
+            for batch in batches.epoch(epoch, pos.batch):
+                inputs, targets = _pair(batch)
                 inputs, targets = _to(inputs, device), _to(targets, device)
                 if sparse:
                     model.set_progress(span(pos.step / total_steps))
-                loss = loss_fn(_call(net, inputs), targets)
+                pred = _call(net, inputs)
+                _check_shapes(loss_fn, pred, targets)
+                loss = loss_fn(pred, targets)
                 total = loss
                 if sparse:
                     # every rank adds the same penalty and DDP averages the gradients, so the
