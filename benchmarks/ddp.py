@@ -85,8 +85,8 @@ def worker(args: argparse.Namespace) -> None:
     train_set = Samples(Path(args.data) / "train.pt", kill_at)
     val = torch.load(Path(args.data) / "val.pt", weights_only=True)
     torch.manual_seed(0)
-    sm = lumos.sparsify(demo_mlp(train_set.x.shape[1], args.width), train_set.x[:8],
-                        budget=BUDGET)
+    dense = demo_mlp(train_set.x.shape[1], args.width)
+    sm = dense if args.dense else lumos.sparsify(dense, train_set.x[:8], budget=BUDGET)
     per_rank = args.batch // ctx.world_size
     loader = DataLoader(train_set, batch_size=per_rank, shuffle=True)
     history = train(sm, loader, epochs=args.epochs, lr=2e-3, seed=0, device=device,
@@ -95,9 +95,10 @@ def worker(args: argparse.Namespace) -> None:
     sm.cpu()
     pred, target = predict(sm, (val["x"], val["y"]))
     out = Path(args.out)
-    torch.save({"log_alpha": sm.gates.log_alpha.detach(), "shut": sm.gates.shut,
-                "state": {k: v for k, v in sm.state_dict().items() if torch.is_tensor(v)}},
-               out / f"rank{ctx.rank}.pt")
+    if not args.dense:
+        torch.save({"log_alpha": sm.gates.log_alpha.detach(), "shut": sm.gates.shut,
+                    "state": {k: v for k, v in sm.state_dict().items() if torch.is_tensor(v)}},
+                   out / f"rank{ctx.rank}.pt")
     if ctx.is_main:
         record = {
             "world_size": ctx.world_size,
@@ -108,8 +109,10 @@ def worker(args: argparse.Namespace) -> None:
             "samples_per_epoch": len(train_set),
             "epoch_seconds": history.epoch_seconds,
             "val_r2": r2(pred, target),
-            "kept_params": sm.compacted_counts()["params"],
-            "dense_params": sm.dense_params,
+            "model": "dense" if args.dense else "LUMOS",
+            "kept_params": (lumos.count_params(sm) if args.dense
+                            else sm.compacted_counts()["params"]),
+            "dense_params": lumos.count_params(dense),
             "restarts": distributed.restart_count(),
         }
         (out / "record.json").write_text(json.dumps(record, indent=1))
@@ -118,7 +121,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(name: str, nproc: int, threads: int, args, workdir: Path, *, restarts: int = 0,
            kill_at: int | None = None, checkpoint_every: int | None = None,
-           cuda: bool = False) -> tuple[dict, list[str], float]:
+           cuda: bool = False, dense: bool = False) -> tuple[dict, list[str], float]:
     out = workdir / name
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -132,6 +135,8 @@ def launch(name: str, nproc: int, threads: int, args, workdir: Path, *, restarts
                 "--checkpoint-every", str(checkpoint_every)]
     if cuda:
         cmd += ["--cuda"]
+    if dense:
+        cmd += ["--dense"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
                PYTHONWARNINGS="ignore")
     start = time.perf_counter()
@@ -241,6 +246,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint-every", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cuda", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -258,6 +264,14 @@ def main() -> None:
                                      ("1 process x 2 threads", 1, 2),
                                      ("2 processes x 1 thread", 2, 1)):
             record, cmd, wall = launch(name.replace(" ", "_"), nproc, threads, args, workdir)
+            record.update(name=name, wall_seconds=wall, samples_per_second=_throughput(record))
+            rows.append(record)
+            commands[name] = _shell(cmd)
+        # the plain model through the same loop and DDP: how much of the scaling is LUMOS's
+        for name, nproc in (("dense model, 1 process x 1 thread", 1),
+                            ("dense model, 2 processes x 1 thread", 2)):
+            record, cmd, wall = launch(name.replace(" ", "_").replace(",", ""), nproc, 1, args,
+                                       workdir, dense=True)
             record.update(name=name, wall_seconds=wall, samples_per_second=_throughput(record))
             rows.append(record)
             commands[name] = _shell(cmd)
@@ -314,25 +328,29 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     m, s = r["machine"], r["setup"]
-    base = r["throughput"][0]["samples_per_second"]
     lines = [
         "# DDP: throughput, fault recovery, exact resume",
         "",
         f"`{r['command']}` — {m['cpu_model']} ({m['cpu_count']} cores), torch {m['torch']}, "
         f"LUMOS {m['lumos']}. Load average before/after: "
         f"{', '.join(f'{x:.1f}' for x in m['load_average_before'])} / "
-        f"{', '.join(f'{x:.1f}' for x in m['load_average_after'])} (a shared machine: "
-        "other jobs ran at the same time, so the ratios are indicative).",
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_after'])} (on a shared machine other "
+        "jobs may run at the same time: the ratios are indicative).",
         "",
         f"Demo MLP (width {s['width']}, aerodynamic drag + 12 noise columns), budget "
         f"{s['budget']}, {s['samples']} samples, global batch {s['global_batch']}, "
         f"{s['epochs']} epochs, {s['backend']}. Throughput over the training steps of epochs "
         "2+ (validation excluded).",
         "",
-        "| configuration | samples/s | vs 1 process | val R² | kept params | wall s |",
+        "| configuration | samples/s | vs 1 process of the same model | val R² | kept params |"
+        " wall s |",
         "|---|---|---|---|---|---|",
     ]
+    bases = {}
     for row in r["throughput"]:
+        bases.setdefault(row.get("model", "LUMOS"), row["samples_per_second"])
+    for row in r["throughput"]:
+        base = bases[row.get("model", "LUMOS")]
         lines.append(
             f"| {row['name']} | {row['samples_per_second']:.0f} | "
             f"{row['samples_per_second'] / base:.2f}x | {row['val_r2']:.4f} | "
