@@ -167,9 +167,6 @@ class GateOptions:
 class SparseModel(nn.Module):
     """A model with hard-concrete gates on its channel groups (see :func:`sparsify`)."""
 
-    #: optional forward arguments that were None in example_inputs (traced as that constant)
-    absent_arguments: tuple[str, ...] = ()
-
     def __init__(
         self,
         gated: fx.GraphModule,
@@ -185,6 +182,7 @@ class SparseModel(nn.Module):
         init_keep_probability: float | dict[str, float],
         warmup: float,
         gate_options: GateOptions,
+        absent_arguments: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.model = gated
@@ -205,6 +203,8 @@ class SparseModel(nn.Module):
         self.controller = BudgetController(budget, warmup) if budget is not None else None
         self.feature_names = feature_names
         self.gate_options = gate_options
+        #: optional forward arguments that were None in example_inputs (traced as that constant)
+        self.absent_arguments = tuple(absent_arguments)
         # feature groups too: an input whose every column closed still feeds a conv that
         # torch cannot build with zero input channels (one inert column stays, gate 0 folded)
         self._nonempty_groups = [g for g in graph.groups if g.nonempty]
@@ -535,17 +535,22 @@ class SparseModel(nn.Module):
         z = self.gates.deterministic().detach()
         return torch.cat([z, z.new_ones(1)])
 
+    def _feature_gates(self) -> dict[str, tuple[int, slice | None]]:
+        """Per feature input: its feature count and where its gates sit (None: ungated)."""
+        out = {}
+        for name, space in self.graph_info.feature_spaces.items():
+            group = self.graph_info.group_of(space)
+            out[name] = (space.size, None if group is None
+                         else slice(group.offset, group.offset + group.size))
+        return out
+
     def selected_features(self) -> dict[str, list]:
         """Kept input features per model argument: indices, or names if ``feature_names`` given."""
         kept = self.kept_mask()
         out: dict[str, list] = {}
-        for name, space in self.graph_info.feature_spaces.items():
-            group = self.graph_info.group_of(space)
-            if group is None:
-                idx = list(range(space.size))
-            else:
-                sl = kept[group.offset : group.offset + group.size]
-                idx = torch.nonzero(sl).flatten().tolist()
+        for name, (size, gates) in self._feature_gates().items():
+            idx = (list(range(size)) if gates is None
+                   else torch.nonzero(kept[gates]).flatten().tolist())
             names = self.feature_names.get(name)
             out[name] = [names[i] for i in idx] if names else idx
         return out
@@ -553,15 +558,8 @@ class SparseModel(nn.Module):
     def feature_scores(self) -> dict[str, Tensor]:
         """Probability that each input feature is kept (a ranking, 1 for ungated inputs)."""
         probs = self.gates.prob_nonzero().detach()
-        out: dict[str, Tensor] = {}
-        for name, space in self.graph_info.feature_spaces.items():
-            group = self.graph_info.group_of(space)
-            out[name] = (
-                torch.ones(space.size)
-                if group is None
-                else probs[group.offset : group.offset + group.size].clone()
-            )
-        return out
+        return {name: torch.ones(size) if gates is None else probs[gates].clone()
+                for name, (size, gates) in self._feature_gates().items()}
 
     def compacted_counts(self) -> dict[str, float]:
         """Parameters and FLOPs that compaction will leave, from the cost model."""
@@ -577,11 +575,8 @@ class SparseModel(nn.Module):
 
     def _warn_if_an_input_closed(self) -> None:
         open_ = self.gates.deterministic().detach() > 0
-        for name, space in self.graph_info.feature_spaces.items():
-            group = self.graph_info.group_of(space)
-            if group is None:
-                continue
-            if not bool(open_[group.offset : group.offset + group.size].any()):
+        for name, (_, gates) in self._feature_gates().items():
+            if gates is not None and not bool(open_[gates].any()):
                 warnings.warn(
                     f"every feature of input '{name}' closed: the compacted model ignores it "
                     "(where the next layer needs an input channel, one column stays with weight "
@@ -825,8 +820,8 @@ def sparsify(
         init_keep_probability=init_keep_probability,
         warmup=warmup,
         gate_options=gates or GateOptions(),
+        absent_arguments=tuple(absent),
     )
-    sm.absent_arguments = tuple(absent)
     if budget is not None and budget < 1.0:
         floor = sm.smallest_fraction()
         if floor > budget:

@@ -569,10 +569,10 @@ def recalibrate_batchnorm(model: nn.Module, data, batches: int = RECALIBRATION_B
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a plain average over the batches below
-        for k, (inputs, _) in enumerate(ordered):
+        for k, batch in enumerate(ordered):
             if k == batches:
                 break
-            _call(model, _to(inputs, device))
+            _call(model, _to(_pair(batch)[0], device))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
