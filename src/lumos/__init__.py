@@ -16,7 +16,9 @@ from .errors import (
 from .gates import HardConcreteConfig
 from .measure import count_flops, count_params, latency
 from .schedules import Schedule
-from .sparse_model import GateOptions, SparseModel, sparsify
+from .options import GateOptions
+from .pipeline import sparsify
+from .sparse_model import SparseModel
 from .topology import register_rule
 
 __version__ = "0.1.0"

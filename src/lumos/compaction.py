@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 
 from .errors import ConfigurationError
-from .sparse_model import call_with_gated_input_columns, call_with_gated_params
-from .topology import registry
+from .gating import strip_gates
+from .topology.registry import REGISTRY
 from .topology.spaces import Layout
 
 INPUT_MODES = ("full", "selected")
@@ -64,7 +64,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
             touched.add(owner)
     for owner in touched:
         module = gm.get_submodule(owner) if owner else gm
-        resize = registry.resize_hook(module)
+        resize = REGISTRY.resize_hook(module)
         if resize is not None:
             resize(module)
 
@@ -75,44 +75,15 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
 
     # 3. drop the gate nodes and the gate placeholder; gated leaf calls become plain calls.
     g = gm.graph
-    for node in list(g.nodes):
-        if node.op == "call_function" and node.target is call_with_gated_input_columns:
-            module_node, _, index_node, x = node.args
-            with g.inserting_before(node):
-                call = g.call_module(module_node.target, (x,))
-            call.meta = dict(node.meta)
-            node.replace_all_uses_with(call)
-            g.erase_node(node)
-            _erase_unused_attr(gm, index_node)
-            _erase_unused_attr(gm, module_node, buffer=False)
-    for node in list(g.nodes):
-        if node.op == "call_function" and node.target is call_with_gated_params:
-            module_node, _, specs, *args = node.args
-            with g.inserting_before(node):
-                call = g.call_module(module_node.target, tuple(args), dict(node.kwargs))
-            call.meta = dict(node.meta)
-            node.replace_all_uses_with(call)
-            g.erase_node(node)
-            for spec in specs:
-                _erase_unused_attr(gm, spec[2])
-            _erase_unused_attr(gm, module_node, buffer=False)
-    for node in list(g.nodes):
-        if node.op == "call_function" and getattr(node.target, "__name__", "") == "apply_gates":
-            index_node = node.args[2]
-            node.replace_all_uses_with(node.args[0])
-            g.erase_node(node)
-            _erase_unused_attr(gm, index_node)
-    for node in list(g.nodes):
-        if node.op == "placeholder" and node.target == "lumos_gates":
-            g.erase_node(node)
+    strip_gates(gm)
 
     # 4. layers whose class cannot express their new shape are rebuilt in plain torch.
     for node in list(g.nodes):
         if node.op != "call_module":
             continue
-        rule = registry.module_rule(gm.get_submodule(node.target))
-        if rule is not None and rule.lower is not None:
-            replacement = rule.lower(gm.get_submodule(node.target), node)
+        entry = REGISTRY.for_module(gm.get_submodule(node.target))
+        if entry is not None and entry.lower is not None:
+            replacement = entry.lower(gm.get_submodule(node.target), node)
             if replacement is not None:
                 owner, _, name = node.target.rpartition(".")
                 setattr(gm.get_submodule(owner) if owner else gm, name, replacement)
@@ -150,12 +121,3 @@ def _replace_at(args, path: tuple, value: int):
     items = list(args)
     items[head] = value if not rest else _replace_at(items[head], rest, value)
     return type(args)(items) if isinstance(args, tuple) else items
-
-
-def _erase_unused_attr(gm: fx.GraphModule, node: fx.Node, buffer: bool = True) -> None:
-    """Remove a get_attr node nobody reads any more (and the gate-index buffer behind it)."""
-    if node.users:
-        return
-    gm.graph.erase_node(node)
-    if buffer:
-        delattr(gm, node.target)

@@ -7,9 +7,9 @@ from . import builtin_rules, rules_attention, rules_conv  # noqa: F401  (registe
 with contextlib.suppress(ImportError):  # graph layers, when torch-geometric is installed
     from . import rules_graph  # noqa: F401
 from .analysis import ChannelGraph, Group, RuleContext
-from .registry import ModuleRule, register_rule
+from .registry import REGISTRY, ModuleRule, RuleEntry, RuleRegistry, register_rule
 from .spaces import Layout, Space
 from .tracer import trace
 
-__all__ = ["ChannelGraph", "Group", "Layout", "ModuleRule", "RuleContext", "Space",
-           "register_rule", "trace"]
+__all__ = ["REGISTRY", "ChannelGraph", "Group", "Layout", "ModuleRule", "RuleContext",
+           "RuleEntry", "RuleRegistry", "Space", "register_rule", "trace"]

@@ -19,7 +19,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import InputError, UnsupportedModelError
-from . import registry
+from ..modes import evaluating
+from .registry import REGISTRY, RuleEntry
 from .infos import (
     AttrInfo,
     CostTerm,
@@ -217,17 +218,15 @@ class Group:
         return self.root.nonempty
 
 
-def _propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
+def propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
     """Record every node's shape from one run on the example inputs.
 
     The run is in eval mode without autograd: it must not touch the user's model (BatchNorm
     running statistics would otherwise take a step towards the example batch). A model that
     fails on its own example inputs gets an :class:`InputError` naming the layer.
     """
-    was_training = gm.training
-    gm.eval()
     try:
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        with evaluating(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*example_args)
     except Exception as exc:
         cause = exc.__cause__ or exc
@@ -240,8 +239,6 @@ def _propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
             "and devices as real batches, several samples per batch) and check that "
             "model(*example_inputs) works."
         ) from None
-    finally:
-        gm.train(was_training)
 
 
 class ChannelGraph:
@@ -253,19 +250,57 @@ class ChannelGraph:
         example_args: tuple,
         feature_inputs: dict[str, int],
         strict: bool = False,
+        shapes_known: bool = False,
     ) -> None:
         self.gm = gm
-        self.ctx = RuleContext(gm, strict)
-        _propagate_shapes(gm, example_args)
-        self.feature_spaces: dict[str, Space] = {}
-        self.feature_dims: dict[str, int] = {}
-        for node in gm.graph.nodes:
-            self.ctx.infos[node] = self._propagate(node, feature_inputs)
+        if not shapes_known:
+            propagate_shapes(gm, example_args)
+        self._run_rules(feature_inputs, strict)
         self.ctx.finish()
         self.records = self.ctx.records
         self._count_unclaimed_params()
         self._count_measured_flops(example_args)
         self.groups = self._collect_groups()
+
+    def _run_rules(self, feature_inputs: dict[str, int], strict: bool) -> None:
+        self.ctx = RuleContext(self.gm, strict)
+        self.feature_spaces: dict[str, Space] = {}
+        self.feature_dims: dict[str, int] = {}
+        #: the registry entry that described each node (by node name): what the rules reached
+        self.rules_used: dict[str, RuleEntry] = {}
+        for node in self.gm.graph.nodes:
+            self.ctx.infos[node] = self._propagate(node, feature_inputs)
+
+    @classmethod
+    def feature_dim(cls, gm: fx.GraphModule, name: str, rank: int) -> int:
+        """The dim of input ``name`` that the model reads as channels (shapes already known).
+
+        Each dim is tried as the feature dim and the rules run over the graph: the one whose
+        channels a layer reads first (the earliest gate site the rules record for them) wins;
+        -1 when none is read. The rules' own records decide — a permute, a transpose or a
+        layer reading dim 1 is followed by the same rule that gates it, not by a copy.
+        """
+        best: tuple[int, int] | None = None  # (site position, candidate order)
+        chosen = -1
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        for rank_order, dim in enumerate([-1, *range(rank - 2, -1, -1)]):
+            trial = cls.__new__(cls)
+            trial.gm = gm
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    trial._run_rules({name: dim % rank}, strict=False)
+            except Exception:  # a candidate a rule cannot follow is simply not the one
+                continue
+            space = trial.feature_spaces.get(name)
+            if space is None:
+                continue
+            root = space.find()
+            reads = [order[site.node] for site in trial.ctx.records.sites
+                     if any(seg.space.find() is root for seg in site.layout.segments)]
+            if reads and (best is None or (min(reads), rank_order) < best):
+                best = (min(reads), rank_order)
+                chosen = dim
+        return chosen
 
     # ---- propagation ---------------------------------------------------------------------
     def _propagate(self, node: fx.Node, feature_inputs: dict[str, int]):
@@ -289,25 +324,15 @@ class ChannelGraph:
                 if isinstance(info, AttrInfo):
                     ctx.fix_attr(info)
             return None
-        rule = self._rule_for(node)
-        if rule is None:
+        module = ctx.module(node) if node.op == "call_module" else None
+        entry = REGISTRY.for_node(node, module)
+        if entry is None:
             ctx.unknown(node)
             return None
-        if node.op == "call_module":
-            out = rule.propagate(ctx, node, ctx.module(node))
-        else:
-            out = rule(ctx, node)
+        self.rules_used[node.name] = entry
+        out = entry.propagate(ctx, node, module)
         self._check(node, out)
         return out
-
-    def _rule_for(self, node: fx.Node):
-        if node.op == "call_module":
-            return registry.module_rule(self.ctx.module(node))
-        if node.op == "call_function":
-            return registry.FUNCTION_RULES.get(node.target)
-        if node.op == "call_method":
-            return registry.METHOD_RULES.get(node.target)
-        return None
 
     def _check(self, node: fx.Node, out) -> None:
         """A rule's claim must agree with the real shape: catches rule bugs, never user errors."""
@@ -350,13 +375,8 @@ class ChannelGraph:
                 measured[n] = counter.get_total_flops()
                 return result
 
-        was_training = self.gm.training
-        self.gm.eval()
-        try:
-            with torch.no_grad():
-                _Measure(self.gm).run(*example_args)
-        finally:
-            self.gm.train(was_training)
+        with evaluating(self.gm), torch.no_grad():
+            _Measure(self.gm).run(*example_args)
         for n, flops in measured.items():
             if flops:
                 self.ctx.cost("flops", flops, (), describe(n))
@@ -387,6 +407,7 @@ class ChannelGraph:
         state = dict(self.__dict__)
         state["_infos_by_name"] = self.info_by_name()
         state.pop("ctx", None)
+        state.pop("rules_used", None)  # rules are code: they stay in the registry
         state["gm"] = None  # the SparseModel pickles its own (gated) copy of the graph module
         records = copy.copy(self.records)
 

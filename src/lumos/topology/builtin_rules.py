@@ -16,7 +16,7 @@ from torch import fx, nn
 
 from .analysis import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo, TupleInfo
-from .registry import FUNCTION_RULES, METHOD_RULES, register_rule
+from .registry import REGISTRY, register_rule
 from .spaces import Layout, unify
 
 
@@ -78,7 +78,7 @@ def elementwise(ctx: RuleContext, node: fx.Node, operands: list) -> object:
     return TensorInfo(dim, layout)
 
 
-def unary(ctx: RuleContext, node: fx.Node) -> object:
+def unary(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     operands = [a for a in node.args if isinstance(a, fx.Node)]
     operands += [v for v in node.kwargs.values() if isinstance(v, fx.Node)]
     if len(operands) == 1:
@@ -88,7 +88,7 @@ def unary(ctx: RuleContext, node: fx.Node) -> object:
     return elementwise(ctx, node, operands)
 
 
-def binary(ctx: RuleContext, node: fx.Node) -> object:
+def binary(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     operands = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
     for key in ("alpha", "rounding_mode"):
         if isinstance(node.kwargs.get(key), fx.Node):
@@ -97,17 +97,22 @@ def binary(ctx: RuleContext, node: fx.Node) -> object:
     return elementwise(ctx, node, operands)
 
 
-def where(ctx: RuleContext, node: fx.Node) -> object:
+def elementwise_pair(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``a.expand_as(b)``, ``a.masked_fill(mask, v)``: the first two operands broadcast together."""
+    return elementwise(ctx, node, list(node.args[:2]))
+
+
+def where(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     return elementwise(ctx, node, list(node.args[:3]))
 
 
-def like(ctx: RuleContext, node: fx.Node) -> object:
+def like(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     """zeros_like/ones_like/...: same shape as the input, no values read."""
     info = ctx.tensor_info(node.args[0])
     return TensorInfo(info.dim, info.layout) if info else None
 
 
-def shape_passthrough(ctx: RuleContext, node: fx.Node) -> object:
+def shape_passthrough(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     """Ops that keep shape and read no other tensor: .to(dtype), .contiguous(), .clone()."""
     info = ctx.info(node.args[0])
     for a in list(node.args[1:]) + list(node.kwargs.values()):
@@ -166,7 +171,7 @@ def _resize_linear(module: nn.Linear) -> None:
     module.out_features, module.in_features = module.weight.shape
 
 
-def _linear_function(ctx: RuleContext, node: fx.Node) -> object:
+def _linear_function(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     x = _arg(node, 0, "input")
     w = _arg(node, 1, "weight")
     b = _arg(node, 2, "bias")
@@ -187,7 +192,7 @@ def _linear_function(ctx: RuleContext, node: fx.Node) -> object:
 
 
 register_rule(nn.Linear, _linear_module, resize=_resize_linear, input_dim=-1)
-FUNCTION_RULES[F.linear] = _linear_function
+REGISTRY.register(F.linear, _linear_function)
 
 
 # ---- reshapes ---------------------------------------------------------------------------------
@@ -243,7 +248,7 @@ def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, path_of=
     return TensorInfo(q - len(out_shape), layout)
 
 
-def _view(ctx: RuleContext, node: fx.Node) -> object:
+def _view(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     rest = list(node.args[1:])
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
         return _reshaped(ctx, node, node.args[0], list(rest[0]), lambda i: (1, i))
@@ -257,7 +262,7 @@ def _view(ctx: RuleContext, node: fx.Node) -> object:
     return _reshaped(ctx, node, node.args[0], rest, lambda i: (1 + i,))
 
 
-def _reshape_function(ctx: RuleContext, node: fx.Node) -> object:
+def _reshape_function(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     shape = _arg(node, 1, "shape")
     if not isinstance(shape, (tuple, list)) or len(node.args) < 2:
         ctx.unknown(node)
@@ -265,7 +270,7 @@ def _reshape_function(ctx: RuleContext, node: fx.Node) -> object:
     return _reshaped(ctx, node, node.args[0], list(shape), lambda i: (1, i))
 
 
-def _shape_only(ctx: RuleContext, node: fx.Node) -> object:
+def _shape_only(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     """flatten/squeeze/unsqueeze: no literal sizes to rewrite, mapping follows from shapes."""
     x = node.args[0] if node.args else node.kwargs.get("input")
     return _reshaped(ctx, node, x, [])
@@ -278,7 +283,7 @@ def _flatten_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> objec
 register_rule(nn.Flatten, _flatten_module)
 
 
-def _permute(ctx: RuleContext, node: fx.Node) -> object:
+def _permute(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -305,7 +310,7 @@ def _permute(ctx: RuleContext, node: fx.Node) -> object:
     return TensorInfo(dims.index(p) - ndim, info.layout)
 
 
-def _expand(ctx: RuleContext, node: fx.Node) -> object:
+def _expand(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -324,7 +329,7 @@ def _expand(ctx: RuleContext, node: fx.Node) -> object:
 
 
 # ---- indexing ---------------------------------------------------------------------------------
-def _getitem(ctx: RuleContext, node: fx.Node) -> object:
+def _getitem(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     src, index = node.args[0], node.args[1]
     info = ctx.info(src)
     if isinstance(info, TupleInfo):
@@ -386,7 +391,7 @@ def _index_tensor(ctx: RuleContext, node: fx.Node, info: TensorInfo, index) -> o
     return None
 
 
-def _size(ctx: RuleContext, node: fx.Node) -> object:
+def _size(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -398,7 +403,7 @@ def _size(ctx: RuleContext, node: fx.Node) -> object:
     return ShapeInfo(None, info.layout) if _positive(int(dim), ndim) == p else None
 
 
-def _getattr(ctx: RuleContext, node: fx.Node) -> object:
+def _getattr(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     src, name = node.args[0], node.args[1]
     info = ctx.info(src)
     if name == "shape" and isinstance(info, TensorInfo):
@@ -412,7 +417,7 @@ def _getattr(ctx: RuleContext, node: fx.Node) -> object:
     return None
 
 
-def _transpose_attr(ctx: RuleContext, node: fx.Node) -> object:
+def _transpose_attr(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     ndim = len(ctx.shape(node.args[0]))
     p = _positive(info.dim, ndim)
@@ -424,7 +429,7 @@ def _transpose_attr(ctx: RuleContext, node: fx.Node) -> object:
 
 
 # ---- joins and splits -------------------------------------------------------------------------
-def _cat(ctx: RuleContext, node: fx.Node) -> object:
+def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     tensors = _arg(node, 0, "tensors")
     dim = _arg(node, 1, "dim", 0)
     if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
@@ -462,7 +467,7 @@ def _cat(ctx: RuleContext, node: fx.Node) -> object:
     return TensorInfo(new_dim, first.layout)
 
 
-def _split(ctx: RuleContext, node: fx.Node) -> object:
+def _split(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -489,7 +494,7 @@ def _split(ctx: RuleContext, node: fx.Node) -> object:
 
 
 # ---- reductions -------------------------------------------------------------------------------
-def _reduce(ctx: RuleContext, node: fx.Node) -> object:
+def _reduce(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0] if node.args else node.kwargs.get("input"))
     if info is None:
         return None
@@ -515,7 +520,7 @@ def _reduce(ctx: RuleContext, node: fx.Node) -> object:
     return out
 
 
-def _softmax(ctx: RuleContext, node: fx.Node) -> object:
+def _softmax(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -537,7 +542,7 @@ def _softmax_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> objec
 
 
 # ---- gathers and scatters along other dims (message passing by hand) --------------------------
-def _index_select(ctx: RuleContext, node: fx.Node) -> object:
+def _index_select(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     """``x.index_select(dim, index)``: rows picked along a non-channel dim keep the channels."""
     x = node.args[0] if node.args else node.kwargs.get("input")
     info = ctx.tensor_info(x)
@@ -553,7 +558,7 @@ def _index_select(ctx: RuleContext, node: fx.Node) -> object:
     return TensorInfo(info.dim, info.layout)
 
 
-def _index_add(ctx: RuleContext, node: fx.Node) -> object:
+def _index_add(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     """``self.index_add(dim, index, source)`` along a non-channel dim: channels tied one to one."""
     target, dim = node.args[0], _arg(node, 1, "dim")
     source = _arg(node, 3, "source")
@@ -613,59 +618,59 @@ UNARY_MODULES = [
 ]
 
 for _f in UNARY_FUNCTIONS:
-    FUNCTION_RULES[_f] = unary
+    REGISTRY.register(_f, unary)
 for _f in BINARY_FUNCTIONS:
-    FUNCTION_RULES[_f] = binary
-FUNCTION_RULES[torch.where] = where
+    REGISTRY.register(_f, binary)
+REGISTRY.register(torch.where, where)
 for _f in (torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
            torch.randn_like, torch.full_like):
-    FUNCTION_RULES[_f] = like
+    REGISTRY.register(_f, like)
 for _name in UNARY_METHODS:
-    METHOD_RULES[_name] = unary
+    REGISTRY.register(_name, unary)
 for _name in BINARY_METHODS:
-    METHOD_RULES[_name] = binary
+    REGISTRY.register(_name, binary)
 for _name in SHAPE_KEEPING_METHODS:
-    METHOD_RULES[_name] = shape_passthrough
+    REGISTRY.register(_name, shape_passthrough)
 for _m in UNARY_MODULES:
-    register_rule(_m, lambda c, n, m: unary(c, n))
+    register_rule(_m, unary)
 
-METHOD_RULES["view"] = _view
-METHOD_RULES["reshape"] = _view
-FUNCTION_RULES[torch.reshape] = _reshape_function
+REGISTRY.register("view", _view)
+REGISTRY.register("reshape", _view)
+REGISTRY.register(torch.reshape, _reshape_function)
 for _name in ("flatten", "squeeze", "unsqueeze"):
-    METHOD_RULES[_name] = _shape_only
+    REGISTRY.register(_name, _shape_only)
 for _f in (torch.flatten, torch.squeeze, torch.unsqueeze):
-    FUNCTION_RULES[_f] = _shape_only
+    REGISTRY.register(_f, _shape_only)
 for _name in ("permute", "transpose", "t", "movedim", "swapaxes", "swapdims"):
-    METHOD_RULES[_name] = _permute
+    REGISTRY.register(_name, _permute)
 for _f in (torch.permute, torch.transpose, torch.t, torch.movedim, torch.swapaxes):
-    FUNCTION_RULES[_f] = _permute
-METHOD_RULES["expand"] = _expand
-METHOD_RULES["expand_as"] = lambda c, n: elementwise(c, n, list(n.args[:2]))
-FUNCTION_RULES[operator.getitem] = _getitem
-FUNCTION_RULES[builtins.getattr] = _getattr
-METHOD_RULES["size"] = _size
-FUNCTION_RULES[torch.cat] = _cat
-FUNCTION_RULES[torch.concat] = _cat
-FUNCTION_RULES[torch.stack] = _cat
+    REGISTRY.register(_f, _permute)
+REGISTRY.register("expand", _expand)
+REGISTRY.register("expand_as", elementwise_pair)
+REGISTRY.register(operator.getitem, _getitem)
+REGISTRY.register(builtins.getattr, _getattr)
+REGISTRY.register("size", _size)
+REGISTRY.register(torch.cat, _cat)
+REGISTRY.register(torch.concat, _cat)
+REGISTRY.register(torch.stack, _cat)
 for _name in ("split", "chunk", "unbind", "tensor_split"):
-    METHOD_RULES[_name] = _split
+    REGISTRY.register(_name, _split)
 for _f in (torch.split, torch.chunk, torch.unbind):
-    FUNCTION_RULES[_f] = _split
+    REGISTRY.register(_f, _split)
 for _name in ("sum", "mean", "amax", "amin", "prod", "std", "var", "logsumexp", "nansum",
               "nanmean", "max", "min", "any", "all"):
-    METHOD_RULES[_name] = _reduce
+    REGISTRY.register(_name, _reduce)
 for _f in (torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
            torch.logsumexp, torch.nansum, torch.nanmean, torch.max, torch.min):
-    FUNCTION_RULES[_f] = _reduce
+    REGISTRY.register(_f, _reduce)
 for _f in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
-    FUNCTION_RULES[_f] = _softmax
-METHOD_RULES["softmax"] = _softmax
-METHOD_RULES["log_softmax"] = _softmax
+    REGISTRY.register(_f, _softmax)
+REGISTRY.register("softmax", _softmax)
+REGISTRY.register("log_softmax", _softmax)
 register_rule(nn.Softmax, _softmax_module)
 register_rule(nn.LogSoftmax, _softmax_module)
-METHOD_RULES["index_select"] = _index_select
-FUNCTION_RULES[torch.index_select] = _index_select
+REGISTRY.register("index_select", _index_select)
+REGISTRY.register(torch.index_select, _index_select)
 for _name in ("index_add", "index_add_"):
-    METHOD_RULES[_name] = _index_add
-FUNCTION_RULES[torch.index_add] = _index_add
+    REGISTRY.register(_name, _index_add)
+REGISTRY.register(torch.index_add, _index_add)

@@ -14,9 +14,9 @@ from torch import fx, nn
 
 from ..layers import SpectralConv1d, SpectralConv2d
 from .analysis import RuleContext, describe
-from .builtin_rules import _arg, _positive, elementwise, unary
+from .builtin_rules import _arg, _positive, elementwise, elementwise_pair, unary
 from .infos import TensorInfo, TupleInfo
-from .registry import FUNCTION_RULES, METHOD_RULES, register_rule
+from .registry import REGISTRY, register_rule
 from .spaces import Layout
 
 
@@ -206,7 +206,7 @@ def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
     return TensorInfo(info.dim, info.layout)
 
 
-def _layer_norm_function(ctx: RuleContext, node: fx.Node) -> object:
+def _layer_norm_function(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -227,7 +227,7 @@ for _cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
     register_rule(_cls, _instancenorm, resize=_resize_batchnorm)
 register_rule(nn.GroupNorm, _groupnorm, resize=_resize_groupnorm)
 register_rule(nn.LayerNorm, _layernorm)
-FUNCTION_RULES[F.layer_norm] = _layer_norm_function
+REGISTRY.register(F.layer_norm, _layer_norm_function)
 
 
 # ---- pooling, resampling, padding ---------------------------------------------------------------
@@ -265,19 +265,19 @@ for _nd, _classes in _POOLS.items():
     for _cls in _classes:
         register_rule(_cls, _spatial_passthrough(_nd))
     for _f in _POOL_FUNCTIONS[_nd]:
-        FUNCTION_RULES[_f] = _spatial_passthrough(_nd)
+        REGISTRY.register(_f, _spatial_passthrough(_nd))
 register_rule(nn.Upsample, _spatial_passthrough(None))
 register_rule(nn.UpsamplingNearest2d, _spatial_passthrough(2))
 register_rule(nn.UpsamplingBilinear2d, _spatial_passthrough(2))
-FUNCTION_RULES[F.interpolate] = _spatial_passthrough(None)
-FUNCTION_RULES[F.upsample] = _spatial_passthrough(None)
+REGISTRY.register(F.interpolate, _spatial_passthrough(None))
+REGISTRY.register(F.upsample, _spatial_passthrough(None))
 for _cls in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
     register_rule(_cls, _spatial_passthrough(None))
 for _f in (F.dropout1d, F.dropout2d, F.dropout3d):
-    FUNCTION_RULES[_f] = _spatial_passthrough(None)
+    REGISTRY.register(_f, _spatial_passthrough(None))
 
 
-def _pad(ctx: RuleContext, node: fx.Node) -> object:
+def _pad(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     x = node.args[0] if node.args else node.kwargs.get("input")
     info = ctx.tensor_info(x)
     if info is None:
@@ -304,13 +304,12 @@ def _pad_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
     return TensorInfo(info.dim, info.layout)
 
 
-FUNCTION_RULES[F.pad] = _pad
+REGISTRY.register(F.pad, _pad)
 for _cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
              nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
              nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
              nn.CircularPad2d, nn.CircularPad3d):
     register_rule(_cls, _pad_module)
-register_rule(nn.PReLU, lambda c, n, m: _prelu(c, n, m))
 
 
 def _prelu(ctx: RuleContext, node: fx.Node, module: nn.PReLU) -> object:
@@ -325,7 +324,10 @@ def _prelu(ctx: RuleContext, node: fx.Node, module: nn.PReLU) -> object:
     return TensorInfo(info.dim, info.layout)
 
 
-METHOD_RULES["masked_fill"] = lambda c, n: elementwise(c, n, list(n.args[:2]))
+register_rule(nn.PReLU, _prelu)
+
+
+REGISTRY.register("masked_fill", elementwise_pair)
 
 
 # ---- Fourier layers ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch_geometric.nn import (
     GATConv,
     GCNConv,
@@ -29,7 +29,7 @@ from torch_geometric.utils import scatter
 from .analysis import RuleContext, describe
 from .builtin_rules import _arg, _linear_module, _positive
 from .infos import TensorInfo
-from .registry import OPAQUE_BASES, register_leaf_function, register_rule, register_trace_forward
+from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
 from .spaces import Layout
 
 
@@ -185,7 +185,7 @@ register_rule(GCNConv, _gcn, resize=_resize_gcn, input_dim=-1)
 register_rule(SAGEConv, _sage, resize=_resize_sage, input_dim=-1)
 register_rule(GATConv, _gat, resize=_resize_gat, input_dim=-1)
 register_rule(GeometricLinear, _linear_module, resize=_resize_geometric_linear, input_dim=-1)
-OPAQUE_BASES.append(MessagePassing)
+REGISTRY.register_opaque_base(MessagePassing)
 
 
 # ---- GIN: sum aggregation in plain torch, then its own MLP -------------------------------------
@@ -202,7 +202,7 @@ register_trace_forward(GINConv, _gin_forward)
 
 
 # ---- pooling and scatter: channel-wise over nodes ---------------------------------------------
-def _node_pool(ctx: RuleContext, node: fx.Node) -> object:
+def _node_pool(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0] if node.args else node.kwargs.get("x"))
     if info is None:
         return None
@@ -212,7 +212,7 @@ def _node_pool(ctx: RuleContext, node: fx.Node) -> object:
     return TensorInfo(-1, info.layout)
 
 
-def _scatter(ctx: RuleContext, node: fx.Node) -> object:
+def _scatter(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     src = node.args[0] if node.args else node.kwargs.get("src")
     info = ctx.tensor_info(src)
     if info is None:

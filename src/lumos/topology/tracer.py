@@ -2,8 +2,8 @@
 
 fx raises from deep inside its proxy machinery; we re-raise a :class:`UntraceableModelError`
 naming the module being traced and the line of the user's code that failed. Layers with a rule
-are leaves; layers with a substitute forward (``registry.TRACE_FORWARDS``) are traced through
-it; functions with a rule (``registry.LEAF_FUNCTIONS``) stay single nodes.
+are leaves; layers with a substitute forward are traced through it; functions registered as
+leaves stay single nodes (all read from :data:`~lumos.topology.registry.REGISTRY`).
 """
 
 from __future__ import annotations
@@ -16,37 +16,35 @@ import torch
 from torch import fx, nn
 
 from ..errors import UntraceableModelError
-from . import registry
+from .registry import REGISTRY
 
 
 class LumosTracer(fx.Tracer):
     """fx tracer that keeps registered layer classes as leaves and remembers where it is."""
 
-    def __init__(self, leaf_types: tuple[type, ...] = ()) -> None:
-        super().__init__(autowrap_functions=tuple(registry.LEAF_FUNCTIONS))
+    def __init__(self) -> None:
+        leaf_functions = REGISTRY.leaf_functions()
+        super().__init__(autowrap_functions=tuple(leaf_functions))
         # Also patch the leaf functions where a package re-exports them (``pyg.nn.global_mean_pool``
         # called as an attribute): fx only patches the traced code's globals by default.
-        for fn in registry.LEAF_FUNCTIONS:
+        for fn in leaf_functions:
             for name in (fn.__module__, fn.__module__.rsplit(".", 2)[0]):
                 mod = sys.modules.get(name)
                 if mod is not None and mod not in self._autowrap_search:
                     self._autowrap_search.append(mod)
-        self.leaf_types = leaf_types
         self.module_stack_paths: list[str] = []
         self.failed_in: str | None = None  # innermost module being traced when tracing failed
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m) in registry.TRACE_FORWARDS:
+        if REGISTRY.trace_forward(m) is not None:
             return False
-        if self.leaf_types and isinstance(m, self.leaf_types):
-            return True
-        if registry.OPAQUE_BASES and isinstance(m, tuple(registry.OPAQUE_BASES)):
+        if REGISTRY.is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx signature
         self.module_stack_paths.append(self.path_of_module(m) or type(m).__name__)
-        substitute = registry.TRACE_FORWARDS.get(type(m))
+        substitute = REGISTRY.trace_forward(m)
         if substitute is not None:
             forward = functools.partial(substitute, m)
         try:
@@ -69,11 +67,9 @@ def _user_frame(exc: BaseException) -> str:
     return "unknown location"
 
 
-def trace(
-    model: nn.Module, leaf_types: tuple[type, ...] = (), concrete_args: dict | None = None
-) -> fx.GraphModule:
+def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule:
     """Symbolically trace ``model``; on failure raise :class:`UntraceableModelError` with a fix."""
-    tracer = LumosTracer(leaf_types)
+    tracer = LumosTracer()
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)

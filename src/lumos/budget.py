@@ -1,0 +1,148 @@
+"""The exact budget projection: shut the weakest gates until compaction fits the budget.
+
+The Lagrangian controller (:mod:`lumos.controller`) gets close; this makes the budget an exact
+upper bound. It also reopens the strongest closed gates when the controller's momentum left the
+model under the budget with training still to come. Feature gates are never touched here: they
+are judged by the feature pressure, not by the size budget.
+
+Everything is a function of the gate bank, the cost model and the groups torch cannot build
+empty, so the sparse model and tests call the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .cost import CostModel
+from .gates import GateBank, log_alpha_for_keep_probability
+from .topology.analysis import Group
+
+#: P(gate != 0) of a gate reopened by the projection: fully open again.
+REOPEN_KEEP_PROBABILITY = 0.99
+
+
+def keep_alive(kept: Tensor, nonempty_groups: Sequence[Group], log_alpha: Tensor) -> Tensor:
+    """``kept`` plus the strongest channel of every must-not-be-empty group left empty.
+
+    torch cannot build a conv, norm or attention of width 0: such a group keeps its strongest
+    channel even when every gate is closed; its gate value 0 is folded into its readers, so it
+    contributes nothing and outputs stay exact.
+    """
+    kept = kept.clone()
+    log_alpha = log_alpha.detach()
+    for group in nonempty_groups:
+        sl = slice(group.offset, group.offset + group.size)
+        if not bool(kept[sl].any()):
+            kept[group.offset + int(torch.argmax(log_alpha[sl]))] = True
+    return kept
+
+
+def kept_fraction(cost: CostModel, keep: Tensor, dense: float, kind: str = "params") -> float:
+    """What compaction keeps of ``dense`` (parameters or FLOPs) for a 0/1 ``keep`` mask."""
+    return float(cost.total(keep.double(), kind)) / max(dense, 1.0)
+
+
+def shut_to_budget(
+    gates: GateBank,
+    cost: CostModel,
+    dense: float,
+    nonempty_groups: Sequence[Group],
+    kept: Tensor,
+    feature_mask: Tensor,
+    budget: float,
+) -> tuple[Tensor, float]:
+    """Which gates to shut so the kept fraction is at most ``budget``, and the fraction reached.
+
+    The weakest (lowest log alpha) neuron/channel/head gates go first; a binary search finds
+    how many. The last one shut may be a big unit (a head) that overshoots, so every shut gate
+    the budget still allows is then spared again, strongest first: cheap neurons fill the gap.
+    """
+
+    def fraction(shut: Tensor) -> float:
+        return kept_fraction(cost, keep_alive(kept & ~shut, nonempty_groups, gates.log_alpha),
+                             dense)
+
+    none = torch.zeros_like(kept)
+    candidates = torch.nonzero(kept & ~feature_mask).flatten()
+    order = candidates[torch.argsort(gates.log_alpha.detach()[candidates])]
+    lo, hi = 0, len(order)  # smallest k whose k weakest gates shut meet the budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        shut = none.clone()
+        shut[order[:mid]] = True
+        if fraction(shut) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    final = none.clone()
+    final[order[:lo]] = True
+    for gate in order[: max(lo - 1, 0)].flip(0).tolist():
+        final[gate] = False
+        if fraction(final) > budget:
+            final[gate] = True
+    return final, fraction(final)
+
+
+def reopen_within(
+    gates: GateBank,
+    cost: CostModel,
+    dense: float,
+    nonempty_groups: Sequence[Group],
+    kept: Tensor,
+    feature_mask: Tensor,
+    budget: float,
+) -> int:
+    """Reopen closed, not shut-for-good, non-feature gates, strongest first, each one that
+    still fits: compaction stays within ``budget``. Returns how many were reopened.
+
+    The strongest ones are found by a binary search over how many fit in a row; after the
+    first that does not fit, the rest are tried one by one, so a cheap unit (a neuron) can
+    still fill the gap an expensive one (an attention head) would overshoot.
+    """
+    closed = ~kept & ~gates.shut & ~feature_mask
+    candidates = torch.nonzero(closed).flatten()
+    if len(candidates) == 0:
+        return 0
+    order = candidates[torch.argsort(gates.log_alpha.detach()[candidates], descending=True)]
+
+    def fraction(keep: Tensor) -> float:
+        return kept_fraction(cost, keep_alive(keep, nonempty_groups, gates.log_alpha), dense)
+
+    def with_first(k: int) -> Tensor:
+        keep = kept.clone()
+        keep[order[:k]] = True
+        return keep
+
+    lo, hi = 0, len(order)  # largest k whose k strongest gates reopened stay in budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fraction(with_first(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep = with_first(lo)
+    for gate in order[lo + 1:].tolist():  # order[lo] did not fit; cost only grows
+        keep[gate] = True
+        if fraction(keep) > budget:
+            keep[gate] = False
+    reopened = keep & ~kept
+    if reopened.any():
+        opened = log_alpha_for_keep_probability(REOPEN_KEEP_PROBABILITY, gates.cfg)
+        gates.log_alpha.data[reopened] = opened
+    return int(reopened.sum())
+
+
+def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: float) -> str:
+    """The warning for a budget below the smallest model LUMOS can build."""
+    whole = sorted(set(pinned_origins))
+    shown = ", ".join(whole[:6]) + (" ..." if len(whole) > 6 else "")
+    return (
+        f"budget={budget} cannot be reached: the smallest model LUMOS can build from this one "
+        f"keeps {reached:.1%} of the parameters, because some channels are kept whole "
+        f"({shown or 'the model output'}; see sm.report()). Ask for a budget of at least "
+        f"{reached:.2f}, or make those layers prunable (e.g. register a rule, avoid LayerNorm "
+        "over a stream you want pruned)."
+    )

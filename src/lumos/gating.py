@@ -1,0 +1,222 @@
+"""The gated graph: its format, the pass that inserts gates, and the pass that removes them.
+
+This module is the one home of what the gated ``GraphModule`` looks like, so that the side
+that inserts gates (:func:`insert_gates`, used by ``sparsify``) and the side that removes them
+(:func:`strip_gates`, used by compaction) share it instead of matching names as strings:
+
+- the gate vector enters as one extra placeholder, :data:`GATES_PLACEHOLDER` (the gate of
+  every group, followed by a 1 for "always open" positions);
+- an activation read by a layer is gated by :func:`apply_gates` (``x * z[index]`` along one
+  dim), an index buffer per site;
+- a layer whose gated units live inside it (attention heads), or whose input is cheaper to
+  gate by scaling the weight that reads it, is called through :func:`call_with_gated_params`
+  (the layer with some parameters scaled by gates, via ``torch.func.functional_call``).
+
+Which parameter reads which channels comes from the rules' records (``ParamRole`` with
+``fold=True``), never from a list of layer classes: any layer whose rule records the fold gets
+the cheaper weight-side gating, and compaction folds the same values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, fx, nn
+
+from .topology.analysis import ChannelGraph
+from .topology.infos import GateSite
+
+#: name of the placeholder that carries the gate vector into the gated graph
+GATES_PLACEHOLDER = "lumos_gates"
+#: prefixes of the (non-persistent) index buffers the gated graph reads
+SITE_INDEX_PREFIX = "lumos_gate_index_"
+PARAM_INDEX_PREFIX = "lumos_param_gate_index_"
+
+
+def apply_gates(x: Tensor, gates: Tensor, index: Tensor, dim: int) -> Tensor:
+    """Multiply ``x`` along ``dim`` by the gate of each position (``index`` into ``gates``)."""
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return x * gates.index_select(0, index).view(shape).to(x.dtype)
+
+
+torch.fx.wrap("apply_gates")
+
+
+def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args, **kwargs):
+    """Call ``module`` with some parameters scaled by gates.
+
+    ``specs`` holds ``(parameter path, dim, gate index)`` triples; the module's own parameters
+    are untouched, so gradients reach both the weights and the gates.
+    """
+    params = {}
+    for name, dim, index in specs:
+        p = params.get(name, module.get_parameter(name))
+        shape = [1] * p.dim()
+        shape[dim] = -1
+        params[name] = p * gates.index_select(0, index).view(shape).to(p.dtype)
+    return torch.func.functional_call(module, params, args, kwargs)
+
+
+torch.fx.wrap("call_with_gated_params")
+
+_GATE_OPS = (apply_gates, call_with_gated_params)
+
+
+def is_gate_call(node: fx.Node) -> bool:
+    """Whether ``node`` is one of the gate ops this module inserts."""
+    return node.op == "call_function" and node.target in _GATE_OPS
+
+
+def is_gates_placeholder(node: fx.Node) -> bool:
+    return node.op == "placeholder" and node.target == GATES_PLACEHOLDER
+
+
+# ---- prepare: insert the gates -------------------------------------------------------------
+def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
+    """Rewrite the traced graph so every gate site reads its input through the gates."""
+    g = gm.graph
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    with g.inserting_after(placeholders[-1]):
+        gates_node = g.placeholder(GATES_PLACEHOLDER, default_value=None)
+    # per called layer: the (param, dim, buffer) specs it is called with
+    param_specs: dict[fx.Node, list[tuple[str, int, str]]] = {}
+    _collect_param_sites(gm, graph, param_specs)
+    sites_per_node: dict[fx.Node, int] = {}
+    for site in graph.records.sites:
+        sites_per_node[site.node] = sites_per_node.get(site.node, 0) + 1
+    for k, site in enumerate(graph.records.sites):
+        index = graph.gate_index(site.layout)
+        if not bool((index < graph.num_gates).any()):
+            continue
+        buffer = f"{SITE_INDEX_PREFIX}{k}"
+        gm.register_buffer(buffer, index, persistent=False)
+        value = (site.node.args if isinstance(site.arg, int) else site.node.kwargs)[site.arg]
+        folds = _weight_side(gm, graph, site, value, sites_per_node, param_specs)
+        if folds:
+            param_specs.setdefault(site.node, []).extend(
+                (param, dim, buffer) for param, dim in folds)
+            continue
+        with g.inserting_before(site.node):
+            gated = g.call_function(apply_gates, (value, gates_node, g.get_attr(buffer), site.dim))
+        # one graph node even when fx re-traces the code (unpickling a SparseModel)
+        gated.meta["is_wrapped"] = True
+        _replace_arg(site, gated)
+    for node, specs in param_specs.items():
+        with g.inserting_before(node):
+            module_node = g.get_attr(node.target)
+            spec_args = tuple((param, dim, g.get_attr(buffer)) for param, dim, buffer in specs)
+            call = g.call_function(
+                call_with_gated_params, (module_node, gates_node, spec_args, *node.args),
+                dict(node.kwargs))
+        call.meta = dict(node.meta)
+        call.meta["is_wrapped"] = True
+        node.replace_all_uses_with(call)
+        g.erase_node(node)
+    g.lint()
+    gm.recompile()
+
+
+def _replace_arg(site: GateSite, gated: fx.Node) -> None:
+    if isinstance(site.arg, int):
+        args = list(site.node.args)
+        args[site.arg] = gated
+        site.node.args = tuple(args)
+    else:
+        kwargs = dict(site.node.kwargs)
+        kwargs[site.arg] = gated
+        site.node.kwargs = kwargs
+
+
+def _collect_param_sites(gm: fx.GraphModule, graph: ChannelGraph,
+                         param_specs: dict[fx.Node, list]) -> None:
+    """Layers with gated inner units (``ParamSite``) are called with those params gated."""
+    by_owner: dict[str, list[tuple[str, int, str]]] = {}
+    for k, site in enumerate(graph.records.param_sites):
+        index = graph.gate_index(site.layout)
+        if not bool((index < graph.num_gates).any()):
+            continue
+        buffer = f"{PARAM_INDEX_PREFIX}{k}"
+        gm.register_buffer(buffer, index, persistent=False)
+        by_owner.setdefault(site.owner, []).append((site.param, site.dim, buffer))
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in by_owner:
+            param_specs[node] = list(by_owner[node.target])
+
+
+def _weight_side(gm: fx.GraphModule, graph: ChannelGraph, site: GateSite, value,
+                 sites_per_node: dict, param_specs: dict) -> list[tuple[str, int]]:
+    """The parameters (path, dim) to scale instead of gating the activation, or [].
+
+    ``layer(x * z)`` equals the layer with the parameters that read ``x``'s channels scaled by
+    ``z`` exactly when compaction's fold of those parameters is exact, which every rule that
+    records ``fold=True`` promises. It is chosen when the activation is the bigger tensor
+    (convolutions, tokens, graph nodes); small-batch MLPs keep the activation gate, where the
+    weight is the bigger one. Only for a layer called with the gated input as its one gated
+    argument and no inner units gated, so the fold parameters read nothing else.
+    """
+    node = site.node
+    if node.op != "call_module" or sites_per_node[node] != 1 or node in param_specs:
+        return []
+    if not isinstance(value, fx.Node) or sum(a is value for a in node.args) + sum(
+            v is value for v in node.kwargs.values()) != 1:
+        return []
+    index = graph.gate_index(site.layout)
+    prefix = f"{node.target}."
+    folds = []
+    for role in graph.records.roles:
+        if not (role.fold and (role.owner == node.target or role.owner.startswith(prefix))):
+            continue
+        if role.layout.length != len(index) or not torch.equal(
+                graph.gate_index(role.layout), index):
+            return []  # this layer folds gates of another layout too: not ours to move
+        rel_owner = role.owner[len(prefix):] if role.owner != node.target else ""
+        folds.append((f"{rel_owner}.{role.name}" if rel_owner else role.name, role.dim))
+    if not folds:
+        return []
+    module = gm.get_submodule(node.target)
+    weight_numel = sum(module.get_parameter(p).numel() for p, _ in folds)
+    meta = value.meta.get("tensor_meta")
+    activation = math.prod(meta.shape) if meta is not None else 0
+    return folds if 4 * activation > weight_numel else []  # the example batch is a small one
+
+
+# ---- convert: remove the gates -------------------------------------------------------------
+def strip_gates(gm: fx.GraphModule) -> None:
+    """Turn a gated graph back into a plain one (gates already folded into the weights).
+
+    Gated layer calls become plain calls, activation gates disappear, and the gate
+    placeholder and the index buffers go with them.
+    """
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is call_with_gated_params:
+            module_node, _, specs, *args = node.args
+            with g.inserting_before(node):
+                call = g.call_module(module_node.target, tuple(args), dict(node.kwargs))
+            call.meta = dict(node.meta)
+            node.replace_all_uses_with(call)
+            g.erase_node(node)
+            for spec in specs:
+                _erase_unused_attr(gm, spec[2])
+            _erase_unused_attr(gm, module_node, buffer=False)
+        elif node.target is apply_gates:
+            index_node = node.args[2]
+            node.replace_all_uses_with(node.args[0])
+            g.erase_node(node)
+            _erase_unused_attr(gm, index_node)
+    for node in list(g.nodes):
+        if is_gates_placeholder(node):
+            g.erase_node(node)
+
+
+def _erase_unused_attr(gm: fx.GraphModule, node: fx.Node, buffer: bool = True) -> None:
+    """Remove a get_attr node nobody reads any more (and the gate-index buffer behind it)."""
+    if node.users:
+        return
+    gm.graph.erase_node(node)
+    if buffer and hasattr(gm, node.target):
+        delattr(gm, node.target)

@@ -1,0 +1,193 @@
+"""``lumos.sparsify``: check → trace → read the channels → insert gates → ``SparseModel``.
+
+Each step is its own module, in the order torch's fx quantization uses (tracer → prepare →
+convert): :mod:`lumos.topology.tracer` traces, :mod:`lumos.topology.analysis` reads the
+channel groups with the rules of :mod:`lumos.topology.registry`, :mod:`lumos.gating` inserts
+the gates, and :mod:`lumos.compaction` later removes them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from . import topology
+from .errors import ConfigurationError, LumosWarning, UnsupportedModelError, UntraceableModelError
+from .gates import HardConcreteConfig, fully_open_keep_probability
+from .gating import insert_gates
+from .inputs import InputSpec, bind_example, feature_arguments, feature_names_for
+from .options import DEFAULT_FEATURE_PENALTY, GateOptions, merge_deprecated
+from .sparse_model import SparseModel
+from .topology.analysis import ChannelGraph, propagate_shapes
+
+def sparsify(
+    model: nn.Module,
+    example_inputs,
+    *,
+    budget: float | None = None,
+    lam: float | None = None,
+    features: bool | str | Sequence[str] = True,
+    feature_names: Sequence[str] | dict[str, Sequence[str]] | None = None,
+    feature_penalty: float = DEFAULT_FEATURE_PENALTY,
+    strict: bool = False,
+    concrete_args: dict | None = None,
+    gates: GateOptions | None = None,
+    gate_config: HardConcreteConfig | None = None,
+    init_keep_probability: float | dict[str, float] | None = None,
+    warmup: float | None = None,
+) -> SparseModel:
+    """Wrap ``model`` so training learns which input features and hidden channels to keep.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace. Its parameters are shared, not copied.
+        example_inputs: a tensor, tuple of positional inputs, or dict of keyword inputs.
+        budget: keep at most this fraction of the parameters (0 < budget <= 1); a Lagrangian
+            controller finds the penalty strength. Give ``budget`` or ``lam``, not both.
+        lam: fixed penalty strength on the expected fraction of live parameters.
+        features: gate the features of every floating input (True), of none (False), or of
+            the named arguments only.
+        feature_names: names of the feature columns (for one input), or ``{arg: names}``.
+        feature_penalty: strength of the feature-selection pressure (0 disables it).
+        strict: raise instead of keeping channels whole when an op has no channel rule.
+        concrete_args: constants for torch.fx (e.g. flags that steer Python control flow).
+        gates: how the gates are shaped, started and trained (temperature, stretch, noise
+            schedules, log-alpha clamp, initial keep probability, budget warm-up, final
+            freeze-and-fine-tune); see :class:`~lumos.GateOptions`.
+        gate_config, init_keep_probability, warmup: deprecated; set them in ``gates``
+            (``temperature``/``stretch``, ``init_keep_probability``, ``budget_warmup``).
+
+    Returns:
+        A :class:`~lumos.SparseModel` that trains like ``model`` with gates; add its
+        ``penalty()`` to the loss, then call ``compact()``.
+
+    Raises:
+        ConfigurationError: a bad budget, lam, penalty, feature selection or option.
+        InputError: example inputs that do not fit the model or hold NaN/Inf.
+        UntraceableModelError: torch.fx cannot trace the model (the message names the
+            module and line).
+        UnsupportedModelError: ``strict=True`` and some channels have no rule.
+
+    Example:
+        >>> import torch, lumos
+        >>> net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(32, 1))
+        >>> sm = lumos.sparsify(net, torch.randn(64, 6), budget=0.25)
+        >>> sm.gates.num_gates  # 6 input features + 32 neurons
+        38
+        >>> sm.eval().compact()(torch.randn(3, 6)).shape
+        torch.Size([3, 1])
+    """
+    _check_model(model)
+    _check_strengths(budget, lam, feature_penalty)
+    options = merge_deprecated(gates, gate_config=gate_config,
+                               init_keep_probability=init_keep_probability, warmup=warmup)
+    if options.starts_half_open():
+        warnings.warn(
+            f"init_keep_probability={options.init_keep_probability} starts the gates half-open "
+            "(the deterministic gate is 1 only from "
+            f"{fully_open_keep_probability(options.hard_concrete()):.3f}), so before training "
+            "the sparse model's eval output differs from the original model's. Use a higher "
+            "value if training should start from the original model.",
+            LumosWarning,
+            stacklevel=2,
+        )
+    signature, values = bind_example(model, example_inputs)
+
+    # An optional argument left at None (a mask, a conditioning input) is traced as the
+    # constant None, so `if cond is not None:` follows the branch the example takes.
+    absent = [name for name, value in values.items()
+              if value is None and name not in (concrete_args or {})]
+    traced_constants = {**dict.fromkeys(absent), **(concrete_args or {})}
+    gm = topology.trace(model, traced_constants or None)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) == len(values):  # fx renames specialised arguments (cond_1)
+        taken = {n.name for n in gm.graph.nodes}
+        for node, name in zip(placeholders, values):
+            if node.target != name and name not in taken:
+                node.target = node.name = name
+        gm.recompile()
+    example_args = []
+    for node in placeholders:
+        if node.target not in values:
+            raise UntraceableModelError(
+                f"forward argument '{node.target}' of {type(model).__name__} could not be matched "
+                "to example_inputs (variadic *args/**kwargs are not supported); give the model "
+                "explicit named arguments."
+            )
+        example_args.append(values[node.target])
+    propagate_shapes(gm, tuple(example_args))
+
+    wanted = feature_arguments(features, [n.target for n in placeholders])
+    feature_inputs = {}
+    for node, value in zip(placeholders, example_args):
+        floating = isinstance(value, Tensor) and value.is_floating_point()
+        if node.target in wanted and floating and value.dim() >= 2:
+            dim = ChannelGraph.feature_dim(gm, node.target, value.dim())
+            feature_inputs[node.target] = dim % value.dim()
+    names = feature_names_for(feature_names, feature_inputs,
+                              {n.target: v for n, v in zip(placeholders, example_args)})
+
+    graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict,
+                         shapes_known=True)
+    if strict and graph.records.ungated:
+        first = graph.records.ungated[0]
+        raise UnsupportedModelError(
+            f"{first.where}: {first.reason}. Ways out: teach LUMOS the layer with "
+            "lumos.register_rule(YourLayer, ...) (docs/custom_layers.md), or call "
+            "sparsify(..., strict=False) to keep these channels whole (listed in report())."
+        )
+    insert_gates(gm, graph)
+    spec = InputSpec(
+        signature,
+        tuple(example_args),
+        {name: (graph.feature_dims[name], space.size)
+         for name, space in graph.feature_spaces.items()},
+        tuple(absent),
+    )
+    sm = SparseModel(gm, graph, spec, budget=budget, lam=lam, feature_penalty=feature_penalty,
+                     feature_names=names, gate_options=options)
+    if budget is not None and budget < 1.0:
+        floor = sm.smallest_fraction()
+        if floor > budget:
+            sm._warned_unreachable = True
+            warnings.warn(sm.unreachable_message(budget, floor), LumosWarning, stacklevel=2)
+    return sm
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(
+            f"sparsify expects a torch.nn.Module, got {type(model).__name__}; wrap your function "
+            "in a module first."
+        )
+    if isinstance(model, SparseModel):
+        raise ConfigurationError(
+            "this model is already a lumos.SparseModel; pass the original model to sparsify, "
+            "or keep training the SparseModel you have."
+        )
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise ConfigurationError(
+            "sparsify got a torch.compile'd model, which torch.fx cannot read; pass the "
+            "original module (model._orig_mod) and compile the SparseModel or the compacted "
+            "model afterwards."
+        )
+
+
+def _check_strengths(budget, lam, feature_penalty) -> None:
+    if budget is not None and lam is not None:
+        raise ConfigurationError(
+            "give either budget= (LUMOS finds the penalty) or lam= (a fixed penalty), not both."
+        )
+    if budget is not None and not (isinstance(budget, (int, float)) and 0.0 < budget <= 1.0):
+        raise ConfigurationError(
+            f"budget must be a fraction of the dense parameter count in (0, 1], got {budget!r}; "
+            "e.g. budget=0.25 keeps at most 25% of the parameters."
+        )
+    if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
+        raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
+    if not (feature_penalty >= 0 and math.isfinite(feature_penalty)):
+        raise ConfigurationError(f"feature_penalty must be >= 0, got {feature_penalty!r}.")
+
