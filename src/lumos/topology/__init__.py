@@ -2,7 +2,13 @@
 
 import contextlib
 
-from . import builtin_rules, rules_attention, rules_conv  # noqa: F401  (register the rules)
+from . import (  # noqa: F401  (importing a rule module registers its rules)
+    rules_attention,
+    rules_conv,
+    rules_elementwise,
+    rules_linear,
+    rules_shape,
+)
 
 with contextlib.suppress(ImportError):  # graph layers, when torch-geometric is installed
     from . import rules_graph  # noqa: F401

@@ -20,7 +20,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import InputError, UnsupportedModelError
 from ..modes import evaluating
-from .registry import REGISTRY, RuleEntry
 from .infos import (
     AttrInfo,
     CostTerm,
@@ -34,6 +33,7 @@ from .infos import (
     TupleInfo,
     Ungated,
 )
+from .registry import REGISTRY, RuleEntry
 from .spaces import Layout, Space, unify
 
 
@@ -71,6 +71,7 @@ class RuleContext:
 
     # ---- reading -------------------------------------------------------------------------
     def info(self, arg):
+        """What the coordinator knows about an fx argument (or a list of them), or None."""
         if isinstance(arg, fx.Node):
             return self.infos.get(arg)
         if isinstance(arg, (list, tuple)):
@@ -78,11 +79,14 @@ class RuleContext:
         return None
 
     def tensor_info(self, arg) -> TensorInfo | None:
+        """``TensorInfo(dim, layout)`` when ``arg`` carries tracked channels on ``dim`` (a
+        negative index), else None: the one question most rules ask first."""
         info = self.info(arg)
         return info if isinstance(info, TensorInfo) else None
 
     @staticmethod
     def shape(arg) -> tuple[int, ...] | None:
+        """The shape ``arg`` (an fx node) had on the example inputs, or None."""
         if not isinstance(arg, fx.Node):
             return None
         meta = arg.meta.get("tensor_meta")
@@ -90,22 +94,30 @@ class RuleContext:
         return tuple(shape) if shape is not None else None
 
     def module(self, node: fx.Node) -> nn.Module:
+        """The layer a ``call_module`` node calls."""
         return self.gm.get_submodule(node.target)
 
     def attr(self, owner: str, name: str):
+        """The tensor ``owner.name`` (``owner`` a dotted module path, "" for the root)."""
         mod = self.gm.get_submodule(owner) if owner else self.gm
         return getattr(mod, name)
 
     # ---- recording -----------------------------------------------------------------------
     def new_space(self, size: int, kind: str, origin: str) -> Space:
+        """A fresh set of ``size`` channels that live or die one by one (one gate each, if a
+        layer reads them). ``kind`` ("neuron", "channel", "head", ...) selects per-kind
+        options; ``origin`` names it in reports."""
         return Space(size, kind, origin)
 
     def opaque(self, size: int, reason: str, origin: str = "opaque") -> Layout:
+        """A layout of ``size`` channels that are never gated (an untracked input's width)."""
         space = Space(size, "opaque", origin)
         space.pin(reason)
         return Layout.of(space)
 
     def pin(self, info, reason: str) -> None:
+        """Keep every channel ``info`` carries whole; ``reason`` is shown by ``report()``.
+        Pinning is always exact: when a rule cannot prove a channel may close, it pins."""
         for item in _iter_infos(info):
             item.layout.pin(reason)
 
@@ -142,6 +154,8 @@ class RuleContext:
                 role.layout.pin(f"parameter {role.owner}.{role.name} is tied to another module")
 
     def site(self, node: fx.Node, arg: int | str, dim: int, layout: Layout) -> None:
+        """Gate argument ``arg`` (position or keyword) of ``node`` along ``dim``: the layer
+        *reads* these channels here, so a closed one is simply never read."""
         self.records.sites.append(GateSite(node, arg, dim, layout))
 
     def param_site(self, owner: str, param: str, dim: int, layout: Layout) -> None:
@@ -152,6 +166,8 @@ class RuleContext:
         self.role(mod_path, name, dim, layout, fold=True)
 
     def cost(self, kind: str, coeff: float, factors: tuple[Layout, ...], label: str) -> None:
+        """``coeff * prod(live(layout))`` parameters or FLOPs (``kind``); FLOPs follow torch's
+        convention of 2 per multiply-add."""
         self.records.costs.append(CostTerm(kind, float(coeff), tuple(factors), label))
 
     def param_cost(self, owner: str, name: str, factors: tuple[Layout, ...]) -> None:
@@ -169,6 +185,8 @@ class RuleContext:
         self.cost("params", tensor.numel() / denom, factors, label)
 
     def rewrite(self, node: fx.Node, path: tuple, layout: Layout, factor: int = 1) -> None:
+        """A literal size at ``path`` in ``node.args`` becomes ``live(layout) * factor`` after
+        compaction (``view(n, 64)`` where 64 channels were tracked)."""
         self.records.rewrites.append(ShapeRewrite(node, path, layout, factor))
 
     def measure_flops(self, node: fx.Node) -> None:

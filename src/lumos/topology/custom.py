@@ -11,8 +11,9 @@ from collections.abc import Callable
 from torch import fx, nn
 
 from .analysis import RuleContext, describe
-from .builtin_rules import _positive, linear_like
 from .infos import TensorInfo
+from .rule_helpers import positive_dim
+from .rules_linear import linear_like
 
 Propagate = Callable[[RuleContext, fx.Node, nn.Module], object]
 
@@ -44,7 +45,7 @@ def channelwise(*params: str, channel_dim: int = -1) -> Propagate:
         if info is None:
             return None
         ndim = len(ctx.shape(x))
-        if _positive(info.dim, ndim) != _positive(channel_dim, ndim):
+        if positive_dim(info.dim, ndim) != positive_dim(channel_dim, ndim):
             ctx.pin(info, f"{describe(node)} does not act on the tracked dim channel-wise")
             return None
         for name in params:

@@ -14,9 +14,10 @@ from torch import fx, nn
 
 from ..layers import SpectralConv1d, SpectralConv2d
 from .analysis import RuleContext, describe
-from .builtin_rules import _arg, _positive, elementwise, elementwise_pair, unary
 from .infos import TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
+from .rule_helpers import node_arg, positive_dim
+from .rules_elementwise import elementwise_pair, unary
 from .spaces import Layout
 
 
@@ -26,7 +27,7 @@ def _channel_info(ctx: RuleContext, node: fx.Node, x, channel_dim: int) -> Tenso
     if info is None:
         return None
     shape = ctx.shape(x)
-    if shape is None or _positive(info.dim, len(shape)) != _positive(channel_dim, len(shape)):
+    if shape is None or positive_dim(info.dim, len(shape)) != positive_dim(channel_dim, len(shape)):
         ctx.pin(info, f"{describe(node)} does not read the tracked dim as channels")
         return None
     return info
@@ -206,11 +207,13 @@ def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
     return TensorInfo(info.dim, info.layout)
 
 
-def _layer_norm_function(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+def _layer_norm_function(
+    ctx: RuleContext, node: fx.Node, module: nn.Module | None = None
+) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
-    shape = _arg(node, 1, "normalized_shape")
+    shape = node_arg(node, 1, "normalized_shape")
     k = len(shape) if isinstance(shape, (tuple, list)) else 1
     if -info.dim <= k:
         ctx.pin(info, f"{describe(node)} normalises over the channels")
@@ -282,7 +285,7 @@ def _pad(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
     info = ctx.tensor_info(x)
     if info is None:
         return None
-    pad = _arg(node, 1, "pad")
+    pad = node_arg(node, 1, "pad")
     if not isinstance(pad, (tuple, list)) or any(isinstance(p, fx.Node) for p in pad):
         ctx.unknown(node)
         return None

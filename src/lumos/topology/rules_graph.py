@@ -27,9 +27,10 @@ from torch_geometric.nn.dense.linear import Linear as GeometricLinear
 from torch_geometric.utils import scatter
 
 from .analysis import RuleContext, describe
-from .builtin_rules import _arg, _linear_module, _positive
 from .infos import TensorInfo
 from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
+from .rule_helpers import node_arg, positive_dim
+from .rules_linear import _linear_module
 from .spaces import Layout
 
 
@@ -121,7 +122,7 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
         ctx.role(owner, name, 1, per_head)
         ctx.param_cost(owner, name, (per_head,))
     if module.lin_edge is not None:
-        edge_attr = _arg(node, 2, "edge_attr")
+        edge_attr = node_arg(node, 2, "edge_attr")
         ctx.pin(ctx.info(edge_attr), f"{describe(node)} edge features are not gated")
         ctx.role(f"{owner}.lin_edge", "weight", 0, heads)
         ctx.param_cost(f"{owner}.lin_edge", "weight", (heads,))
@@ -217,11 +218,11 @@ def _scatter(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
     info = ctx.tensor_info(src)
     if info is None:
         return None
-    dim = _arg(node, 2, "dim", 0)
-    reduce = _arg(node, 5, "reduce", "sum")
+    dim = node_arg(node, 2, "dim", 0)
+    reduce = node_arg(node, 5, "reduce", "sum")
     shape = ctx.shape(src)
     if not isinstance(dim, int) or not isinstance(reduce, str) or shape is None or \
-            _positive(dim, len(shape)) == _positive(info.dim, len(shape)):
+            positive_dim(dim, len(shape)) == positive_dim(info.dim, len(shape)):
         info.layout.pin(f"{describe(node)} scatters along the tracked dim")
         return None
     return TensorInfo(info.dim, info.layout)
