@@ -540,7 +540,8 @@ def test_init_keep_095_starts_fractional_warns_and_compaction_still_equals_the_g
     model = MLP().eval()
     x = torch.randn(16, 5)
     with pytest.warns(lumos.LumosWarning, match="init_keep_probability"):
-        sm = lumos.sparsify(model, x, budget=0.5, init_keep_probability=0.95)
+        sm = lumos.sparsify(model, x, budget=0.5,
+                            gates=lumos.GateOptions(init_keep_probability=0.95))
     small = sm.compact()
     assert lumos.count_params(small) == lumos.count_params(model)  # nothing closed yet
     with torch.no_grad():

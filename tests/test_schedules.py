@@ -83,8 +83,9 @@ def test_schedules_follow_progress_and_travel_in_the_state_dict():
 
 
 def test_log_alpha_clamp_and_per_kind_initial_keep_probability():
-    sm = _sm(lam=0.1, init_keep_probability={"feature": 0.995, "default": 0.999},
-             gates=GateOptions(log_alpha_range=(-3.0, 3.0)))
+    sm = _sm(lam=0.1, gates=GateOptions(
+        log_alpha_range=(-3.0, 3.0),
+        init_keep_probability={"feature": 0.995, "default": 0.999}))
     probs = sm.gates.prob_nonzero().detach()
     assert probs[sm.feature_mask].mean() == pytest.approx(0.995, abs=2e-3)
     assert probs[~sm.feature_mask].mean() == pytest.approx(0.999, abs=2e-3)
@@ -145,3 +146,26 @@ def test_training_in_pieces_follows_one_schedule_through_progress_range():
     assert sm.gates.noise_interval == pytest.approx(0.0)
     with pytest.raises(lumos.ConfigurationError, match="progress_range"):
         train(sm, (x, y), epochs=1, progress_range=(0.8, 0.2))
+
+
+def test_old_gate_keywords_still_work_with_a_deprecation_warning():
+    old_cfg = HardConcreteConfig(beta=0.5, gamma=-0.2, zeta=1.2)
+    with pytest.warns(DeprecationWarning, match="GateOptions"):
+        old = _sm(budget=0.5, gate_config=old_cfg, init_keep_probability=0.999, warmup=0.3)
+    new = _sm(budget=0.5, gates=GateOptions(temperature=0.5, stretch=(-0.2, 1.2),
+                                            init_keep_probability=0.999, budget_warmup=0.3))
+    assert old.gates.cfg == new.gates.cfg == old_cfg
+    assert old.controller.warmup == new.controller.warmup == 0.3
+    torch.testing.assert_close(old.gates.log_alpha, new.gates.log_alpha)
+    # a setting made twice (old keyword and GateOptions) is refused, not silently resolved
+    with pytest.raises(lumos.ConfigurationError, match="init_keep_probability"), \
+            pytest.warns(DeprecationWarning):
+        _sm(budget=0.5, init_keep_probability=0.999,
+            gates=GateOptions(init_keep_probability=0.995))
+
+
+def test_gate_options_validate_every_field():
+    for bad in (dict(stretch=(0.1, 1.1)), dict(init_keep_probability=1.0),
+                dict(budget_warmup=1.5), dict(temperature=-1.0)):
+        with pytest.raises(lumos.ConfigurationError):
+            GateOptions(**bad)

@@ -254,7 +254,8 @@ def test_all_gates_open_no_penalty_trains_like_the_original():
     torch.manual_seed(0)
     dense = MLP(out=1)
     torch.manual_seed(0)
-    sm = lumos.sparsify(MLP(out=1), x[:4], feature_penalty=0.0, init_keep_probability=0.999)
+    sm = lumos.sparsify(MLP(out=1), x[:4], feature_penalty=0.0,
+                        gates=lumos.GateOptions(init_keep_probability=0.999))
     h_dense = train(dense, (x, y), epochs=30, lr=3e-3, seed=0)
     h_sparse = train(sm, (x, y), epochs=30, lr=3e-3, seed=0)
     assert h_sparse.loss[-1] < 1.5 * h_dense.loss[-1] + 1e-3

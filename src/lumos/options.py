@@ -98,9 +98,9 @@ class GateOptions:
             raise ConfigurationError(
                 f"init_keep_probability must lie in (0, 1), got {self.init_keep_probability!r}."
             )
-        if not (isinstance(self.budget_warmup, (int, float)) and 0.0 <= self.budget_warmup < 1.0):
+        if not (isinstance(self.budget_warmup, (int, float)) and 0.0 < self.budget_warmup <= 1.0):
             raise ConfigurationError(
-                f"budget_warmup must be a fraction in [0, 1), got {self.budget_warmup!r}."
+                f"budget_warmup must be a fraction in (0, 1], got {self.budget_warmup!r}."
             )
 
     def hard_concrete(self, progress: float = 0.0) -> HardConcreteConfig:
