@@ -6,7 +6,7 @@ For each workload: one dense model (the reference metric), then one LUMOS run pe
 configuration, all from the same initial weights, the same recipe and data order, and the same
 budget. Records metric (compacted model), kept parameter fraction and budget error, irrelevant
 inputs dropped / true inputs kept, and training time. Results: ``docs/results/ablation.json``
-and ``ablation.md``; ``lumos.sparse_model.GateOptions`` defaults are chosen from them.
+and ``ablation.md``; ``lumos.GateOptions`` defaults are chosen from them.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-import lumos
 from lumos import GateOptions, Schedule
 from lumos.measure import count_params
-from lumos.training import predict, train
-from lumos.workloads import get_workload
+from lumos.training import predict
+from lumos.workloads import (
+    build_dense,
+    feature_argument,
+    get_workload,
+    sparsify_features,
+    train_recipe,
+)
 
-from .suite import RESULTS, _steady, feature_argument, machine_info
+from .suite import RESULTS, _steady, machine_info
 
 CONFIGS: dict[str, GateOptions] = {
     "stochastic": GateOptions(finetune=0.0),  # plain hard-concrete gating
@@ -57,27 +60,21 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
     recipe = wl.recipes[size]
     epochs = max(2, round(recipe.epochs * epochs_scale))
-    example = data.example_batch("train", 8)[0]
     val = data.loader("val", 512, shuffle=False)
 
     def fit(model):
-        loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        return train(model, loader, epochs=epochs, loss_fn=wl.loss, lr=recipe.lr,
-                     weight_decay=recipe.weight_decay, seed=seed, progress=False)
+        return train_recipe(model, wl, data, recipe, seed=seed, epochs=epochs)
 
-    torch.manual_seed(seed)
-    dense = wl.build_model(data)
+    dense = build_dense(wl, data, seed=seed)
     h_dense = fit(dense)
     pred, target = predict(dense, val)
     dense_metric = wl.metrics(pred, target)[wl.primary]
     dense_params = count_params(dense)
     records = []
     for config, opts in configs.items():
-        torch.manual_seed(seed)
-        base = wl.build_model(data)
+        base = build_dense(wl, data, seed=seed)
         arg = feature_argument(base, data.feature_arg)
-        sm = lumos.sparsify(base, example, budget=budget, features=[arg],
-                            feature_names={arg: data.feature_names}, gates=opts)
+        sm = sparsify_features(base, data, budget=budget, gates=opts)
         start = time.perf_counter()
         history = fit(sm)
         wall = time.perf_counter() - start

@@ -16,7 +16,6 @@ resumes with ``--resume``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import platform
@@ -33,7 +32,17 @@ import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
 from lumos.tolerance import fit_within_tolerance
 from lumos.training import predict, train
-from lumos.workloads import get_workload, workload_names
+from lumos.workloads import (
+    build_dense,
+    build_sparse,
+    example_inputs,
+    feature_argument,
+    feature_options,
+    get_workload,
+    sparsify_features,
+    train_recipe,
+    workload_names,
+)
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -143,13 +152,6 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
     return statistics.median(d), statistics.median(s)
 
 
-def feature_argument(model: torch.nn.Module, name: str) -> str:
-    """The forward argument holding the scored features: ``name``, or the first argument (an
-    ``nn.Sequential`` calls it ``input``)."""
-    params = list(inspect.signature(model.forward).parameters)
-    return name if name in params else params[0]
-
-
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
                  tolerance: float | None = None) -> dict:
     wl = get_workload(name)
@@ -157,19 +159,14 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
     generation_s = time.perf_counter() - t0
     recipe = wl.recipes[size]
-    example = data.example_batch("train", 8)[0]
+    example = example_inputs(data)
 
-    torch.manual_seed(seed)
-    dense = wl.build_model(data)
-    torch.manual_seed(seed)
-    base = wl.build_model(data)
+    dense = build_dense(wl, data, seed=seed)
+    base = build_dense(wl, data, seed=seed)
     arg = feature_argument(base, data.feature_arg)
-    sparsify_kwargs = {"features": [arg], "feature_names": {arg: data.feature_names}}
 
-    def fit(model, **kwargs):
-        loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        return train(model, loader, epochs=recipe.epochs, loss_fn=wl.loss, lr=recipe.lr,
-                     weight_decay=recipe.weight_decay, seed=seed, progress=False, **kwargs)
+    def fit(model):
+        return train_recipe(model, wl, data, recipe, seed=seed)
 
     # selection (tolerance mode) on one half of the validation set, every reported metric on
     # the other half
@@ -182,7 +179,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     m_dense_select = wl.metrics(*predict(dense, select))
     walk = None
     if tolerance is None:
-        sm = lumos.sparsify(base, example, budget=budget, **sparsify_kwargs)
+        sm = sparsify_features(base, data, budget=budget)
         h_lumos = fit(sm)
         epoch_lumos = statistics.median(_steady(h_lumos.epoch_seconds))
     else:
@@ -193,7 +190,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
             reference=m_dense_select[wl.primary],
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-            **sparsify_kwargs,
+            **feature_options(base, data),
         )
         sm, walk = result.model, result.to_dict()
         epoch_lumos = statistics.median(_steady([p.train_seconds for p in result.walk]))
@@ -217,11 +214,8 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
                           generator=torch.Generator().manual_seed(seed),
                           collate_fn=timing_split.collate)
 
-    torch.manual_seed(seed)
-    timing_sparse = lumos.sparsify(wl.build_model(data), example, budget=budget or 0.25,
-                                   **sparsify_kwargs)
-    torch.manual_seed(seed)
-    step_dense, step_lumos = paired_epoch_times(wl.build_model(data), timing_sparse,
+    timing_sparse = build_sparse(wl, data, budget=budget or 0.25, seed=seed)
+    step_dense, step_lumos = paired_epoch_times(build_dense(wl, data, seed=seed), timing_sparse,
                                                 timing_loader, wl.loss, recipe.lr,
                                                 recipe.weight_decay)
 

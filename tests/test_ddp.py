@@ -105,12 +105,23 @@ def test_ranks_agree_bit_for_bit_and_match_one_process_with_twice_the_batch(undi
     torch.set_num_threads(1)
     single, history = run(2 * PER_RANK_BATCH)
     ref = _tensors(single.state_dict())
-    for k, v in s0.items():
-        torch.testing.assert_close(v, ref[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert history.loss == pytest.approx(r0["loss"], rel=1e-4)
     # the budget was enforced and every rank shut the same gates
     assert s0["gates.shut"].any()
     assert torch.equal(s0["gates.shut"], ref["gates.shut"])
+    # Compare the model, not the weights of units that were cut: a closed neuron's weights get
+    # gradients of ~1e-9 that are rounding noise (an all-reduced mean of two half batches and
+    # a mean of the whole batch round differently), and Adam divides them by their own size,
+    # so those dead weights random-walk by ~lr. They are not part of the model; what compaction
+    # keeps must agree, and it does to float tolerance.
+    ddp_model = run(2 * PER_RANK_BATCH)[0]  # same architecture, loaded with rank 0's state
+    ddp_model.load_state_dict(r0["state"])
+    kept, want = ddp_model.eval().compact().state_dict(), single.eval().compact().state_dict()
+    assert kept.keys() == want.keys()
+    for k in kept:
+        torch.testing.assert_close(kept[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
+    for k in ("gates.log_alpha", "gates.frozen_values"):
+        torch.testing.assert_close(s0[k], ref[k], rtol=1e-4, atol=1e-4, msg=k)
+    assert history.loss == pytest.approx(r0["loss"], rel=1e-4)
 
 
 @pytest.mark.slow

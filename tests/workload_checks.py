@@ -18,8 +18,14 @@ import pytest
 import torch
 from torch import Tensor, fx, nn
 
-from lumos.training import train
-from lumos.workloads import GraphSplit, Workload, WorkloadData, get_workload
+from lumos.workloads import (
+    GraphSplit,
+    Workload,
+    WorkloadData,
+    build_dense,
+    get_workload,
+    train_recipe,
+)
 from lumos.workloads.base import Split, cached
 
 #: ``info`` entries that are wall-clock provenance, so two generations of the same data differ.
@@ -175,10 +181,8 @@ def check_deterministic_and_cached(
 def seeded_model(workload: Workload, data: WorkloadData) -> nn.Module:
     """The workload's model built under seed 0, in eval mode, after checking that a twin built
     under the same seed has equal parameters (initialisation is deterministic)."""
-    torch.manual_seed(0)
-    model = workload.build_model(data).eval()
-    torch.manual_seed(0)
-    twin = workload.build_model(data)
+    model = build_dense(workload, data, seed=0).eval()
+    twin = build_dense(workload, data, seed=0)
     pairs = zip(model.parameters(), twin.parameters(), strict=True)
     assert all(torch.equal(p, q) for p, q in pairs)
     return model
@@ -221,17 +225,8 @@ def pyg_tracer() -> fx.Tracer:
 def smoke_predictions(workload: Workload, data: WorkloadData) -> tuple[Tensor, Tensor]:
     """Validation predictions of the workload's model (seed 0) trained with its smoke recipe,
     and the validation target."""
-    recipe = workload.recipes["smoke"]
-    torch.manual_seed(0)
-    model = workload.build_model(data)
-    train(
-        model,
-        data.loader("train", recipe.batch_size, seed=0),
-        epochs=recipe.epochs,
-        loss_fn=workload.loss,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-    )
+    model = build_dense(workload, data, seed=0)
+    train_recipe(model, workload, data, workload.recipes["smoke"], seed=0)
     inputs, y = data.val.batch(slice(None))
     with torch.no_grad():
         return model(*inputs), y

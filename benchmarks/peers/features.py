@@ -40,10 +40,15 @@ from torch import Tensor, nn
 
 import lumos
 from lumos.training import predict, train
-from lumos.workloads import GraphSplit, get_workload
+from lumos.workloads import (
+    GraphSplit,
+    build_dense,
+    feature_argument,
+    get_workload,
+    sparsify_features,
+    train_recipe,
+)
 from lumos.workloads.laws import make_law_data
-
-from ..suite import feature_argument
 
 #: rows of a flattened table (per split) at most; more are subsampled
 MAX_ROWS = 20000
@@ -296,24 +301,19 @@ def workload_task(name: str, size: str, budget: float, seed: int, cache_dir=None
     wl = get_workload(name)
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
     recipe = wl.recipes[size]
-    example = data.example_batch("train", 8)[0]
     val = data.loader("val", 512, shuffle=False)
     names = data.feature_names
 
     def build() -> nn.Module:
-        torch.manual_seed(seed)
-        return wl.build_model(data)
+        return build_dense(wl, data, seed=seed)
 
     def fit(model: nn.Module) -> None:
-        loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        train(model, loader, epochs=recipe.epochs, loss_fn=wl.loss, lr=recipe.lr,
-              weight_decay=recipe.weight_decay, seed=seed, progress=False)
+        train_recipe(model, wl, data, recipe, seed=seed)
 
     def run_lumos() -> tuple[list[int], np.ndarray]:
         base = build()
         arg = feature_argument(base, data.feature_arg)
-        sm = lumos.sparsify(base, example, budget=budget, features=[arg],
-                            feature_names={arg: names})
+        sm = sparsify_features(base, data, budget=budget)
         fit(sm)
         kept = [names.index(n) for n in sm.selected_features()[arg]]
         return kept, sm.feature_scores()[arg].numpy()

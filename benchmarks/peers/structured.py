@@ -30,12 +30,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import lumos
 from lumos.measure import count_flops, count_params
-from lumos.training import predict, train
-from lumos.workloads import get_workload
+from lumos.training import predict
+from lumos.workloads import (
+    build_dense,
+    example_inputs,
+    feature_argument,
+    get_workload,
+    sparsify_features,
+    train_recipe,
+)
 
-from ..suite import feature_argument, paired_latency
+from ..suite import paired_latency
 
 PEER_METHODS = ("tp_magnitude", "tp_taylor", "unstructured_magnitude")
 METHOD_LABELS = {
@@ -90,18 +96,15 @@ class Setup:
         self.val = self.data.loader("val", 512, shuffle=False)
         self.one = self.data.example_batch("val", 1)[0]
         self.big = self.data.example_batch("val", 256)[0]
-        self.example = self.data.example_batch("train", 8)[0]
+        self.example = example_inputs(self.data)
 
     def build(self) -> nn.Module:
-        torch.manual_seed(self.seed)
-        return self.workload.build_model(self.data)
+        return build_dense(self.workload, self.data, seed=self.seed)
 
     def fit(self, model: nn.Module, epochs: int, stage: int = 0) -> None:
         """``epochs`` epochs of the workload recipe (a fresh Adam, as after any pruning step)."""
-        loader = self.data.loader("train", self.recipe.batch_size, shuffle=True, seed=self.seed)
-        train(model, loader, epochs=epochs, loss_fn=self.workload.loss, lr=self.recipe.lr,
-              weight_decay=self.recipe.weight_decay, seed=self.seed + 1000 * stage,
-              progress=False)
+        train_recipe(model, self.workload, self.data, self.recipe, seed=self.seed,
+                     epochs=epochs, train_seed=self.seed + 1000 * stage)
 
     def metric(self, model: nn.Module) -> float:
         pred, target = predict(model, self.val)
@@ -301,8 +304,7 @@ def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir
     base = setup.build()
     arg = feature_argument(base, setup.data.feature_arg)
     # as a user runs it (and as benchmarks.suite does): feature gates on the scored input
-    sm = lumos.sparsify(base, setup.example, budget=budget, features=[arg],
-                        feature_names={arg: setup.data.feature_names})
+    sm = sparsify_features(base, setup.data, budget=budget)
     setup.fit(sm, recipe.epochs)
     small = sm.compact()
     results["lumos"] = measure(setup, dense, small, time.perf_counter() - start)

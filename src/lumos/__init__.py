@@ -6,6 +6,7 @@ import importlib.util
 from . import metrics, rules
 from .errors import (
     CheckpointError,
+    CompactionError,
     ConfigurationError,
     InputError,
     LumosError,
@@ -15,9 +16,9 @@ from .errors import (
 )
 from .gates import HardConcreteConfig
 from .measure import count_flops, count_params, latency
-from .schedules import Schedule
 from .options import GateOptions
 from .pipeline import sparsify
+from .schedules import Schedule
 from .sparse_model import SparseModel
 from .topology import register_rule
 
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CompactionError",
     "ConfigurationError",
     "GateOptions",
     "HardConcreteConfig",

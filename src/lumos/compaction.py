@@ -115,6 +115,27 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     return gm
 
 
+def kept_feature_indices(sm) -> dict[str, torch.Tensor]:
+    """Per gated input, the indices of the features compaction keeps (ascending)."""
+    graph_info = sm.graph_info
+    keep = torch.cat([sm.kept_mask(), torch.ones(1, dtype=torch.bool)])
+    return {name: torch.nonzero(keep[graph_info.gate_index(Layout.of(space))]).flatten()
+            for name, space in graph_info.feature_spaces.items()}
+
+
+def example_for(sm, inputs: str) -> tuple:
+    """``sm``'s example inputs as the compacted model takes them (``inputs`` mode)."""
+    args = list(sm.example_args)
+    if inputs == "selected":
+        kept = kept_feature_indices(sm)
+        names = list(sm.signature.parameters)
+        for i, (name, value) in enumerate(zip(names, args)):
+            if name in kept:
+                dim = sm.graph_info.feature_dims[name]
+                args[i] = value.index_select(dim, kept[name].to(value.device))
+    return tuple(args)
+
+
 def _replace_at(args, path: tuple, value: int):
     """Copy of nested tuple ``args`` with the entry at ``path`` replaced."""
     head, rest = path[0], path[1:]

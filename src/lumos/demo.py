@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import sparsify
 from .measure import count_flops, count_params, latency
 from .metrics import r2
-from .sparse_model import sparsify
 from .training import train
 from .workloads.laws import LAWS, make_law_data, train_val_split
 

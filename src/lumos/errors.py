@@ -8,7 +8,21 @@ from __future__ import annotations
 
 
 class LumosError(Exception):
-    """Base class of every error LUMOS raises on purpose."""
+    """Base class of every error LUMOS raises on purpose.
+
+    Catch it to handle any mistake LUMOS detected; the subclasses say which kind. Argument
+    errors are also ``ValueError``s, so code that already catches those keeps working.
+
+    Example:
+        >>> import lumos
+        >>> try:
+        ...     lumos.Schedule("exponential")
+        ... except lumos.LumosError as error:
+        ...     print(type(error).__name__, "-", str(error)[:34])
+        ConfigurationError - schedule kind must be one of ('con
+        >>> issubclass(lumos.ConfigurationError, ValueError)
+        True
+    """
 
 
 class ConfigurationError(LumosError, ValueError):
@@ -33,3 +47,8 @@ class CheckpointError(LumosError):
 
 class LumosWarning(UserWarning):
     """Something was left ungated or a target may be missed; training still proceeds."""
+
+
+class CompactionError(LumosError):
+    """The compacted model does not compute what the gated model computes (a LUMOS bug or a
+    rule that is not exact); the message names the first node where they part."""

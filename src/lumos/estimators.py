@@ -40,9 +40,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
         "pip install 'scikit-learn>=1.6'."
     ) from exc
 
+from . import SparseModel, sparsify
 from .errors import ConfigurationError
 from .measure import count_params
-from .sparse_model import DEFAULT_FEATURE_PENALTY, SparseModel, sparsify
+from .options import DEFAULT_FEATURE_PENALTY
 from .training import History, train
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}

@@ -32,6 +32,13 @@ GATES_PLACEHOLDER = "lumos_gates"
 #: prefixes of the (non-persistent) index buffers the gated graph reads
 SITE_INDEX_PREFIX = "lumos_gate_index_"
 PARAM_INDEX_PREFIX = "lumos_param_gate_index_"
+#: node meta key: the name a layer call had in the traced graph before gating replaced it
+SOURCE_NAME = "source_name"
+
+
+def source_name(node: fx.Node) -> str:
+    """The traced graph's name for ``node`` (the same in the gated and compacted graphs)."""
+    return node.meta.get(SOURCE_NAME, node.name)
 
 
 def apply_gates(x: Tensor, gates: Tensor, index: Tensor, dim: int) -> Tensor:
@@ -112,6 +119,7 @@ def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
                 dict(node.kwargs))
         call.meta = dict(node.meta)
         call.meta["is_wrapped"] = True
+        call.meta[SOURCE_NAME] = source_name(node)
         node.replace_all_uses_with(call)
         g.erase_node(node)
     g.lint()

@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .modes import evaluating
+
 
 def _call(module: nn.Module, example_inputs):
     if isinstance(example_inputs, dict):
@@ -48,13 +50,8 @@ def count_flops(module: nn.Module, example_inputs) -> int:
     paths (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) are switched off while
     counting so that their matmuls are seen. The LUMOS cost model uses the same convention.
     """
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), flop_counter() as counter:
-            _call(module, example_inputs)
-    finally:
-        module.train(was_training)
+    with evaluating(module), torch.no_grad(), flop_counter() as counter:
+        _call(module, example_inputs)
     return int(counter.get_total_flops())
 
 
@@ -72,19 +69,14 @@ def flop_counter():
 
 def latency(module: nn.Module, example_inputs, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time (seconds) of one forward pass in eval mode without autograd."""
-    was_training = module.training
-    module.eval()
     times = []
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                _call(module, example_inputs)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                _call(module, example_inputs)
-                times.append(time.perf_counter() - start)
-    finally:
-        module.train(was_training)
+    with evaluating(module), torch.inference_mode():
+        for _ in range(warmup):
+            _call(module, example_inputs)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _call(module, example_inputs)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -125,15 +117,9 @@ def peak_memory(module: nn.Module, example_inputs) -> int:
     """Peak bytes of tensors allocated during one inference forward pass (activations and
     outputs; the weights themselves are ``count_params`` x element size). Measured by tracking
     every tensor torch creates, so it is exact and repeatable, unlike process RSS."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            tracker = _LiveTensorBytes()
-            with tracker:
-                _call(module, example_inputs)
-    finally:
-        module.train(was_training)
+    tracker = _LiveTensorBytes()
+    with evaluating(module), torch.inference_mode(), tracker:
+        _call(module, example_inputs)
     return tracker.peak
 
 

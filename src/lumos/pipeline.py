@@ -23,6 +23,7 @@ from .options import DEFAULT_FEATURE_PENALTY, GateOptions, merge_deprecated
 from .sparse_model import SparseModel
 from .topology.analysis import ChannelGraph, propagate_shapes
 
+
 def sparsify(
     model: nn.Module,
     example_inputs,

@@ -17,26 +17,18 @@ import torch
 from torch import Tensor, fx, nn
 
 from . import budget as projection
+from . import compaction, verification
 from .controller import BudgetController
 from .cost import CostModel
 from .errors import ConfigurationError, InputError, LumosWarning
 from .gates import GateBank
-from .gating import GATES_PLACEHOLDER, apply_gates, call_with_gated_params  # noqa: F401
+from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
-from .options import DEFAULT_FEATURE_PENALTY, GateOptions  # noqa: F401  (old import path)
+from .options import GateOptions
 from .schedules import Schedule
 from .topology.analysis import ChannelGraph
 
-__all__ = ["GateOptions", "SparseModel"]
-
-
-def __getattr__(name: str):
-    # TEMPORARY while callers move to lumos.pipeline (removed before this change lands)
-    if name == "sparsify":
-        from .pipeline import sparsify
-
-        return sparsify
-    raise AttributeError(name)
+__all__ = ["SparseModel"]
 
 
 class _Penalty(torch.autograd.Function):
@@ -365,12 +357,29 @@ class SparseModel(nn.Module):
         keep = self.kept_mask().double()
         return {k: float(self.cost.total(keep, k)) for k in ("params", "flops")}
 
-    def compact(self, inputs: str = "full") -> fx.GraphModule:
-        """A plain PyTorch module without the closed channels (see :mod:`lumos.compaction`)."""
-        from .compaction import compact
+    def compact(self, inputs: str = "full", verify: bool = True) -> fx.GraphModule:
+        """A plain PyTorch module without the closed channels (see :mod:`lumos.compaction`).
 
+        Args:
+            inputs: ``"full"`` keeps the call signature (the model picks its kept features
+                itself); ``"selected"`` takes only the kept features, in the order of
+                :meth:`selected_features`.
+            verify: run the compacted and the gated model (eval mode, no grad) on the
+                example inputs and raise if they differ beyond float tolerance.
+
+        Returns:
+            A ``torch.fx.GraphModule`` of the model's own (smaller) layers, in eval mode.
+
+        Raises:
+            ConfigurationError: an unknown ``inputs`` mode.
+            CompactionError: ``verify`` found the compacted model differs from the gated one
+                (names the first node where they part).
+        """
         self._warn_if_an_input_closed()
-        return compact(self, inputs=inputs)
+        small = compaction.compact(self, inputs=inputs)
+        if verify:
+            verification.verify(self, small, compaction.example_for(self, inputs))
+        return small
 
     def _warn_if_an_input_closed(self) -> None:
         open_ = self.gates.deterministic().detach() > 0

@@ -21,7 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigurationError
-from .sparse_model import GateOptions, SparseModel, sparsify
+from .options import GateOptions
+from .pipeline import sparsify
+from .sparse_model import SparseModel
 from .training import as_loader, evaluate, make_optimizer, train
 
 Metrics = Callable[[Tensor, Tensor], dict[str, float]]
@@ -155,8 +157,8 @@ def fit_within_tolerance(
     walk: list[WalkPoint] = []
 
     def record(epoch: int, budget: float, phase: str) -> WalkPoint:
-        point = WalkPoint(epoch, budget, sm.compacted_counts()["params"] / sm.dense_params,
-                          score(sm), False, phase, seconds[0])
+        point = WalkPoint(epoch, budget, sm.kept_fraction(), score(sm), False, phase,
+                          seconds[0])
         point.within = within_tolerance(point.metric, reference, tolerance, higher_is_better)
         walk.append(point)
         if on_epoch is not None:
@@ -199,7 +201,7 @@ def fit_within_tolerance(
         best.restore(sm, optimizer)
     sm.eval()
     metric = score(sm)
-    fraction = sm.compacted_counts()["params"] / sm.dense_params
+    fraction = sm.kept_fraction()
     return ToleranceResult(
         sm, reference, tolerance, metric, fraction,
         within_tolerance(metric, reference, tolerance, higher_is_better), walk,

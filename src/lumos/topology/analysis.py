@@ -33,6 +33,7 @@ from .infos import (
     TupleInfo,
     Ungated,
 )
+from .mode_flags import is_flag_node
 from .registry import REGISTRY, RuleEntry
 from .spaces import Layout, Space, unify
 
@@ -342,6 +343,8 @@ class ChannelGraph:
                 if isinstance(info, AttrInfo):
                     ctx.fix_attr(info)
             return None
+        if is_flag_node(node):
+            return None  # the run-time train/eval flag: a bool, no channels
         module = ctx.module(node) if node.op == "call_module" else None
         entry = REGISTRY.for_node(node, module)
         if entry is None:

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from .analysis import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo
+from .mode_flags import is_flag_node
 from .registry import REGISTRY, register_rule
 from .spaces import unify
 
@@ -67,8 +68,10 @@ def elementwise(ctx: RuleContext, node: fx.Node, operands: list) -> object:
 
 
 def unary(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
-    operands = [a for a in node.args if isinstance(a, fx.Node)]
-    operands += [v for v in node.kwargs.values() if isinstance(v, fx.Node)]
+    # the run-time train/eval flag of F.dropout(x, p, self.training) is not an operand
+    operands = [a for a in node.args if isinstance(a, fx.Node) and not is_flag_node(a)]
+    operands += [v for v in node.kwargs.values()
+                 if isinstance(v, fx.Node) and not is_flag_node(v)]
     if len(operands) == 1:
         info = ctx.info(operands[0])
         if isinstance(info, (TensorInfo, AttrInfo)):

@@ -9,14 +9,20 @@ leaves stay single nodes (all read from :data:`~lumos.topology.registry.REGISTRY
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
+import warnings
 
 import torch
 from torch import fx, nn
 
-from ..errors import UntraceableModelError
+from ..errors import LumosWarning, UnsupportedModelError, UntraceableModelError
+from . import mode_flags
 from .registry import REGISTRY
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class LumosTracer(fx.Tracer):
@@ -34,13 +40,23 @@ class LumosTracer(fx.Tracer):
                     self._autowrap_search.append(mod)
         self.module_stack_paths: list[str] = []
         self.failed_in: str | None = None  # innermost module being traced when tracing failed
+        #: modules kept as one node because their forward branches on ``self.training``
+        self.mode_leaves: set[str] = set()
+        self.probe_name = mode_flags.PROBE
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.mode_leaves:
+            return True
         if REGISTRY.trace_forward(m) is not None:
             return False
         if REGISTRY.is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def create_arg(self, a):  # noqa: ANN001 - fx signature
+        if isinstance(a, mode_flags.ModeFlag):  # self.training passed on: read it at run time
+            return mode_flags.flag_node(self, self.probe_name)
+        return super().create_arg(a)
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx signature
         self.module_stack_paths.append(self.path_of_module(m) or type(m).__name__)
@@ -58,20 +74,68 @@ class LumosTracer(fx.Tracer):
 
 
 def _user_frame(exc: BaseException) -> str:
-    """The innermost traceback line that is not inside torch or lumos: the user's code."""
+    """The innermost traceback line outside torch and LUMOS (by their install folders, so a
+    user project in a folder named ``lumos`` is still found): the user's or a third-party
+    package's code."""
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
-        f = frame.filename.replace("\\", "/")
-        if "/torch/" not in f and "/lumos/" not in f and "/torch_geometric/" not in f:
+        f = os.path.abspath(frame.filename)
+        if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
             return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
     return "unknown location"
 
 
 def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule:
-    """Symbolically trace ``model``; on failure raise :class:`UntraceableModelError` with a fix."""
+    """Symbolically trace ``model``; on failure raise :class:`UntraceableModelError` with a fix.
+
+    ``self.training`` stays a run-time value (:mod:`~lumos.topology.mode_flags`): passed to a
+    function it becomes a graph node; a module whose forward *branches* on it in a way that
+    changes the graph is kept as one layer, so it runs its own forward in either mode.
+    """
     tracer = LumosTracer()
+    tracer.probe_name = mode_flags.probe_name(model)
+    for _ in range(8):  # each round may only add modules kept whole
+        graph, branched = _trace_once(tracer, model, concrete_args, invert=False)
+        if not branched:
+            break
+        other, branched_other = _trace_once(tracer, model, concrete_args, invert=True)
+        if _same_graph(graph, other):
+            break
+        branched.update(branched_other)
+        if "" in branched:
+            raise UnsupportedModelError(
+                f"the forward of {type(model).__name__} itself branches on self.training at "
+                f"{branched['']}, and the branches trace to different graphs; LUMOS would "
+                "freeze one mode into the sparse and compacted models. Ways out: pass the "
+                "flag on instead of branching (e.g. F.dropout(x, p, self.training)), or move "
+                "the mode-dependent part into a submodule (LUMOS then keeps that submodule "
+                "whole and it follows train()/eval())."
+            )
+        new = set(branched) - tracer.mode_leaves
+        if not new:
+            break
+        tracer.mode_leaves |= new
+        for path in sorted(new):
+            warnings.warn(
+                f"module '{path}' ({type(model.get_submodule(path)).__name__}) branches on "
+                f"self.training at {branched[path]}; LUMOS keeps it as one layer (not gated "
+                "inside) so that train and eval mode behave as in the original model.",
+                LumosWarning, stacklevel=3)
+    with mode_flags.probe_attached(model, tracer.probe_name):
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _drop_trace_internals(gm)
+    return gm
+
+
+def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | None,
+                invert: bool) -> tuple[fx.Graph, dict[str, str]]:
+    tracer.failed_in = None
+    tracer.module_stack_paths = []
     try:
-        graph = tracer.trace(model, concrete_args)
+        with mode_flags.flags_installed(model, invert=invert) as flags:
+            graph = tracer.trace(model, concrete_args)
+    except UnsupportedModelError:
+        raise
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
         where = tracer.failed_in
         module_type = type(model if where is None else model.get_submodule(where)).__name__
@@ -86,10 +150,24 @@ def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule
             "lumos.register_rule(YourModule, ...), or pass the constant via "
             "sparsify(..., concrete_args={...})."
         ) from exc
-    name = type(model).__name__
-    gm = fx.GraphModule(tracer.root, graph, name)
-    return gm
+    return graph, mode_flags.branching_modules(flags)
 
 
-def is_floating(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point()
+def _same_graph(a: fx.Graph, b: fx.Graph) -> bool:
+    """Whether two traces are the same program (same ops on the same arguments)."""
+    return a.python_code("self").src == b.python_code("self").src
+
+
+def _drop_trace_internals(gm: fx.GraphModule) -> None:
+    """Remove what tracing leaves that is not the model: fx's checks that a None argument is
+    None (the sparse model checks absent arguments itself; left in, a saved compacted model
+    poisons later fx loads in the process), and type annotations written as strings
+    (``from __future__ import annotations``), which fx cannot import when it saves the code."""
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == \
+                "_assert_is_none" and not node.users:
+            g.erase_node(node)
+        elif isinstance(node.type, str):
+            node.type = None
+    gm.recompile()

@@ -1,7 +1,8 @@
 """SciML workloads: data generators (offline), models and metrics, used as a user would.
 
 Each workload module defines ``WORKLOAD``; they are imported lazily so that a missing optional
-package (ASE, RDKit, Cantera, ...) only matters for the workloads that need it.
+package (ASE, RDKit, Cantera, ...) only matters for the workloads that need it. Building,
+sparsifying and training a workload's model with its recipe: :mod:`lumos.workloads.recipe`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from .base import (
     Workload,
     WorkloadData,
     WorkloadUnavailableError,
+)
+from .recipe import (
+    build_dense,
+    build_sparse,
+    example_inputs,
+    feature_argument,
+    feature_options,
+    sparsify_features,
+    train_recipe,
 )
 
 #: workload name -> module (relative to this package) that defines ``WORKLOAD``.
@@ -58,6 +68,13 @@ __all__ = [
     "Workload",
     "WorkloadData",
     "WorkloadUnavailableError",
+    "build_dense",
+    "build_sparse",
+    "example_inputs",
+    "feature_argument",
+    "feature_options",
     "get_workload",
+    "sparsify_features",
+    "train_recipe",
     "workload_names",
 ]

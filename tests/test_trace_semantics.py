@@ -1,0 +1,227 @@
+"""Trace semantics are run semantics: train/eval mode, absent arguments, annotations, and
+compact() checking itself."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+from lumos import compaction
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.l2(F.dropout(torch.relu(self.l1(x)), 0.5, self.training))
+
+
+class Noisy(nn.Module):
+    """A custom branch on self.training (train-time noise)."""
+
+    def forward(self, x):
+        if self.training:
+            return x + 0.5 * torch.randn_like(x)
+        return x
+
+
+class WithNoisyBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.noise, self.l2 = nn.Linear(6, 16), Noisy(), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.l2(self.noise(torch.relu(self.l1(x))))
+
+
+class RootBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(6, 1)
+
+    def forward(self, x):
+        if self.training:
+            x = x * 2
+        return self.l1(x)
+
+
+def _reload(module: nn.Module) -> nn.Module:
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def _varies(module: nn.Module, x) -> bool:
+    with torch.no_grad():
+        return not torch.equal(module(x), module(x))
+
+
+@pytest.mark.parametrize("cls", [FunctionalDropout, WithNoisyBlock])
+@pytest.mark.parametrize("traced_in", ["train", "eval"])
+def test_train_and_eval_mode_follow_the_model_not_the_trace(cls, traced_in):
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    model = cls().train(traced_in == "train")
+    sm = lumos.sparsify(model, x, budget=0.5)
+    assert model.training == (traced_in == "train")  # the user's model is left as it was
+    assert not hasattr(model, "mode_flag")
+    assert _varies(sm.train(), x)
+    assert not _varies(sm.eval(), x)
+    small = sm.compact()
+    assert not _varies(small.eval(), x)
+    assert _varies(small.train(), x)
+    torch.testing.assert_close(small.eval()(x), sm.eval()(x))
+    again = _reload(small)
+    assert not _varies(again.eval(), x)
+    assert _varies(again.train(), x)
+    torch.testing.assert_close(again.eval()(x), sm(x))
+
+
+def test_a_module_that_branches_on_training_is_kept_whole_and_named():
+    with pytest.warns(lumos.LumosWarning, match="'noise'.*branches on self.training"):
+        sm = lumos.sparsify(WithNoisyBlock(), torch.randn(8, 6), budget=0.5)
+    assert any(n.op == "call_module" and n.target == "noise" for n in sm.model.graph.nodes)
+
+
+def test_the_root_branching_on_training_is_refused_with_the_way_out():
+    with pytest.raises(lumos.UnsupportedModelError, match="branches on self.training"):
+        lumos.sparsify(RootBranches(), torch.randn(8, 6), budget=0.5)
+
+
+def test_dropout_flag_keeps_the_neurons_gated():
+    sm = lumos.sparsify(FunctionalDropout(), torch.randn(8, 6), budget=0.5)
+    assert [g.name for g in sm.graph_info.groups] == ["x", "l1"]
+
+
+class OptionalMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x, mask=None):
+        h = torch.relu(self.l1(x))
+        if mask is not None:
+            h = h * mask
+        return self.l2(h)
+
+
+def test_absent_optional_argument_leaves_no_fx_internals_and_saves_cleanly(tmp_path):
+    x = torch.randn(16, 6)
+    sm = lumos.sparsify(OptionalMask(), x, budget=0.5)
+    small = sm.eval().compact()
+    names = {getattr(n.target, "__name__", str(n.target)) for n in small.graph.nodes}
+    assert "_assert_is_none" not in names
+    assert "lumos" not in small.code.replace("lumos_", "")
+    path = tmp_path / "small.pt"
+    torch.save(small, path)
+    # reload in a fresh process without LUMOS importable, then trace another model there
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["lumos"] = None
+        import torch
+        m = torch.load({str(path)!r}, weights_only=False)
+        print(tuple(m(torch.randn(3, 6)).shape))
+        torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
+        torch.load({str(path)!r}, weights_only=False)
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(3,", "1)", "ok"]
+
+
+ANNOTATED = '''
+from __future__ import annotations
+import torch
+from torch import nn, Tensor
+
+
+class Annotated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h: Tensor = torch.relu(self.l1(x))
+        return self.l2(h)
+'''
+
+
+def test_string_annotations_do_not_reach_the_saved_code(tmp_path):
+    namespace: dict = {}
+    exec(compile(ANNOTATED, str(tmp_path / "annotated.py"), "exec"), namespace)
+    sm = lumos.sparsify(namespace["Annotated"](), torch.randn(8, 6), budget=0.5)
+    small = _reload(sm.eval().compact())
+    assert small(torch.randn(2, 6)).shape == (2, 1)
+    torch.jit.trace(small, torch.randn(2, 6))
+
+
+def test_compact_verifies_itself_and_names_the_first_diverging_node(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                          nn.Linear(8, 1))
+    sm = lumos.sparsify(model, torch.randn(32, 6), budget=0.5)
+    sm.compact()  # exact: passes
+    real = compaction.compact
+
+    def broken(sm_, inputs="full"):  # a fault on purpose: one kept weight perturbed
+        small = real(sm_, inputs=inputs)
+        with torch.no_grad():
+            small.get_submodule("2").weight.add_(0.5)
+        return small
+
+    monkeypatch.setattr(compaction, "compact", broken)
+    with pytest.raises(lumos.CompactionError, match="node '_2'"):
+        sm.compact()
+    assert isinstance(sm.compact(verify=False), torch.fx.GraphModule)
+
+
+def test_compact_verifies_the_selected_inputs_form():
+    torch.manual_seed(1)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1)),
+                        torch.randn(32, 6), budget=0.5)
+    with torch.no_grad():
+        sm.gates.log_alpha[:2] = -10.0  # close two input features
+    small = sm.eval().compact(inputs="selected")
+    assert small.get_submodule("0").in_features == 4
+
+
+def test_untraceable_error_points_at_user_code_even_in_a_folder_named_lumos(tmp_path):
+    folder = tmp_path / "lumos" / "project"
+    folder.mkdir(parents=True)
+    source = folder / "model.py"
+    source.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class DataDependent(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.l1 = nn.Linear(4, 4)
+
+            def forward(self, x):
+                if x.sum() > 0:
+                    return self.l1(x)
+                return x
+    """))
+    namespace: dict = {}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)
+    with pytest.raises(lumos.UntraceableModelError) as err:
+        lumos.sparsify(namespace["DataDependent"](), torch.randn(4, 4), budget=0.5)
+    assert f"{source}:" in str(err.value)
+    assert "if x.sum() > 0" in str(err.value)
