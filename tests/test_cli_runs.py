@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-import lumos
-from lumos.cli import main
-from lumos.runs import SCHEMA, load_config, validate_config
+yaml = pytest.importorskip("yaml")  # run directories need the runs extra (pyyaml, matplotlib)
+pytest.importorskip("matplotlib")
+
+import lumos  # noqa: E402
+from lumos.cli import main  # noqa: E402
+from lumos.runs import SCHEMA, load_config, validate_config  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WORKLOAD = "cosmo_power_spectrum"  # an MLP whose smoke data generate in seconds

@@ -117,6 +117,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    pytest.importorskip("yaml")  # run directories need the runs extra
     root = tmp_path_factory.mktemp("export")
     (root / "tiny_export_workload.py").write_text(TINY_WORKLOAD)
     sys.path.insert(0, str(root))

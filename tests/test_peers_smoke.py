@@ -73,6 +73,7 @@ def test_feature_peers_find_the_planted_columns():
 
 def test_structured_peers_prune_to_the_lumos_count():
     pytest.importorskip("torch_pruning")
+    pytest.importorskip("ase")  # the atomistic workload's simulator
     torch.set_num_threads(1)
     r = structured.run_structured("atomistic_energy", "smoke", 0.25, 0,
                                   methods=("tp_magnitude", "unstructured_magnitude"))
@@ -91,6 +92,7 @@ def test_structured_peers_prune_to_the_lumos_count():
 
 def test_magnitude_masks_reach_weights_a_parent_reads_directly():
     """MultiheadAttention reads out_proj.weight without calling out_proj: masks still apply."""
+    pytest.importorskip("cantera")  # the combustion workload's simulator
     torch.set_num_threads(1)
     r = structured.run_structured("combustion", "smoke", 0.25, 0,
                                   methods=("unstructured_magnitude",))

@@ -12,7 +12,9 @@ from torch import nn
 
 import lumos
 from lumos.errors import UnsupportedModelError
-from zoo import GCN, ZOO, Transformer, random_graphs
+from zoo import GCN, HAS_TORCH_GEOMETRIC, ZOO, Transformer, random_graphs
+
+needs_pyg = pytest.mark.skipif(not HAS_TORCH_GEOMETRIC, reason="needs torch-geometric")
 
 STEPS = 80
 
@@ -100,6 +102,7 @@ def test_attention_keeps_fewer_heads_as_plain_torch():
     assert "LayerNorm" in sm.report() or "normalises over the channels" in sm.report()
 
 
+@needs_pyg
 def test_gat_loses_whole_heads():
     torch.manual_seed(0)
     model, inputs, _ = ZOO["gat"]()
@@ -115,7 +118,7 @@ def test_gat_loses_whole_heads():
         torch.testing.assert_close(small(*inputs), sm(*inputs), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["transformer_encoder", "gcn"])
+@pytest.mark.parametrize("name", ["transformer_encoder", pytest.param("gcn", marks=needs_pyg)])
 def test_compacted_model_reloads_without_lumos(name, tmp_path):
     torch.manual_seed(0)
     model, inputs, target = ZOO[name]()
@@ -150,6 +153,7 @@ print("ok")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[:3000]
 
 
+@needs_pyg
 def test_unknown_graph_layer_is_kept_whole_or_refused_in_strict_mode():
     from torch_geometric.nn import GraphConv
 
@@ -219,7 +223,9 @@ def test_transformer_heads_and_ffn_are_gated_but_the_residual_stream_is_not():
     assert kinds == [("feature", 6), ("head", 4), ("head", 4), ("neuron", 128), ("neuron", 128)]
 
 
-@pytest.mark.parametrize("name", ["transformer_encoder", "unet_concat_skips", "gin"])
+@pytest.mark.parametrize(
+    "name", ["transformer_encoder", "unet_concat_skips", pytest.param("gin", marks=needs_pyg)]
+)
 def test_a_pickled_sparse_model_runs_and_compacts_like_the_original(name, tmp_path):
     torch.manual_seed(0)
     model, inputs, _ = ZOO[name]()

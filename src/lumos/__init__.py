@@ -4,6 +4,7 @@ smaller, faster plain PyTorch model."""
 import importlib.util
 
 from . import metrics, rules
+from ._version import __version__ as __version__  # one source: pyproject reads it too
 from .errors import (
     CheckpointError,
     CompactionError,
@@ -21,8 +22,6 @@ from .pipeline import sparsify
 from .schedules import Schedule
 from .sparse_model import SparseModel
 from .topology import register_rule
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -26,14 +26,14 @@ def _matplotlib():
         from .errors import ConfigurationError
 
         raise ConfigurationError(
-            "plots need matplotlib: pip install 'lumos-sciml[plots]'."
+            "plots need matplotlib: pip install 'lumos-sciml[runs]'."
         ) from exc
     return plt
 
 
 def _label(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
-        return f"{node.target}\n{type(gm.get_submodule(node.target)).__name__}"
+        return f"{node.target}\n{type(gm.get_submodule(str(node.target))).__name__}"
     if node.op == "placeholder":
         return f"input {node.target}"
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
@@ -157,7 +157,7 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
 _KEPT, _DROPPED, _DENSE = "#1f77b4", "#c7c7c7", "#ff7f0e"
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

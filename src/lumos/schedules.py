@@ -21,6 +21,16 @@ class Schedule:
 
     ``kind``: ``constant`` (always ``start``), ``linear``, ``cosine`` (half cosine, slow at
     both ends) or ``step`` (``start`` until ``finish``, then ``end``).
+
+    Example:
+        >>> from lumos import Schedule
+        >>> b = Schedule("linear", start=0.0, end=0.4, begin=0.5)
+        >>> [b(p) for p in (0.0, 0.5, 0.75, 1.0)]
+        [0.0, 0.0, 0.2, 0.4]
+        >>> Schedule("step", 1.0, 0.5, finish=0.9)(0.95)
+        0.5
+        >>> Schedule.of(2 / 3)
+        Schedule(kind='constant', start=0.6666666666666666, end=None, begin=0.0, finish=1.0)
     """
 
     kind: str = "constant"
@@ -55,7 +65,12 @@ class Schedule:
 
     @staticmethod
     def of(value: float | Schedule) -> Schedule:
-        """A number is a constant schedule."""
+        """A number is a constant schedule; a ``Schedule`` is returned as it is.
+
+        Example:
+            >>> Schedule.of(0.1)(0.5)
+            0.1
+        """
         if isinstance(value, Schedule):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
