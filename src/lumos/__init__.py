@@ -56,4 +56,8 @@ def __getattr__(name: str):
         from . import estimators
 
         return getattr(estimators, name)
+    if name == "testing":  # lumos.testing.assert_compacts_exactly, imported on first use
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'lumos' has no attribute {name!r}")

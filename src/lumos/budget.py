@@ -135,14 +135,17 @@ def reopen_within(
     return int(reopened.sum())
 
 
-def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: float) -> str:
-    """The warning for a budget below the smallest model LUMOS can build."""
+def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: float,
+                        holders: Sequence[str] = ()) -> str:
+    """The warning for a budget below the smallest model LUMOS can build: what is kept whole
+    and the layers that hold most of what must stay."""
     whole = sorted(set(pinned_origins))
     shown = ", ".join(whole[:6]) + (" ..." if len(whole) > 6 else "")
+    held = f" The layers holding most of it: {', '.join(holders)}." if holders else ""
     return (
         f"budget={budget} cannot be reached: the smallest model LUMOS can build from this one "
         f"keeps {reached:.1%} of the parameters, because some channels are kept whole "
-        f"({shown or 'the model output'}; see sm.report()). Ask for a budget of at least "
-        f"{reached:.2f}, or make those layers prunable (e.g. register a rule, avoid LayerNorm "
-        "over a stream you want pruned)."
+        f"({shown or 'only the model output is, so the size sits in layers without gates'}; "
+        f"see sm.report()).{held} Ask for a budget of at least {reached:.2f}, or make those "
+        "layers prunable (e.g. register a rule, avoid LayerNorm over a stream you want pruned)."
     )

@@ -20,6 +20,13 @@ KINDS = ("params", "flops")
 class CostModel(nn.Module):
     """Vectorised cost terms: one ``index_add`` and one gather per evaluation, no Python loop."""
 
+    # buffers (registered in __init__), typed for readers; the per-kind ``{kind}_coeff`` and
+    # ``{kind}_factors`` are read with getattr
+    entry_rows: Tensor
+    entry_gates: Tensor
+    entry_weights: Tensor
+    constants: Tensor
+
     def __init__(self, graph: ChannelGraph) -> None:
         super().__init__()
         self.num_gates = graph.num_gates

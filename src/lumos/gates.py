@@ -99,6 +99,10 @@ class GateBank(nn.Module):
     "neuron", ...). Keeping one vector avoids a Python loop over groups on the training path.
     """
 
+    # buffers (registered in __init__), typed for readers
+    shut: Tensor
+    frozen_values: Tensor
+
     def __init__(
         self,
         sizes: list[int],

@@ -26,6 +26,7 @@ from torch import Tensor, fx, nn
 
 from .topology.analysis import ChannelGraph
 from .topology.infos import GateSite
+from .topology.rule_helpers import target_path
 
 #: name of the placeholder that carries the gate vector into the gated graph
 GATES_PLACEHOLDER = "lumos_gates"
@@ -57,7 +58,7 @@ def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args
     ``specs`` holds ``(parameter path, dim, gate index)`` triples; the module's own parameters
     are untouched, so gradients reach both the weights and the gates.
     """
-    params = {}
+    params: dict[str, Tensor] = {}
     for name, dim, index in specs:
         p = params.get(name, module.get_parameter(name))
         shape = [1] * p.dim()
@@ -99,7 +100,8 @@ def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
             continue
         buffer = f"{SITE_INDEX_PREFIX}{k}"
         gm.register_buffer(buffer, index, persistent=False)
-        value = (site.node.args if isinstance(site.arg, int) else site.node.kwargs)[site.arg]
+        value = (site.node.args[site.arg] if isinstance(site.arg, int)
+                 else site.node.kwargs[site.arg])
         folds = _weight_side(gm, graph, site, value, sites_per_node, param_specs)
         if folds:
             param_specs.setdefault(site.node, []).extend(
@@ -112,7 +114,7 @@ def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
         _replace_arg(site, gated)
     for node, specs in param_specs.items():
         with g.inserting_before(node):
-            module_node = g.get_attr(node.target)
+            module_node = g.get_attr(target_path(node))
             spec_args = tuple((param, dim, g.get_attr(buffer)) for param, dim, buffer in specs)
             call = g.call_function(
                 call_with_gated_params, (module_node, gates_node, spec_args, *node.args),
@@ -183,7 +185,7 @@ def _weight_side(gm: fx.GraphModule, graph: ChannelGraph, site: GateSite, value,
         folds.append((f"{rel_owner}.{role.name}" if rel_owner else role.name, role.dim))
     if not folds:
         return []
-    module = gm.get_submodule(node.target)
+    module = gm.get_submodule(target_path(node))
     weight_numel = sum(module.get_parameter(p).numel() for p, _ in folds)
     meta = value.meta.get("tensor_meta")
     activation = math.prod(meta.shape) if meta is not None else 0
@@ -226,5 +228,8 @@ def _erase_unused_attr(gm: fx.GraphModule, node: fx.Node, buffer: bool = True) -
     if node.users:
         return
     gm.graph.erase_node(node)
-    if buffer and hasattr(gm, node.target):
-        delattr(gm, node.target)
+    if not buffer:
+        return
+    path = target_path(node)  # a get_attr node
+    if hasattr(gm, path):
+        delattr(gm, path)

@@ -43,6 +43,25 @@ def check_finite(name: str, value, when: str) -> None:
         )
 
 
+#: values that can only steer Python (never flow as data): traced as constants
+CONSTANT_TYPES = (bool, str, type(None), torch.dtype)
+
+
+def traced_constants(signature: inspect.Signature, values: dict) -> dict:
+    """Arguments traced as constants: every None, flag, mode name or dtype (``mask=None``,
+    ``is_causal=False``), so ``if flag:`` follows the example's branch. Numbers stay inputs:
+    they may be data (a scale, a size); Python that branches or loops on them is traced on
+    their example value with a run-time guard (:mod:`lumos.topology.known_values`)."""
+    out = {}
+    for name, value in values.items():
+        param = signature.parameters[name]
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if isinstance(value, CONSTANT_TYPES):
+            out[name] = value
+    return out
+
+
 def bind_example(model: torch.nn.Module, example_inputs) -> tuple[inspect.Signature, dict]:
     """The forward signature of ``model`` and the example's value for each argument."""
     args, kwargs = as_call(example_inputs)
@@ -117,14 +136,19 @@ def feature_names_for(feature_names, feature_inputs: dict[str, int],
 class InputSpec:
     """What a sparse model's calls must look like, learned from the example inputs.
 
-    ``feature_dims``: per gated input, ``(dim, number of features)``; ``absent``: optional
-    arguments that were None in the example (traced as that constant).
+    ``feature_dims``: per gated input, ``(dim, number of features)``; ``constants``: arguments
+    traced as constants (None, or a flag left at its default), which later calls must repeat.
     """
 
     signature: inspect.Signature
     example_args: tuple
     feature_dims: dict[str, tuple[int, int]] = field(default_factory=dict)
-    absent: tuple[str, ...] = ()
+    constants: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def absent(self) -> tuple[str, ...]:
+        """Optional arguments that were None in the example."""
+        return tuple(k for k, v in self.constants.items() if v is None)
 
     def bind(self, args: tuple, kwargs: dict, training: bool) -> list:
         """The call's values in graph order, checked against the example."""
@@ -136,12 +160,21 @@ class InputSpec:
             ) from None
         bound.apply_defaults()
         values = list(bound.arguments.values())
-        for name in self.absent:
-            if bound.arguments[name] is not None:
+        for name, constant in self.constants.items():
+            value = bound.arguments[name]
+            if value is not constant and not (type(value) is type(constant)
+                                              and value == constant):
+                if constant is None:
+                    raise InputError(
+                        f"argument '{name}' was None in example_inputs, so the sparse model was "
+                        f"built for {name}=None; to use it, sparsify with example_inputs that "
+                        f"include '{name}'."
+                    )
                 raise InputError(
-                    f"argument '{name}' was None in example_inputs, so the sparse model was built "
-                    f"for {name}=None; to use it, sparsify with example_inputs that include "
-                    f"'{name}'."
+                    f"argument '{name}' was left at {constant!r} in example_inputs, so the "
+                    f"sparse model was traced for {name}={constant!r} and got {value!r}; "
+                    f"sparsify with example_inputs that pass {name}={value!r} (a dict of "
+                    "keyword inputs), one sparse model per setting."
                 )
         for name, (dim, size) in self.feature_dims.items():
             value = bound.arguments.get(name)

@@ -36,9 +36,17 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int
     return 2 * math.prod(batch) * lq * lk * (dq + dv)
 
 
-# torch's counter knows the CUDA attention kernels but not the CPU one.
+def _cpu_rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """One direction of one LSTM layer (oneDNN kernel): the input and recurrent matmuls of
+    every step, 2 * steps * (rows * in + rows * hidden); gate nonlinearities not counted."""
+    steps = math.prod(input_shape[:-1])
+    return 2 * steps * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one, nor the CPU LSTM.
 _EXTRA_FLOP_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten.mkldnn_rnn_layer: _cpu_rnn_layer_flops,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .errors import ConfigurationError
 from .gates import HardConcreteConfig, fully_open_keep_probability
@@ -140,7 +141,7 @@ def merge_deprecated(
             f"gate_config= takes a lumos.HardConcreteConfig, got {type(gate_config).__name__}."
         )
     opts = gates or GateOptions()
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # GateOptions field -> value
     if gate_config is not None:
         changes["temperature"] = gate_config.beta
         changes["stretch"] = (gate_config.gamma, gate_config.zeta)

@@ -18,7 +18,13 @@ from . import topology
 from .errors import ConfigurationError, LumosWarning, UnsupportedModelError, UntraceableModelError
 from .gates import HardConcreteConfig, fully_open_keep_probability
 from .gating import insert_gates
-from .inputs import InputSpec, bind_example, feature_arguments, feature_names_for
+from .inputs import (
+    InputSpec,
+    bind_example,
+    feature_arguments,
+    feature_names_for,
+    traced_constants,
+)
 from .options import DEFAULT_FEATURE_PENALTY, GateOptions, merge_deprecated
 from .sparse_model import SparseModel
 from .topology.analysis import ChannelGraph, propagate_shapes
@@ -35,6 +41,7 @@ def sparsify(
     feature_penalty: float = DEFAULT_FEATURE_PENALTY,
     strict: bool = False,
     concrete_args: dict | None = None,
+    keep: Sequence[str | type[nn.Module]] = (),
     gates: GateOptions | None = None,
     gate_config: HardConcreteConfig | None = None,
     init_keep_probability: float | dict[str, float] | None = None,
@@ -54,6 +61,9 @@ def sparsify(
         feature_penalty: strength of the feature-selection pressure (0 disables it).
         strict: raise instead of keeping channels whole when an op has no channel rule.
         concrete_args: constants for torch.fx (e.g. flags that steer Python control flow).
+        keep: modules to keep whole, by name (``"encoder"``, ``"head"``) or by class
+            (``nn.LayerNorm``): never gated inside, their input and output widths kept, listed
+            in ``report()`` (a pretrained encoder, an output head).
         gates: how the gates are shaped, started and trained (temperature, stretch, noise
             schedules, log-alpha clamp, initial keep probability, budget warm-up, final
             freeze-and-fine-tune); see :class:`~lumos.GateOptions`.
@@ -97,12 +107,14 @@ def sparsify(
         )
     signature, values = bind_example(model, example_inputs)
 
-    # An optional argument left at None (a mask, a conditioning input) is traced as the
-    # constant None, so `if cond is not None:` follows the branch the example takes.
-    absent = [name for name, value in values.items()
-              if value is None and name not in (concrete_args or {})]
-    traced_constants = {**dict.fromkeys(absent), **(concrete_args or {})}
-    gm = topology.trace(model, traced_constants or None)
+    # An optional argument left at None (a mask, a conditioning input), or a flag left at its
+    # default, is traced as that constant, so `if cond is not None:` / `if is_causal:` follow
+    # the branch the example takes; the sparse model refuses calls that pass something else.
+    constants = {k: v for k, v in traced_constants(signature, values).items()
+                 if k not in (concrete_args or {})}
+    traced = {**constants, **(concrete_args or {})}
+    kept_whole = _kept_paths(model, keep)
+    gm = topology.trace(model, traced or None, keep=kept_whole, example=values)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) == len(values):  # fx renames specialised arguments (cond_1)
         taken = {n.name for n in gm.graph.nodes}
@@ -132,21 +144,16 @@ def sparsify(
                               {n.target: v for n, v in zip(placeholders, example_args)})
 
     graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict,
-                         shapes_known=True)
-    if strict and graph.records.ungated:
-        first = graph.records.ungated[0]
-        raise UnsupportedModelError(
-            f"{first.where}: {first.reason}. Ways out: teach LUMOS the layer with "
-            "lumos.register_rule(YourLayer, ...) (docs/custom_layers.md), or call "
-            "sparsify(..., strict=False) to keep these channels whole (listed in report())."
-        )
+                         shapes_known=True, keep=kept_whole)
+    if strict:
+        _refuse_ungated(graph)
     insert_gates(gm, graph)
     spec = InputSpec(
         signature,
         tuple(example_args),
         {name: (graph.feature_dims[name], space.size)
          for name, space in graph.feature_spaces.items()},
-        tuple(absent),
+        constants,
     )
     sm = SparseModel(gm, graph, spec, budget=budget, lam=lam, feature_penalty=feature_penalty,
                      feature_names=names, gate_options=options)
@@ -156,6 +163,50 @@ def sparsify(
             sm._warned_unreachable = True
             warnings.warn(sm.unreachable_message(budget, floor), LumosWarning, stacklevel=2)
     return sm
+
+
+def _kept_paths(model: nn.Module, keep) -> frozenset[str]:
+    """Module paths ``keep=`` names (a name, a class, or a list of them), checked."""
+    if isinstance(keep, (str, type)):
+        keep = [keep]
+    names = dict(model.named_modules())
+    paths: set[str] = set()
+    for item in keep:
+        if isinstance(item, str):
+            if item not in names or item == "":
+                near = [n for n in names if n and (item in n or n in item)][:5]
+                raise ConfigurationError(
+                    f"keep= names {item!r}, which is not a submodule of "
+                    f"{type(model).__name__}" + (f" (did you mean {near}?)" if near else "")
+                    + "; use the names of model.named_modules()."
+                )
+            paths.add(item)
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            paths.update(n for n, m in names.items() if n and isinstance(m, item))
+        else:
+            raise ConfigurationError(
+                f"keep= takes module names or nn.Module classes, got {item!r}."
+            )
+    # a kept module's children are inside it: only the outermost ones are nodes
+    return frozenset(p for p in paths
+                     if not any(p.startswith(q + ".") for q in paths if q != p))
+
+
+def _refuse_ungated(graph: ChannelGraph) -> None:
+    """``strict=True``: every unit that ends up ungated is an error naming it (outputs, which
+    are never pruned, excepted)."""
+    problems = [f"{u.where}: {u.reason}" for u in graph.records.ungated]
+    problems += [f"'{s.origin}' ({s.kind}, {s.size}): {s.pinned}" for s in graph.pinned_spaces()
+                 if s.pinned is not None and not s.pinned.startswith("model output")]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
+                                           if len(problems) > 5 else "")
+        raise UnsupportedModelError(
+            f"strict=True and {len(problems)} unit(s) would stay ungated: {shown}. Ways out: "
+            "teach LUMOS the layer with lumos.register_rule(YourLayer, ...) "
+            "(docs/custom_layers.md), or call sparsify(..., strict=False) to keep these "
+            "channels whole (listed in report())."
+        )
 
 
 def _check_model(model: object) -> None:

@@ -48,6 +48,9 @@ class _Penalty(torch.autograd.Function):
 class SparseModel(nn.Module):
     """A model with hard-concrete gates on its channel groups (see :func:`sparsify`)."""
 
+    # a buffer (registered in __init__), typed for readers
+    feature_mask: Tensor
+
     def __init__(
         self,
         gated: fx.GraphModule,
@@ -113,6 +116,10 @@ class SparseModel(nn.Module):
         z = self.gates()
         try:
             return self.model(*bound, **{GATES_PLACEHOLDER: torch.cat([z, z.new_ones(1)])})
+        except AssertionError as exc:  # a guard of known-value tracing: say it as an InputError
+            if "traced by LUMOS" not in str(exc):
+                raise
+            raise InputError(str(exc)) from None
         except RuntimeError as exc:
             mismatch = self.inputs.dtype_mismatch(bound, self.gates.log_alpha.dtype)
             if mismatch is None:
@@ -144,6 +151,7 @@ class SparseModel(nn.Module):
             slope = torch.zeros_like(keep)  # d penalty / d keep
             if self.controller is not None or self.lam is not None:
                 dense = max(self.dense_params, 1.0)
+                size_value: float | Tensor
                 if self.controller is not None:
                     # The budget is on what compaction keeps (deterministic gate > 0), which
                     # can be more than the expected count while gates sit half-open: the
@@ -152,6 +160,7 @@ class SparseModel(nn.Module):
                     realized = self._realized_fraction(keep.dtype)
                     size_value, size_slope = self.controller.value_and_slope(realized)
                 else:
+                    assert self.lam is not None  # no controller: the lam branch of the test
                     size_value = self.lam * self.cost.total(keep, "params") / dense
                     size_slope = self.lam
                 value = value + size_value
@@ -269,9 +278,19 @@ class SparseModel(nn.Module):
         return int(shut.sum())
 
     def unreachable_message(self, budget: float, reached: float) -> str:
-        origins = [s.origin for s in self.graph_info.pinned_spaces()
-                   if not s.pinned.startswith("model output")]
-        return projection.unreachable_message(origins, budget, reached)
+        """Why ``budget`` cannot be met: what is kept whole, and which layers hold the size."""
+        pinned = [s for s in self.graph_info.pinned_spaces()
+                  if s.pinned is not None and not s.pinned.startswith("model output")]
+        origins = [f"'{s.origin}'" for s in pinned]
+        if pinned:
+            origins[0] += f": {pinned[0].pinned}"
+        with torch.no_grad():
+            floor = self._keep_alive(self.kept_mask() & self.feature_mask).double()
+            sizes = self.cost.by_label(floor, "params")
+        dense = max(self.dense_params, 1.0)
+        largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+        holders = [f"'{label}' ({value / dense:.1%})" for label, value in largest if value > 0]
+        return projection.unreachable_message(origins, budget, reached, holders)
 
     def parameter_groups(
         self, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0

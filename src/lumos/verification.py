@@ -9,6 +9,7 @@ both graphs, which is where a rule that is not exact shows itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -62,6 +63,18 @@ def close(a, b) -> bool:
     return diff <= ATOL * max(scale, 1.0) + RTOL * scale
 
 
+class _Gated(Protocol):
+    """What :func:`verify` reads of the :class:`~lumos.SparseModel` it checks (a module above
+    this one, which cannot import it)."""
+
+    model: fx.GraphModule
+
+    @property
+    def example_args(self) -> tuple: ...
+
+    def gate_values(self) -> Tensor: ...
+
+
 def _node_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[str, object]:
     values: dict[str, object] = {}
 
@@ -78,15 +91,24 @@ def _node_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[str, obj
 def verify(sm: nn.Module, small: fx.GraphModule, small_args: tuple) -> None:
     """Raise :class:`CompactionError` unless ``small(*small_args)`` equals ``sm``'s eval
     output on its example inputs (float tolerance: ``RTOL``, ``ATOL``)."""
-    example = tuple(sm.example_args)
+    gated_model = cast(_Gated, sm)  # a SparseModel
+    example = tuple(gated_model.example_args)
     with torch.no_grad(), evaluating(sm), evaluating(small):
         expected = sm(*example)
-        got = small(*small_args)
+        try:
+            got = small(*small_args)
+        except Exception as exc:
+            raise CompactionError(
+                f"the compacted model fails on the example inputs ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}): a LUMOS rule kept a size the compacted "
+                "layers no longer have. Please report it with the model; meanwhile keep the "
+                "layer involved whole (sparsify(..., keep=[...])) or pass verify=False."
+            ) from exc
         if close(expected, got):
             return
         diff, scale = largest_difference(expected, got)
-        z = sm.gate_values()
-        gated = _node_values(sm.model, example, {GATES_PLACEHOLDER: z})
+        z = gated_model.gate_values()
+        gated = _node_values(gated_model.model, example, {GATES_PLACEHOLDER: z})
         compact = _node_values(small, small_args, {})
     where = "the output"
     for name, value in compact.items():

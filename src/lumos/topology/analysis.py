@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import InputError, LumosError, UnsupportedModelError
 from ..modes import evaluating
 from .infos import (
     AttrInfo,
@@ -35,6 +35,7 @@ from .infos import (
 )
 from .mode_flags import is_flag_node
 from .registry import REGISTRY, RuleEntry
+from .rule_helpers import canonicalize, target_path
 from .spaces import Layout, Space, unify
 
 
@@ -69,6 +70,8 @@ class RuleContext:
         self.records = Records()
         self._roles: dict[tuple[str, str, int], ParamRole] = {}
         self._fixed_attrs: set[tuple[str, str]] = set()
+        #: every space of units a layer made (for the report: gated or kept whole, and why)
+        self.spaces: list[Space] = []
 
     # ---- reading -------------------------------------------------------------------------
     def info(self, arg):
@@ -96,7 +99,7 @@ class RuleContext:
 
     def module(self, node: fx.Node) -> nn.Module:
         """The layer a ``call_module`` node calls."""
-        return self.gm.get_submodule(node.target)
+        return self.gm.get_submodule(target_path(node))
 
     def attr(self, owner: str, name: str):
         """The tensor ``owner.name`` (``owner`` a dotted module path, "" for the root)."""
@@ -108,7 +111,9 @@ class RuleContext:
         """A fresh set of ``size`` channels that live or die one by one (one gate each, if a
         layer reads them). ``kind`` ("neuron", "channel", "head", ...) selects per-kind
         options; ``origin`` names it in reports."""
-        return Space(size, kind, origin)
+        space = Space(size, kind, origin)
+        self.spaces.append(space)
+        return space
 
     def opaque(self, size: int, reason: str, origin: str = "opaque") -> Layout:
         """A layout of ``size`` channels that are never gated (an untracked input's width)."""
@@ -263,6 +268,8 @@ def propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
 class ChannelGraph:
     """The coordinator's reading of one traced model on its example inputs."""
 
+    _infos_by_name: dict[str, object]  # set when unpickled (the fx nodes are not kept)
+
     def __init__(
         self,
         gm: fx.GraphModule,
@@ -270,13 +277,17 @@ class ChannelGraph:
         feature_inputs: dict[str, int],
         strict: bool = False,
         shapes_known: bool = False,
+        keep: frozenset[str] = frozenset(),
     ) -> None:
         self.gm = gm
+        #: modules the user asked to keep whole (``sparsify(keep=...)``)
+        self.keep = frozenset(keep)
         if not shapes_known:
             propagate_shapes(gm, example_args)
         self._run_rules(feature_inputs, strict)
         self.ctx.finish()
         self.records = self.ctx.records
+        self.spaces = self.ctx.spaces
         self._count_unclaimed_params()
         self._count_measured_flops(example_args)
         self.groups = self._collect_groups()
@@ -330,11 +341,12 @@ class ChannelGraph:
                 return None
             dim = feature_inputs[node.target]
             space = Space(shape[dim], "feature", node.target)
+            ctx.spaces.append(space)
             self.feature_spaces[node.target] = space
             self.feature_dims[node.target] = dim - len(shape) if dim >= 0 else dim
             return TensorInfo(self.feature_dims[node.target], Layout.of(space))
         if node.op == "get_attr":
-            owner, _, name = node.target.rpartition(".")
+            owner, _, name = target_path(node).rpartition(".")
             return AttrInfo(owner, name)
         if node.op == "output":
             for value in node.all_input_nodes:
@@ -345,15 +357,57 @@ class ChannelGraph:
             return None
         if is_flag_node(node):
             return None  # the run-time train/eval flag: a bool, no channels
+        canonicalize(node)
         module = ctx.module(node) if node.op == "call_module" else None
+        if module is not None and node.target in getattr(self, "keep", ()):
+            reason = f"{describe(node)} is kept whole at the user's request (sparsify keep=)"
+            ctx.pin([ctx.info(a) for a in (*node.args, *node.kwargs.values())], reason)
+            ctx.ungated(describe(node), "kept whole at the user's request (sparsify keep=)")
+            ctx.measure_flops(node)
+            return None
         entry = REGISTRY.for_node(node, module)
         if entry is None:
             ctx.unknown(node)
             return None
         self.rules_used[node.name] = entry
-        out = entry.propagate(ctx, node, module)
+        before = (len(ctx.records.sites), len(ctx.records.roles), len(ctx.records.param_sites))
+        try:
+            out = entry.propagate(ctx, node, module)
+        except LumosError:
+            raise
+        except Exception as exc:  # a rule that cannot read this call: keep its channels whole
+            ctx.unknown(node)
+            ctx.ungated(describe(node), f"its rule could not read this call "
+                        f"({type(exc).__name__}: {exc}); the channels reaching it are kept")
+            return None
         self._check(node, out)
+        self._pin_dropped(node, out, before)
         return out
+
+    def _pin_dropped(self, node: fx.Node, out, before: tuple[int, int, int]) -> None:
+        """Pin input channels a rule neither read nor passed on: a tensor made from tracked
+        channels whose rule lost track of them would otherwise leave them silently ungated
+        (never listed as kept whole, never refused in strict mode)."""
+        if self.ctx.shape(node) is None:
+            return  # not a tensor (a dtype, a device, a bool): nothing flows on
+        records = self.ctx.records
+        seen = {id(seg.space.find()) for item in _iter_infos(out) for seg in item.layout.segments}
+        new: list[GateSite | ParamRole | ParamSite] = [
+            *records.sites[before[0]:], *records.roles[before[1]:],
+            *records.param_sites[before[2]:]]
+        for rec in new:
+            seen.update(id(seg.space.find()) for seg in rec.layout.segments)
+        for arg in (*node.args, *node.kwargs.values()):
+            for item in _iter_infos(self.ctx.info(arg)):
+                if not isinstance(item, TensorInfo):
+                    continue
+                for seg in item.layout.segments:
+                    root = seg.space.find()
+                    if root.pinned is None and id(root) not in seen:
+                        root.pin(f"{describe(node)} does not pass on or read its input "
+                                 "channels in a way LUMOS can follow")
+                        self.ctx.ungated(describe(node), "the channels reaching it are kept "
+                                         "whole (its rule does not follow them)")
 
     def _check(self, node: fx.Node, out) -> None:
         """A rule's claim must agree with the real shape: catches rule bugs, never user errors."""
@@ -404,7 +458,8 @@ class ChannelGraph:
 
     def _collect_groups(self) -> list[Group]:
         roots: dict[int, Space] = {}
-        for site in [*self.records.sites, *self.records.param_sites]:
+        sites: list[GateSite | ParamSite] = [*self.records.sites, *self.records.param_sites]
+        for site in sites:
             for seg in site.layout.segments:
                 root = seg.space.find()
                 if root.pinned is None and root.size > 0:
@@ -468,12 +523,13 @@ class ChannelGraph:
         return torch.cat(parts)
 
     def pinned_spaces(self) -> list[Space]:
-        """Roots that carry channels but were kept whole, for the report."""
+        """Roots of units that were kept whole (not gated), with their reasons, for the report:
+        every space a layer made or an input holds, whether or not a layer reads it."""
         seen: dict[int, Space] = {}
-        for site in [*self.records.sites, *self.records.param_sites]:
-            for seg in site.layout.segments:
-                root = seg.space.find()
-                if root.pinned is not None and root.kind != "opaque":
-                    seen.setdefault(id(root), root)
+        sites: list[GateSite | ParamSite] = [*self.records.sites, *self.records.param_sites]
+        candidates = [seg.space for site in sites for seg in site.layout.segments]
+        for space in [*candidates, *getattr(self, "spaces", ())]:
+            root = space.find()
+            if root.pinned is not None and root.kind != "opaque":
+                seen.setdefault(id(root), root)
         return list(seen.values())
-

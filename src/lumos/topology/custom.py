@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from .analysis import RuleContext, describe
 from .infos import TensorInfo
-from .rule_helpers import positive_dim
+from .rule_helpers import known_shape, positive_dim, target_path
 from .rules_linear import linear_like
 
 Propagate = Callable[[RuleContext, fx.Node, nn.Module], object]
@@ -27,7 +27,7 @@ def dense(weight: str = "weight", bias: str | None = "bias") -> Propagate:
 
     def propagate(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
         b = bias if bias is not None and getattr(module, bias, None) is not None else None
-        return linear_like(ctx, node, node.args[0], 0, node.target, weight, b)
+        return linear_like(ctx, node, node.args[0], 0, target_path(node), weight, b)
 
     return propagate
 
@@ -44,14 +44,15 @@ def channelwise(*params: str, channel_dim: int = -1) -> Propagate:
         info = ctx.tensor_info(x)
         if info is None:
             return None
-        ndim = len(ctx.shape(x))
+        ndim = len(known_shape(ctx, x))
         if positive_dim(info.dim, ndim) != positive_dim(channel_dim, ndim):
             ctx.pin(info, f"{describe(node)} does not act on the tracked dim channel-wise")
             return None
         for name in params:
             if getattr(module, name, None) is not None:
-                ctx.role(node.target, name, 0, info.layout)
-                ctx.param_cost(node.target, name, (info.layout,))
+                owner = target_path(node)
+                ctx.role(owner, name, 0, info.layout)
+                ctx.param_cost(owner, name, (info.layout,))
         return TensorInfo(info.dim, info.layout)
 
     return propagate

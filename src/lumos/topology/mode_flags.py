@@ -68,6 +68,10 @@ def _caller() -> str:
     return "unknown location"
 
 
+#: (module, flag) pairs while flags are installed (for :func:`quiet`)
+_INSTALLED: list[tuple[nn.Module, ModeFlag]] = []
+
+
 @contextlib.contextmanager
 def flags_installed(model: nn.Module, invert: bool = False) -> Iterator[list[ModeFlag]]:
     """Replace every module's ``training`` by a :class:`ModeFlag` for the block (restored
@@ -79,10 +83,25 @@ def flags_installed(model: nn.Module, invert: bool = False) -> Iterator[list[Mod
             flag = ModeFlag(path, bool(m.__dict__["training"]) != invert)
             m.__dict__["training"] = flag
             flags.append(flag)
+            _INSTALLED.append((m, flag))
         yield flags
     finally:
+        _INSTALLED.clear()
         for m, value in saved:
             m.__dict__["training"] = value
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Run real code (example values) with every module in eval mode and no flags recorded:
+    BatchNorm keeps its statistics, dropout is off, and no branch is attributed to a trace."""
+    for m, _ in _INSTALLED:
+        m.__dict__["training"] = False
+    try:
+        yield
+    finally:
+        for m, flag in _INSTALLED:
+            m.__dict__["training"] = flag
 
 
 def probe_name(model: nn.Module) -> str:

@@ -43,6 +43,16 @@ class Rule(Protocol):
     def __call__(self, ctx: RuleContext, node: fx.Node, module: nn.Module | None) -> Any: ...
 
 
+#: A rule as :meth:`RuleRegistry.register` takes it: a :class:`Rule`, or a module rule that
+#: names the class it is registered for (``module: nn.Linear``), which is what it is called
+#: with. A static type cannot tie that parameter to ``target``, so it is not checked here.
+AnyRule = Callable[..., Any]
+#: ``resize(module)`` as ``register`` takes it: like a module rule, it may name its class.
+ResizeHook = Callable[[Any], None]
+#: ``lower(module, call_node)`` as ``register`` takes it: it may name its class too.
+LowerHook = Callable[[Any, fx.Node], nn.Module | None]
+
+
 @dataclass(frozen=True)
 class RuleEntry:
     """One registered op and everything LUMOS knows about it.
@@ -87,8 +97,8 @@ class RuleRegistry:
         >>> from lumos.topology.registry import REGISTRY
         >>> REGISTRY.entry("module", torch.nn.Linear).input_dim
         -1
-        >>> REGISTRY.entry("function", torch.cat).name
-        'torch.cat'
+        >>> REGISTRY.entry("method", "view").name
+        '.view()'
     """
 
     def __init__(self) -> None:
@@ -100,11 +110,11 @@ class RuleRegistry:
     def register(
         self,
         target: type[nn.Module] | Callable | str,
-        propagate: Rule,
+        propagate: AnyRule,
         *,
-        resize: Callable[[nn.Module], None] | None = None,
+        resize: ResizeHook | None = None,
         input_dim: int | None = None,
-        lower: Callable[[nn.Module, fx.Node], nn.Module | None] | None = None,
+        lower: LowerHook | None = None,
         leaf: bool = False,
         override: bool = False,
     ) -> RuleEntry:
@@ -302,11 +312,11 @@ REGISTRY = RuleRegistry()
 
 def register_rule(
     target: type[nn.Module] | Callable | str,
-    propagate: Rule | None = None,
+    propagate: AnyRule | None = None,
     *,
-    resize: Callable[[nn.Module], None] | None = None,
+    resize: ResizeHook | None = None,
     input_dim: int | None = None,
-    lower: Callable[[nn.Module, fx.Node], nn.Module | None] | None = None,
+    lower: LowerHook | None = None,
     leaf: bool = False,
     override: bool = False,
 ):
@@ -353,7 +363,7 @@ def register_rule(
             f"register_rule expects the class, not an instance: pass {type(target).__name__}."
         )
 
-    def _register(fn: Rule) -> Rule:
+    def _register(fn: AnyRule) -> AnyRule:
         REGISTRY.register(target, fn, resize=resize, input_dim=input_dim, lower=lower,
                           leaf=leaf, override=override)
         return fn

@@ -24,6 +24,7 @@ from torch import fx, nn
 from .analysis import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import register_rule, register_trace_forward
+from .rule_helpers import known_shape, target_path
 from .spaces import Layout, unify
 
 _MHA_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
@@ -47,7 +48,7 @@ def _weights_used(node: fx.Node) -> bool:
 
 
 def _mha(ctx: RuleContext, node: fx.Node, module: nn.MultiheadAttention) -> object:
-    owner = node.target
+    owner = target_path(node)
     a = _bind(node)
     q, k, v = a["query"], a["key"], a["value"]
     E, H = module.embed_dim, module.num_heads
@@ -122,9 +123,9 @@ def _mha_flops(ctx: RuleContext, node: fx.Node, module: nn.MultiheadAttention,
                inputs: list[Layout], heads: Layout, out: Layout) -> None:
     """torch's FlopCounterMode on the slow path: projections 2*rows*in*out each, attention
     2*B*H*Lq*Lk*D twice (scores and weighted values)."""
-    owner = node.target
+    owner = target_path(node)
     a = _bind(node)
-    q_shape, k_shape = ctx.shape(a["query"]), ctx.shape(a["key"])
+    q_shape, k_shape = known_shape(ctx, a["query"]), known_shape(ctx, a["key"])
     rows_q, rows_k = math.prod(q_shape[:-1]), math.prod(k_shape[:-1])
     seq_dim = 1 if module.batch_first and len(q_shape) == 3 else 0
     lq, lk = q_shape[seq_dim], k_shape[seq_dim]
@@ -252,9 +253,10 @@ def lower_attention(module: nn.MultiheadAttention, node: fx.Node) -> nn.Module |
     twin = _PrunedAttention(module, dtypes, unbatched)
     traced = fx.symbolic_trace(twin)
     traced.train(module.training)
-    # what a reader of the compacted model looks for on an attention layer
+    # what a reader of the compacted model looks for on an attention layer (torch types
+    # Module.__setattr__ for tensors and modules only, but any value may be set)
     traced.num_heads, traced.head_dim = heads, module.head_dim
-    traced.embed_dim, traced.batch_first = inner, module.batch_first
+    traced.embed_dim, traced.batch_first = inner, module.batch_first  # type: ignore[assignment]
     return traced
 
 

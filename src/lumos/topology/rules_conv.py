@@ -8,6 +8,8 @@ unbatched ``(C, *spatial)``); a rule that sees the tracked dim elsewhere pins it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import fx, nn
@@ -16,7 +18,7 @@ from ..layers import SpectralConv1d, SpectralConv2d
 from .analysis import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
-from .rule_helpers import node_arg, positive_dim
+from .rule_helpers import node_arg, positive_dim, target_path
 from .rules_elementwise import elementwise_pair, unary
 from .spaces import Layout
 
@@ -44,7 +46,7 @@ def _conv(ctx: RuleContext, node: fx.Node, module: nn.modules.conv._ConvNd) -> o
     """
     nd = len(module.kernel_size)
     cdim = -(nd + 1)
-    owner = node.target
+    owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("input")
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
     w_in, w_out = (0, 1) if transposed else (1, 0)
@@ -123,6 +125,7 @@ def _resize_conv(module: nn.modules.conv._ConvNd) -> None:
     module.groups = channels
 
 
+_cls: type[nn.Module]
 for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
              nn.ConvTranspose3d):
     register_rule(_cls, _conv, resize=_resize_conv, input_dim=1)
@@ -132,7 +135,7 @@ for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
 def channelwise_params(ctx: RuleContext, node: fx.Node, module: nn.Module, layout: Layout,
                        names: tuple[str, ...]) -> None:
     """Per-channel parameters and buffers follow the channels (no fold: consumers gate)."""
-    owner = node.target
+    owner = target_path(node)
     layout.require_nonempty()
     for name in names:
         if getattr(module, name, None) is not None:
@@ -155,7 +158,7 @@ def _batch_channel_dim(ctx: RuleContext, x) -> int:
     return 1 - len(shape) if shape else 1
 
 
-def _resize_batchnorm(module: nn.modules.batchnorm._BatchNorm) -> None:
+def _resize_batchnorm(module: nn.modules.batchnorm._NormBase) -> None:
     for name in ("weight", "running_mean"):
         t = getattr(module, name, None)
         if t is not None:
@@ -264,6 +267,7 @@ _POOL_FUNCTIONS = {
     2: (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
     3: (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d),
 }
+_f: Callable[..., Any]
 for _nd, _classes in _POOLS.items():
     for _cls in _classes:
         register_rule(_cls, _spatial_passthrough(_nd))
@@ -296,7 +300,12 @@ def _pad(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
     return TensorInfo(info.dim, info.layout)
 
 
-def _pad_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+def _pad_module(
+    ctx: RuleContext,
+    node: fx.Node,
+    module: (nn.modules.padding._ConstantPadNd | nn.modules.padding._ReflectionPadNd
+             | nn.modules.padding._ReplicationPadNd | nn.modules.padding._CircularPadNd),
+) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -334,14 +343,14 @@ REGISTRY.register("masked_fill", elementwise_pair)
 
 
 # ---- Fourier layers ---------------------------------------------------------------------------
-def _spectral(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+def _spectral(ctx: RuleContext, node: fx.Node, module: SpectralConv1d | SpectralConv2d) -> object:
     """FNO spectral conv: per kept mode a complex Linear over channels; FFTs are channel-wise.
 
     Input channels are read (gated, folded into weight dim 0), output channels are a new space.
     """
     nd = 1 if isinstance(module, SpectralConv1d) else 2
     cdim = -(nd + 1)
-    owner = node.target
+    owner = target_path(node)
     x = node.args[0]
     info = _channel_info(ctx, node, x, cdim)
     if info is not None:
@@ -365,14 +374,14 @@ def _spectral(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
     return TensorInfo(cdim, out_layout)
 
 
-def _used_modes(module: nn.Module, shape) -> int:
+def _used_modes(module: SpectralConv1d | SpectralConv2d, shape) -> int:
     if isinstance(module, SpectralConv1d):
         return min(module.modes, shape[-1] // 2 + 1)
     h, w = shape[-2], shape[-1]
     return min(module.modes1, h // 2) * min(module.modes2, w // 2 + 1)
 
 
-def _resize_spectral(module: nn.Module) -> None:
+def _resize_spectral(module: SpectralConv1d | SpectralConv2d) -> None:
     w = module.weight if isinstance(module, SpectralConv1d) else module.weight1
     module.in_channels, module.out_channels = w.shape[0], w.shape[1]
 

@@ -7,6 +7,8 @@ channels one to one); anything it cannot prove pins the channels instead of gues
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +115,7 @@ def shape_passthrough(ctx: RuleContext, node: fx.Node, module: nn.Module | None 
 
 
 # ---- registration -----------------------------------------------------------------------------
-UNARY_FUNCTIONS = [
+UNARY_FUNCTIONS: list[Callable[..., Any]] = [
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.log1p, torch.expm1,
     torch.sin, torch.cos, torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.square,
     torch.erf, torch.sign, torch.reciprocal, torch.nan_to_num, torch.sinh, torch.cosh,
@@ -123,7 +125,7 @@ UNARY_FUNCTIONS = [
     F.sigmoid, F.tanh, F.dropout, F.alpha_dropout, F.feature_alpha_dropout,
     operator.neg, operator.pos, torch.clamp, torch.clip,
 ]
-BINARY_FUNCTIONS = [
+BINARY_FUNCTIONS: list[Callable[..., Any]] = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.pow,
     operator.floordiv, operator.iadd, operator.isub, operator.imul, operator.itruediv,
     torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
@@ -155,8 +157,11 @@ for _f in UNARY_FUNCTIONS:
 for _f in BINARY_FUNCTIONS:
     REGISTRY.register(_f, binary)
 REGISTRY.register(torch.where, where)
-for _f in (torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
-           torch.randn_like, torch.full_like):
+_LIKE_FUNCTIONS: list[Callable[..., Any]] = [
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like, torch.randn_like,
+    torch.full_like,
+]
+for _f in _LIKE_FUNCTIONS:
     REGISTRY.register(_f, like)
 for _name in UNARY_METHODS:
     REGISTRY.register(_name, unary)

@@ -29,7 +29,7 @@ from torch_geometric.utils import scatter
 from .analysis import RuleContext, describe
 from .infos import TensorInfo
 from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
-from .rule_helpers import node_arg, positive_dim
+from .rule_helpers import node_arg, positive_dim, target_path
 from .rules_linear import _linear_module
 from .spaces import Layout
 
@@ -65,7 +65,7 @@ def _lin(ctx: RuleContext, owner: str, lin: str, in_layout: Layout, out_layout: 
 
 
 def _gcn(ctx: RuleContext, node: fx.Node, module: GCNConv) -> object:
-    owner = node.target
+    owner = target_path(node)
     in_layout = _node_input(ctx, node, owner, module.in_channels)
     out = Layout.of(ctx.new_space(module.out_channels, "hidden", owner))
     _lin(ctx, owner, "lin", in_layout, out, _rows(ctx, node))
@@ -79,7 +79,7 @@ def _gcn(ctx: RuleContext, node: fx.Node, module: GCNConv) -> object:
 
 
 def _sage(ctx: RuleContext, node: fx.Node, module: SAGEConv) -> object:
-    owner = node.target
+    owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("x")
     aggr = getattr(module, "aggr", None)
     problem = None
@@ -106,7 +106,7 @@ def _sage(ctx: RuleContext, node: fx.Node, module: SAGEConv) -> object:
 
 
 def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
-    owner = node.target
+    owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("x")
     if module.lin is None or isinstance(x, (tuple, list)):
         return _keep_whole(ctx, node, "bipartite input", _gat_width(module))
@@ -154,7 +154,7 @@ def _keep_whole(ctx: RuleContext, node: fx.Node, problem: str, width: int) -> ob
     ctx.pin([ctx.info(a) for a in (*node.args, *node.kwargs.values())], reason)
     ctx.ungated(describe(node), reason)
     ctx.measure_flops(node)
-    return TensorInfo(-1, ctx.opaque(width, reason, node.target))
+    return TensorInfo(-1, ctx.opaque(width, reason, target_path(node)))
 
 
 def _resize_gcn(module: GCNConv) -> None:

@@ -14,7 +14,7 @@ from torch import fx, nn
 from .analysis import RuleContext, describe
 from .infos import AttrInfo, TensorInfo
 from .registry import REGISTRY, register_rule
-from .rule_helpers import node_arg
+from .rule_helpers import node_arg, target_path
 from .spaces import Layout
 
 
@@ -61,7 +61,7 @@ def linear_like(
 
 def _linear_module(ctx: RuleContext, node: fx.Node, module: nn.Linear) -> TensorInfo:
     bias = "bias" if module.bias is not None else None
-    return linear_like(ctx, node, node.args[0], 0, node.target, "weight", bias)
+    return linear_like(ctx, node, node.args[0], 0, target_path(node), "weight", bias)
 
 
 def _resize_linear(module: nn.Linear) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import builtins
 import math
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import fx, nn
 from .analysis import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
-from .rule_helpers import node_arg, positive_dim
+from .rule_helpers import int_arg, known_shape, node_arg, positive_dim
 from .rules_elementwise import binary, elementwise_pair
 from .spaces import Layout, unify
 
@@ -54,7 +56,7 @@ def _reshaped(ctx: RuleContext, node: fx.Node, x_arg, shape_args: list, path_of=
     if info is None:
         ctx.pin([ctx.info(a) for a in shape_args], f"{describe(node)} sizes from a channel count")
         return None
-    in_shape, out_shape = ctx.shape(x_arg), ctx.shape(node)
+    in_shape, out_shape = known_shape(ctx, x_arg), known_shape(ctx, node)
     p = positive_dim(info.dim, len(in_shape))
     mapped = _map_reshape(in_shape, p, out_shape)
     if mapped is None:
@@ -104,7 +106,7 @@ def _shape_only(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None
     return _reshaped(ctx, node, x, [])
 
 
-def _flatten_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+def _flatten_module(ctx: RuleContext, node: fx.Node, module: nn.Flatten) -> object:
     return _reshaped(ctx, node, node.args[0], [])
 
 
@@ -115,7 +117,7 @@ def _permute(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     p = positive_dim(info.dim, ndim)
     name = node.target if isinstance(node.target, str) else node.target.__name__
     if name in ("t", "T") or name == "mT":
@@ -123,18 +125,18 @@ def _permute(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
         if ndim >= 2:
             dims[-1], dims[-2] = dims[-2], dims[-1]
     elif name in ("transpose", "swapaxes", "swapdims"):
-        a, b = (positive_dim(int(d), ndim) for d in node.args[1:3])
+        a, b = (positive_dim(int_arg(d), ndim) for d in node.args[1:3])
         dims = list(range(ndim))
         dims[a], dims[b] = dims[b], dims[a]
     elif name == "movedim":
-        src, dst = positive_dim(int(node.args[1]), ndim), positive_dim(int(node.args[2]), ndim)
+        src = positive_dim(int_arg(node.args[1]), ndim)
+        dst = positive_dim(int_arg(node.args[2]), ndim)
         dims = [d for d in range(ndim) if d != src]
         dims.insert(dst, src)
     else:  # permute
         rest = node.args[1:]
-        nested = len(rest) == 1 and isinstance(rest[0], (tuple, list))
-        dims = list(rest[0]) if nested else list(rest)
-        dims = [positive_dim(int(d), ndim) for d in dims]
+        listed = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        dims = [positive_dim(int_arg(d), ndim) for d in listed]
     return TensorInfo(dims.index(p) - ndim, info.layout)
 
 
@@ -143,6 +145,7 @@ def _expand(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) ->
     if info is None:
         return None
     rest = list(node.args[1:])
+    path_of: Callable[[int], tuple[int, ...]]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
         sizes, path_of = list(rest[0]), (lambda i: (1, i))
     else:
@@ -164,7 +167,8 @@ def _getitem(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
         return info.items[index] if isinstance(index, int) else None
     if isinstance(info, ShapeInfo) and info.dim is not None:
         if isinstance(index, int):
-            n = len(ctx.shape(src.args[0])) if isinstance(src, fx.Node) and src.args else None
+            n = (len(known_shape(ctx, src.args[0]))
+                 if isinstance(src, fx.Node) and src.args else None)
             if n is not None and positive_dim(index, n) == info.dim:
                 return ShapeInfo(None, info.layout)
             return None
@@ -180,7 +184,7 @@ def _getitem(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
 
 def _index_tensor(ctx: RuleContext, node: fx.Node, info: TensorInfo, index) -> object:
     """Basic indexing (ints, slices, None, ...) that leaves the tracked dim whole keeps it."""
-    in_shape = ctx.shape(node.args[0])
+    in_shape = known_shape(ctx, node.args[0])
     ndim = len(in_shape)
     p = positive_dim(info.dim, ndim)
     items = list(index) if isinstance(index, tuple) else [index]
@@ -207,7 +211,7 @@ def _index_tensor(ctx: RuleContext, node: fx.Node, info: TensorInfo, index) -> o
                 and (item.start in (None, 0))
                 and (item.stop is None or item.stop >= in_shape[p])
             ):
-                out_shape = ctx.shape(node)
+                out_shape = known_shape(ctx, node)
                 return TensorInfo(out_dim - len(out_shape), info.layout)
             info.layout.pin(f"{describe(node)} selects part of the channels")
             return None
@@ -223,7 +227,7 @@ def _size(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> o
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     p = positive_dim(info.dim, ndim)
     dim = node_arg(node, 1, "dim")
     if dim is None:
@@ -235,7 +239,7 @@ def _getattr(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
     src, name = node.args[0], node.args[1]
     info = ctx.info(src)
     if name == "shape" and isinstance(info, TensorInfo):
-        return ShapeInfo(positive_dim(info.dim, len(ctx.shape(src))), info.layout)
+        return ShapeInfo(positive_dim(info.dim, len(known_shape(ctx, src))), info.layout)
     if name in ("T", "mT") and isinstance(info, TensorInfo):
         return _transpose_attr(ctx, node)
     if name in ("dtype", "device", "ndim", "is_cuda", "requires_grad"):
@@ -247,7 +251,8 @@ def _getattr(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
 
 def _transpose_attr(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
-    ndim = len(ctx.shape(node.args[0]))
+    assert info is not None  # _getattr calls it for a tracked tensor only
+    ndim = len(known_shape(ctx, node.args[0]))
     p = positive_dim(info.dim, ndim)
     if ndim < 2:
         return info
@@ -263,9 +268,8 @@ def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
     if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
         ctx.unknown(node)
         return None
-    out_shape = ctx.shape(node)
     stack = node.target in (torch.stack,)
-    d_out = dim - len(out_shape) if dim >= 0 else dim
+    d_out = dim - len(known_shape(ctx, node)) if dim >= 0 else dim
     infos = [ctx.tensor_info(t) for t in tensors]
     tracked = [i for i in infos if i is not None]
     if not tracked:
@@ -276,7 +280,8 @@ def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
             if i is not None:
                 parts.append(i.layout)
             else:
-                parts.append(ctx.opaque(ctx.shape(t)[d_out], "concatenated untracked tensor"))
+                width = known_shape(ctx, t)[d_out]
+                parts.append(ctx.opaque(width, "concatenated untracked tensor"))
         return TensorInfo(d_out, Layout.concat(parts))
     # Joined along another dim: the pieces share their channels one to one.
     first = tracked[0]
@@ -288,7 +293,7 @@ def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
     new_dim = first.dim
     if stack:
         # torch.stack inserts a dim at ``dim`` of the output; recompute from positives.
-        in_nd = len(ctx.shape(tensors[0]))
+        in_nd = len(known_shape(ctx, tensors[0]))
         p = positive_dim(first.dim, in_nd)
         ins = positive_dim(dim, in_nd + 1)
         new_dim = (p + (1 if ins <= p else 0)) - (in_nd + 1)
@@ -300,7 +305,7 @@ def _split(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> 
     if info is None:
         return None
     name = node.target if isinstance(node.target, str) else node.target.__name__
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     default = 0
     dim = node_arg(node, 2 if name in ("split", "chunk", "tensor_split") else 1, "dim", default)
     if name == "unbind":
@@ -334,7 +339,7 @@ def _reduce(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) ->
         info.layout.pin(f"{describe(node)} reduces over every dim, channels included")
         return None
     keepdim = bool(node_arg(node, 2, "keepdim", False))
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     dims = [dim] if isinstance(dim, int) else list(dim)
     reduced = {positive_dim(int(d), ndim) for d in dims}
     p = positive_dim(info.dim, ndim)
@@ -353,17 +358,17 @@ def _softmax(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
     if info is None:
         return None
     dim = node_arg(node, 1, "dim")
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     if dim is None or positive_dim(int(dim), ndim) == positive_dim(info.dim, ndim):
         info.layout.pin(f"{describe(node)} normalises across channels")
     return info
 
 
-def _softmax_module(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+def _softmax_module(ctx: RuleContext, node: fx.Node, module: nn.Softmax | nn.LogSoftmax) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
-    ndim = len(ctx.shape(node.args[0]))
+    ndim = len(known_shape(ctx, node.args[0]))
     if module.dim is None or positive_dim(module.dim, ndim) == positive_dim(info.dim, ndim):
         info.layout.pin(f"{describe(node)} normalises across channels")
     return info
@@ -377,7 +382,7 @@ def _index_select(ctx: RuleContext, node: fx.Node, module: nn.Module | None = No
     if info is None:
         return None
     dim = node_arg(node, 1, "dim")
-    ndim = len(ctx.shape(x))
+    ndim = len(known_shape(ctx, x))
     if ctx.info(node_arg(node, 2, "index")) is not None:
         ctx.pin(ctx.info(node_arg(node, 2, "index")), f"{describe(node)} indexes with channels")
     if not isinstance(dim, int) or positive_dim(dim, ndim) == positive_dim(info.dim, ndim):
@@ -394,7 +399,7 @@ def _index_add(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None)
     tracked = [i for i in infos if i is not None]
     if not tracked:
         return None
-    ndim = len(ctx.shape(target))
+    ndim = len(known_shape(ctx, target))
     first = tracked[0]
     if (
         not isinstance(dim, int)
@@ -403,11 +408,19 @@ def _index_add(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None)
     ):
         ctx.pin(tracked, f"{describe(node)} adds along the channel dim or mixes tracked dims")
         return None
-    unify(infos[0].layout, infos[1].layout, f"channels tied by {describe(node)}")
+    target_info, source_info = infos
+    assert target_info is not None and source_info is not None  # both tracked, checked above
+    unify(target_info.layout, source_info.layout, f"channels tied by {describe(node)}")
     return TensorInfo(first.dim, first.layout)
 
 
+def _rank(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``x.dim()``: the number of dims, which pruning never changes (no channel count read)."""
+    return None
+
+
 # ---- registration -----------------------------------------------------------------------------
+_f: Callable[..., Any]
 REGISTRY.register("view", _view)
 REGISTRY.register("reshape", _view)
 REGISTRY.register(torch.reshape, _reshape_function)
@@ -424,6 +437,8 @@ REGISTRY.register("expand_as", elementwise_pair)
 REGISTRY.register(operator.getitem, _getitem)
 REGISTRY.register(builtins.getattr, _getattr)
 REGISTRY.register("size", _size)
+for _name in ("dim", "ndimension"):
+    REGISTRY.register(_name, _rank)
 REGISTRY.register(torch.cat, _cat)
 REGISTRY.register(torch.concat, _cat)
 REGISTRY.register(torch.stack, _cat)

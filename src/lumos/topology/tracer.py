@@ -19,14 +19,16 @@ from torch import fx, nn
 
 from ..errors import LumosWarning, UnsupportedModelError, UntraceableModelError
 from . import mode_flags
+from .known_values import KnownValueTracer, jit_isinstance_patched
 from .registry import REGISTRY
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-class LumosTracer(fx.Tracer):
-    """fx tracer that keeps registered layer classes as leaves and remembers where it is."""
+class LumosTracer(KnownValueTracer):
+    """fx tracer that keeps registered layer classes as leaves, remembers where it is, and
+    carries the example's values beside the proxies (shape-dependent Python traces)."""
 
     def __init__(self) -> None:
         leaf_functions = REGISTRY.leaf_functions()
@@ -43,14 +45,20 @@ class LumosTracer(fx.Tracer):
         #: modules kept as one node because their forward branches on ``self.training``
         self.mode_leaves: set[str] = set()
         self.probe_name = mode_flags.PROBE
+        #: modules the user asked to keep whole (one node each, never looked inside)
+        self.keep: frozenset[str] = frozenset()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.mode_leaves:
+        if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep:
             return True
         if REGISTRY.trace_forward(m) is not None:
             return False
         if REGISTRY.is_leaf(m):
             return True
+        if next(m.children(), None) is not None:
+            # a composite without a rule (nn.TransformerDecoderLayer, a user block): its
+            # children are what the rules know, so read through it, torch.nn's included
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def create_arg(self, a):  # noqa: ANN001 - fx signature
@@ -76,16 +84,21 @@ class LumosTracer(fx.Tracer):
 def _user_frame(exc: BaseException) -> str:
     """The innermost traceback line outside torch and LUMOS (by their install folders, so a
     user project in a folder named ``lumos`` is still found): the user's or a third-party
-    package's code."""
+    package's code; failing that, the innermost line of torch's own modules (not fx's)."""
     frames = traceback.extract_tb(exc.__traceback__)
+    fallback = None
     for frame in reversed(frames):
         f = os.path.abspath(frame.filename)
+        where = f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
         if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
-            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
-    return "unknown location"
+            return where
+        if fallback is None and f.startswith(_TORCH_DIR) and os.sep + "fx" + os.sep not in f:
+            fallback = where
+    return fallback or "unknown location"
 
 
-def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule:
+def trace(model: nn.Module, concrete_args: dict | None = None,
+          keep: frozenset[str] = frozenset(), example: dict | None = None) -> fx.GraphModule:
     """Symbolically trace ``model``; on failure raise :class:`UntraceableModelError` with a fix.
 
     ``self.training`` stays a run-time value (:mod:`~lumos.topology.mode_flags`): passed to a
@@ -93,6 +106,8 @@ def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule
     changes the graph is kept as one layer, so it runs its own forward in either mode.
     """
     tracer = LumosTracer()
+    tracer.example = dict(example or {})
+    tracer.keep = frozenset(keep)
     tracer.probe_name = mode_flags.probe_name(model)
     for _ in range(8):  # each round may only add modules kept whole
         graph, branched = _trace_once(tracer, model, concrete_args, invert=False)
@@ -131,8 +146,10 @@ def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | Non
                 invert: bool) -> tuple[fx.Graph, dict[str, str]]:
     tracer.failed_in = None
     tracer.module_stack_paths = []
+    tracer.init_known_values(getattr(tracer, "example", None))
     try:
-        with mode_flags.flags_installed(model, invert=invert) as flags:
+        with mode_flags.flags_installed(model, invert=invert) as flags, \
+                jit_isinstance_patched(tracer):
             graph = tracer.trace(model, concrete_args)
     except UnsupportedModelError:
         raise

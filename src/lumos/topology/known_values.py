@@ -1,0 +1,216 @@
+"""Known-value tracing: shapes flow beside the proxies, so shape-dependent Python traces.
+
+Plain torch.fx cannot run ``in_shape = list(x.shape[2:])``, ``if x.dim() == 3 and ...``,
+``for i in range(x.size(1))`` or ``len(x.shape)``: a proxy has no length and no truth value.
+While LUMOS traces, every proxy also carries the value it has on the example inputs (as the
+meta tracers of ``torch.fx.experimental`` and transformers do), and whether that value is
+*static*: computed from shapes, dims, dtypes and constants only, never from tensor data.
+
+- A static value may steer Python: iteration, ``len``, ``int``/``index`` and truth take the
+  example's value, and the graph gets a guard (``torch._assert``) that the value is the same
+  at run time. A model called with inputs the trace does not fit stops with that message
+  instead of computing something else.
+- A data-dependent value still cannot steer Python: the error is fx's, turned into an
+  :class:`~lumos.UntraceableModelError` that names the line.
+
+Example values are computed without autograd, with every module's ``training`` read as False
+(BatchNorm does not step its running statistics on the example batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import fx
+from torch.fx._symbolic_trace import _maybe_revert_all_patches
+from torch.fx.node import map_aggregate
+
+from . import mode_flags
+from .rule_helpers import target_path
+
+#: methods and attributes whose result depends on a tensor's shape/type only
+_STATIC_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "type", "is_floating_point",
+                   "is_complex", "get_device"}
+_STATIC_ATTRS = {"shape", "ndim", "dtype", "device", "layout", "is_cuda", "is_cpu", "is_nested",
+                 "is_sparse", "is_quantized", "is_meta", "is_mps", "is_complex"}
+
+
+class _Unknown(Exception):
+    pass
+
+
+class KnownProxy(fx.Proxy):
+    """A proxy that can answer ``len``/``iter``/``int`` from its known static value."""
+
+    tracer: KnownValueTracer
+
+    def __len__(self) -> int:
+        value = self.tracer.static_value(self)
+        if value is _MISSING:
+            return super().__len__()
+        n = len(value)
+        self.tracer.guard(self.tracer.create_proxy("call_function", len, (self,), {}), n,
+                          f"len({self.node.name})")
+        return n
+
+    def __index__(self) -> int:
+        value = self.tracer.static_value(self)
+        if value is _MISSING or not isinstance(value, int):
+            raise TypeError(f"'{self.node.name}' is not a known integer while tracing")
+        self.tracer.guard(self, value, self.node.name)
+        return value
+
+    __int__ = __index__
+
+
+_MISSING = object()
+
+
+class KnownValueTracer(fx.Tracer):
+    """Mixin for an fx tracer: proxies carry example values (see the module docstring)."""
+
+    def init_known_values(self, example: dict[str, Any] | None) -> None:
+        self.example = dict(example or {})
+        self.values: dict[fx.Node, Any] = {}
+        self.static: set[fx.Node] = set()
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return KnownProxy(node, self)
+
+    # ---- values beside the graph -----------------------------------------------------------
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,  # noqa: ANN001
+                     proxy_factory_fn=None):  # fx signature
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
+                                     proxy_factory_fn)
+        if not hasattr(self, "values"):
+            return proxy
+        node = proxy.node
+        try:
+            # real code, not traced: fx's patches (Module.__call__ and __getattr__, wrapped
+            # functions) are lifted, or evaluating would record nodes of its own
+            with _maybe_revert_all_patches():
+                value, static = self._evaluate(node)
+        except _Unknown:
+            return proxy
+        except Exception:  # the op fails on the example's values: no value, fx decides
+            return proxy
+        self.values[node] = value
+        if static:
+            self.static.add(node)
+        return proxy
+
+    def _evaluate(self, node: fx.Node) -> tuple[Any, bool]:
+        if node.op == "placeholder":
+            if node.target not in self.example:
+                raise _Unknown
+            value = self.example[node.target]
+            return value, not isinstance(value, torch.Tensor)
+        if node.op == "get_attr":
+            path = target_path(node)
+            return (self.root.get_submodule(path) if _is_module_path(self.root, node)
+                    else _fetch(self.root, path)), False
+        if mode_flags.is_flag_node(node):
+            return False, False  # example values are computed in eval mode
+        arg_nodes = [a for a in node.all_input_nodes]
+        if any(a not in self.values for a in arg_nodes):
+            raise _Unknown
+        args = map_aggregate(node.args, self._value_of)
+        kwargs = map_aggregate(node.kwargs, self._value_of)
+        with torch.no_grad():
+            target = node.target
+            if node.op == "call_function" and callable(target):
+                value = target(*args, **kwargs)
+            elif node.op == "call_method" and isinstance(target, str):
+                value = getattr(args[0], target)(*args[1:], **kwargs)
+            elif node.op == "call_module":
+                with mode_flags.quiet():
+                    value = self.root.get_submodule(target_path(node))(*args, **kwargs)
+            else:
+                raise _Unknown
+        static = all(a in self.static for a in arg_nodes) or (
+            node.op == "call_method" and node.target in _STATIC_METHODS) or (
+            node.op == "call_function" and node.target is getattr
+            and len(node.args) > 1 and node.args[1] in _STATIC_ATTRS)
+        if isinstance(value, torch.Tensor) and static and not _from_shape(node):
+            static = False  # a tensor built only from constants is data for the graph
+        return value, static
+
+    def _value_of(self, a):
+        return self.values[a] if isinstance(a, fx.Node) else a
+
+    def static_value(self, proxy: fx.Proxy):
+        node = proxy.node
+        return self.values[node] if node in self.static else _MISSING
+
+    # ---- Python control flow on known values -----------------------------------------------
+    def guard(self, proxy: fx.Proxy, value: Any, what: str) -> None:
+        """At run time, fail loudly unless ``proxy`` has the value the trace assumed."""
+        if not hasattr(self, "values"):
+            return
+        check = self.create_proxy("call_function", operator.eq, (proxy, value), {})
+        self.create_proxy(
+            "call_function", torch._assert,
+            (check, f"the model was traced by LUMOS for inputs where {what} is {value!r}; "
+                    "call it with inputs of the same layout (or sparsify again for these)"),
+            {})
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self.static_value(obj)
+        if value is _MISSING:
+            return super().to_bool(obj)
+        truth = bool(value)
+        self.guard(self.create_proxy("call_function", operator.truth, (obj,), {}), truth,
+                   f"the condition '{obj.node.name}'")
+        return truth
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        value = self.static_value(obj)
+        if value is _MISSING:
+            return super().iter(obj)
+        n = len(value)
+        self.guard(self.create_proxy("call_function", len, (obj,), {}), n,
+                   f"len({obj.node.name})")
+        return iter([obj[i] for i in range(n)])  # type: ignore[index]  # Proxy.__getitem__
+
+
+def _from_shape(node: fx.Node) -> bool:
+    """Whether a static tensor comes from a shape (``torch.tensor(x.shape)``): then still
+    static. Tensors made of constants only (``torch.arange(4)``) are ordinary data."""
+    return any(isinstance(a, fx.Node) for a in node.all_input_nodes)
+
+
+def _is_module_path(root: torch.nn.Module, node: fx.Node) -> bool:
+    try:
+        root.get_submodule(str(node.target))
+        return True
+    except AttributeError:
+        return False
+
+
+def _fetch(root: torch.nn.Module, path: str):
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@contextlib.contextmanager
+def jit_isinstance_patched(tracer: KnownValueTracer) -> Iterator[None]:
+    """``torch.jit.isinstance(proxy, T)`` answers for the proxy's example value (fx would say
+    False for any proxy, silently dropping a branch such as a skip connection)."""
+    original = torch.jit.isinstance
+
+    def patched(obj, target_type):  # noqa: ANN001
+        if isinstance(obj, fx.Proxy) and obj.node in tracer.values:
+            return original(tracer.values[obj.node], target_type)
+        return original(obj, target_type)
+
+    torch.jit.isinstance = patched
+    try:
+        yield
+    finally:
+        torch.jit.isinstance = original

@@ -1,0 +1,107 @@
+"""A graph capture that survives real code: shape-dependent Python, flags left at their
+defaults, torch.jit.isinstance, composites of torch.nn without a rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+
+
+class ShapeCode(nn.Module):
+    """neuraloperator-style: list(x.shape[2:]), a branch on dims, a loop over the rank."""
+
+    def __init__(self):
+        super().__init__()
+        self.lift, self.proj = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 2, 1)
+
+    def forward(self, x):
+        in_shape = list(x.shape[2:])
+        h = self.lift(x)
+        if x.dim() == 4 and in_shape[0] > 2:
+            h = torch.relu(h)
+        for _ in range(len(in_shape)):
+            h = h * 0.5
+        return F.interpolate(self.proj(h), size=in_shape)
+
+
+def test_shape_dependent_python_traces_and_is_guarded_at_run_time():
+    x = torch.randn(2, 3, 8, 8)
+    sm = lumos.sparsify(ShapeCode(), x, budget=0.5)
+    assert "lift" in [g.name for g in sm.graph_info.groups]
+    lumos.testing.assert_compacts_exactly(sm, x)
+    small = sm.eval().compact()
+    assert small(torch.randn(5, 3, 8, 8)).shape == (5, 2, 8, 8)  # other batch sizes are fine
+    # an input the trace does not fit (in_shape[0] > 2 decided on 8) is refused, not guessed
+    with pytest.raises(lumos.InputError, match="traced by LUMOS"):
+        sm.eval()(torch.randn(2, 3, 2, 2))
+    with pytest.raises(AssertionError, match="traced by LUMOS"):
+        small(torch.randn(2, 3, 2, 2))
+
+
+class Flags(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x, mask=None, double: bool = False, steps: int = 2, scale: float = 1.0):
+        h = torch.relu(self.l1(x))
+        for _ in range(steps):
+            h = h * 1.0
+        if double:
+            h = 2 * h
+        if mask is not None:
+            h = h * mask
+        return self.l2(h) * scale
+
+
+def test_flag_defaults_are_constants_numbers_stay_inputs():
+    x = torch.randn(8, 6)
+    sm = lumos.sparsify(Flags(), x, budget=0.5)
+    assert sm.inputs.constants == {"mask": None, "double": False}
+    torch.testing.assert_close(sm.eval()(x, scale=2.0), 2 * sm(x))  # a number is data
+    with pytest.raises(lumos.InputError, match="double=False"):
+        sm(x, double=True)
+    with pytest.raises(lumos.InputError, match="steps is 2"):
+        sm(x, steps=3)  # a loop count is traced on its example value, then guarded
+    doubled = lumos.sparsify(Flags(), {"x": x, "double": True}, budget=0.5)
+    torch.testing.assert_close(doubled.eval()(x, double=True),
+                               doubled.eval().compact()(x, double=True))
+
+
+class JitIsinstance(nn.Module):
+    """MONAI-style: a skip concatenation behind torch.jit.isinstance."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(11, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if torch.jit.isinstance(x, torch.Tensor):
+            h = torch.cat([h, x], dim=1)
+        return self.b(h)
+
+
+def test_torch_jit_isinstance_follows_the_example_value():
+    x = torch.randn(2, 3, 8, 8)
+    model = JitIsinstance().eval()
+    sm = lumos.sparsify(model, x, budget=0.5)
+    with torch.no_grad():  # gates start open: the sparse model is the original, skip included
+        torch.testing.assert_close(sm.eval()(x), model(x))
+    lumos.testing.assert_compacts_exactly(sm, x)
+
+
+def test_torch_nn_transformer_with_decoder_is_gated_and_exact():
+    torch.manual_seed(0)
+    t = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                       dim_feedforward=32, batch_first=True)
+    src, tgt = torch.randn(4, 5, 16), torch.randn(4, 3, 16)
+    sm = lumos.sparsify(t, (src, tgt), budget=0.5)
+    names = {g.name for g in sm.graph_info.groups}
+    assert {"decoder.layers.0.linear1", "decoder.layers.0.self_attn",
+            "decoder.layers.0.multihead_attn", "encoder.layers.0.linear1"} <= names
+    lumos.testing.assert_compacts_exactly(sm, (src, tgt))
