@@ -41,7 +41,8 @@ def _recurrent(ctx: RuleContext, node: fx.Node, module: nn.RNNBase) -> object:
         problems.append(f"mode {module.mode!r}")
     if len(node.args) > 1 or node.kwargs.get("hx") is not None:
         problems.append("an initial state passed in")
-    if ctx.shape(x) is None or len(ctx.shape(x)) != 3:
+    shape = ctx.shape(x)
+    if shape is None or len(shape) != 3:
         problems.append("unbatched input")
     if problems:
         reason = f"{describe(node)} uses {', '.join(problems)}: kept whole"
@@ -57,7 +58,7 @@ def _recurrent(ctx: RuleContext, node: fx.Node, module: nn.RNNBase) -> object:
         below = info.layout
     else:
         below = ctx.opaque(module.input_size, "input is not tracked", f"{owner}.in")
-    shape = ctx.shape(x)
+    assert shape is not None and blocks is not None  # checked above
     steps = shape[0] * shape[1]  # batch x time, whichever is first
     # one unit space for every layer and direction: torch's recurrent layers have a single
     # hidden_size, so unit j lives or dies in all of them together
@@ -92,9 +93,11 @@ def _recurrent(ctx: RuleContext, node: fx.Node, module: nn.RNNBase) -> object:
 
 def _resize_recurrent(module: nn.RNNBase) -> None:
     blocks = _BLOCKS.get(module.mode, 1)
-    module.hidden_size = module.weight_hh_l0.shape[1]
-    module.input_size = module.weight_ih_l0.shape[1]
-    assert module.weight_hh_l0.shape[0] == blocks * module.hidden_size
+    weight_hh = module.get_parameter("weight_hh_l0")
+    weight_ih = module.get_parameter("weight_ih_l0")
+    module.hidden_size = int(weight_hh.shape[1])
+    module.input_size = int(weight_ih.shape[1])
+    assert weight_hh.shape[0] == blocks * module.hidden_size
     module._flat_weights = [getattr(module, n) if hasattr(module, n) else None
                             for n in module._flat_weights_names]
     module.flatten_parameters()
