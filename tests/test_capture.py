@@ -105,3 +105,53 @@ def test_torch_nn_transformer_with_decoder_is_gated_and_exact():
     assert {"decoder.layers.0.linear1", "decoder.layers.0.self_attn",
             "decoder.layers.0.multihead_attn", "encoder.layers.0.linear1"} <= names
     lumos.testing.assert_compacts_exactly(sm, (src, tgt))
+
+
+class TruthOfShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.shape[-1]:
+            h = torch.relu(h)
+        return self.b(h)
+
+
+def test_guards_survive_save_and_load():
+    import io
+
+    small = lumos.sparsify(TruthOfShape(), torch.randn(3, 4), budget=0.5).eval().compact()
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(again(x), small(x))
+
+
+class VarKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x, output_shape=None, **kwargs):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_empty_variadic_arguments_trace_and_later_calls_must_leave_them_empty():
+    x = torch.randn(5, 4)
+    sm = lumos.sparsify(VarKeyword(), x, budget=0.5)
+    lumos.testing.assert_compacts_exactly(sm, x)
+    with pytest.raises(lumos.InputError, match="variadic 'kwargs'"):
+        sm(x, extra=1)
+
+
+def test_a_diverged_model_is_refused_not_handed_over():
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)),
+                        torch.randn(5, 4), budget=0.5)
+    with torch.no_grad():
+        sm.model.get_submodule("0").weight[0, 0] = float("nan")
+    with pytest.raises(lumos.NonFiniteError, match="'model.0.weight'"):
+        sm.compact()

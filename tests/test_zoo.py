@@ -71,6 +71,13 @@ def test_many_gates_close_and_compaction_is_exact_and_smaller(trained):
     assert lumos.count_flops(small, inputs) < flops
 
 
+def test_random_gate_states_compact_exactly(trained):
+    """The public check on every zoo family: random closed/fractional/open gate states."""
+    name, sm, inputs, *_ = trained
+    report = lumos.testing.assert_compacts_exactly(sm, inputs, states=2, seed=1)
+    assert report.sparse_model is sm, name
+
+
 def test_compacted_model_has_only_the_original_classes_or_plain_torch(trained):
     name, sm, inputs, *_ = trained
     small = sm.compact()

@@ -12,6 +12,7 @@ from .errors import (
     InputError,
     LumosError,
     LumosWarning,
+    NonFiniteError,
     UnsupportedModelError,
     UntraceableModelError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "InputError",
     "LumosError",
     "LumosWarning",
+    "NonFiniteError",
     "Schedule",
     "SparseModel",
     "UnsupportedModelError",

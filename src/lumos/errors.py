@@ -52,3 +52,8 @@ class LumosWarning(UserWarning):
 class CompactionError(LumosError):
     """The compacted model does not compute what the gated model computes (a LUMOS bug or a
     rule that is not exact); the message names the first node where they part."""
+
+
+class NonFiniteError(LumosError, ArithmeticError):
+    """Weights, gates or outputs hold NaN/Inf (training diverged): there is no model to hand
+    over, and LUMOS says so instead of returning one."""

@@ -85,9 +85,16 @@ def is_gates_placeholder(node: fx.Node) -> bool:
 def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
     """Rewrite the traced graph so every gate site reads its input through the gates."""
     g = gm.graph
-    placeholders = [n for n in g.nodes if n.op == "placeholder"]
-    with g.inserting_after(placeholders[-1]):
-        gates_node = g.placeholder(GATES_PLACEHOLDER, default_value=None)
+    # after the named inputs, before *args / **kwargs (Python allows nothing after those)
+    placeholders = [n for n in g.nodes
+                    if n.op == "placeholder" and not str(n.target).startswith("*")]
+    variadic = [n for n in g.nodes if n.op == "placeholder" and str(n.target).startswith("*")]
+    if variadic:
+        with g.inserting_before(variadic[0]):
+            gates_node = g.placeholder(GATES_PLACEHOLDER, default_value=None)
+    else:
+        with g.inserting_after(placeholders[-1]):
+            gates_node = g.placeholder(GATES_PLACEHOLDER, default_value=None)
     # per called layer: the (param, dim, buffer) specs it is called with
     param_specs: dict[fx.Node, list[tuple[str, int, str]]] = {}
     _collect_param_sites(gm, graph, param_specs)

@@ -144,6 +144,8 @@ class InputSpec:
     example_args: tuple
     feature_dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     constants: dict[str, object] = field(default_factory=dict)
+    #: ``*args`` / ``**kwargs`` of the forward: empty in the example, so empty in every call
+    variadic: tuple[str, ...] = ()
 
     @property
     def absent(self) -> tuple[str, ...]:
@@ -159,7 +161,13 @@ class InputSpec:
                 f"the inputs do not match the model's forward signature {self.signature}: {exc}."
             ) from None
         bound.apply_defaults()
-        values = list(bound.arguments.values())
+        for name in self.variadic:
+            if bound.arguments.get(name):
+                raise InputError(
+                    f"the call passes values through the forward's variadic '{name}', which "
+                    "were empty in example_inputs; the sparse model was traced without them."
+                )
+        values = [v for k, v in bound.arguments.items() if k not in self.variadic]
         for name, constant in self.constants.items():
             value = bound.arguments[name]
             if value is not constant and not (type(value) is type(constant)

@@ -115,22 +115,33 @@ def sparsify(
     traced = {**constants, **(concrete_args or {})}
     kept_whole = _kept_paths(model, keep)
     gm = topology.trace(model, traced or None, keep=kept_whole, example=values)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) == len(values):  # fx renames specialised arguments (cond_1)
+    # *args / **kwargs left empty stay in the graph's signature but carry nothing
+    variadic = [name for name, p in signature.parameters.items()
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for name in variadic:
+        if values.get(name):
+            raise UntraceableModelError(
+                f"example_inputs pass values through {type(model).__name__}.forward's variadic "
+                f"'{name}', which LUMOS cannot trace; give the model explicit named arguments."
+            )
+    named = {k: v for k, v in values.items() if k not in variadic}
+    placeholders = [n for n in gm.graph.nodes
+                    if n.op == "placeholder" and not str(n.target).startswith("*")]
+    if len(placeholders) == len(named):  # fx renames specialised arguments (cond_1)
         taken = {n.name for n in gm.graph.nodes}
-        for node, name in zip(placeholders, values):
+        for node, name in zip(placeholders, named):
             if node.target != name and name not in taken:
                 node.target = node.name = name
         gm.recompile()
     example_args = []
     for node in placeholders:
-        if node.target not in values:
+        if node.target not in named:
             raise UntraceableModelError(
                 f"forward argument '{node.target}' of {type(model).__name__} could not be matched "
                 "to example_inputs (variadic *args/**kwargs are not supported); give the model "
                 "explicit named arguments."
             )
-        example_args.append(values[node.target])
+        example_args.append(named[node.target])
     propagate_shapes(gm, tuple(example_args))
 
     wanted = feature_arguments(features, [n.target for n in placeholders])
@@ -154,6 +165,7 @@ def sparsify(
         {name: (graph.feature_dims[name], space.size)
          for name, space in graph.feature_spaces.items()},
         constants,
+        tuple(variadic),
     )
     sm = SparseModel(gm, graph, spec, budget=budget, lam=lam, feature_penalty=feature_penalty,
                      feature_names=names, gate_options=options)

@@ -20,7 +20,7 @@ from . import budget as projection
 from . import compaction, verification
 from .controller import BudgetController
 from .cost import CostModel
-from .errors import ConfigurationError, InputError, LumosWarning
+from .errors import ConfigurationError, InputError, LumosWarning, NonFiniteError
 from .gates import GateBank
 from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
@@ -394,11 +394,24 @@ class SparseModel(nn.Module):
             CompactionError: ``verify`` found the compacted model differs from the gated one
                 (names the first node where they part).
         """
+        self._refuse_non_finite()
         self._warn_if_an_input_closed()
         small = compaction.compact(self, inputs=inputs)
         if verify:
             verification.verify(self, small, compaction.example_for(self, inputs))
         return small
+
+    def _refuse_non_finite(self) -> None:
+        """A diverged model (NaN/Inf weights or gates) is not handed over as a result."""
+        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            shown = ", ".join(f"'{b}'" for b in bad[:4]) + (" ..." if len(bad) > 4 else "")
+            raise NonFiniteError(
+                f"the sparse model's parameters hold NaN/Inf ({shown}): training diverged, so "
+                "there is no model to compact. Check the data and targets for NaN/Inf "
+                "(torch.isfinite), lower the learning rate, or clip gradients "
+                "(torch.nn.utils.clip_grad_norm_), then train again."
+            )
 
     def _warn_if_an_input_closed(self) -> None:
         open_ = self.gates.deterministic().detach() > 0

@@ -14,7 +14,7 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor, fx, nn
 
-from .errors import CompactionError
+from .errors import CompactionError, NonFiniteError
 from .gating import GATES_PLACEHOLDER, source_name
 from .modes import evaluating
 
@@ -95,6 +95,13 @@ def verify(sm: nn.Module, small: fx.GraphModule, small_args: tuple) -> None:
     example = tuple(gated_model.example_args)
     with torch.no_grad(), evaluating(sm), evaluating(small):
         expected = sm(*example)
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in _tensors(expected)):
+            raise NonFiniteError(
+                "the sparse model's output on its own example inputs holds NaN/Inf, so "
+                "compacting it would hand over a broken model. Check the example inputs and "
+                "the training (learning rate, NaN/Inf targets)."
+            )
         try:
             got = small(*small_args)
         except Exception as exc:

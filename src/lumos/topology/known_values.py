@@ -53,8 +53,7 @@ class KnownProxy(fx.Proxy):
         if value is _MISSING:
             return super().__len__()
         n = len(value)
-        self.tracer.guard(self.tracer.create_proxy("call_function", len, (self,), {}), n,
-                          f"len({self.node.name})")
+        self.tracer.guard(self.tracer.wrapped_call(len, self), n, f"len({self.node.name})")
         return n
 
     def __index__(self) -> int:
@@ -147,6 +146,13 @@ class KnownValueTracer(fx.Tracer):
         return self.values[node] if node in self.static else _MISSING
 
     # ---- Python control flow on known values -----------------------------------------------
+    def wrapped_call(self, fn, proxy: fx.Proxy) -> fx.Proxy:
+        """``fn(proxy)`` as a node that stays a node when fx re-traces the saved code on
+        ``torch.load`` (``len`` and ``truth`` of a proxy cannot be traced otherwise)."""
+        out = self.create_proxy("call_function", fn, (proxy,), {})
+        out.node.meta["is_wrapped"] = True
+        return out
+
     def guard(self, proxy: fx.Proxy, value: Any, what: str) -> None:
         """At run time, fail loudly unless ``proxy`` has the value the trace assumed."""
         if not hasattr(self, "values"):
@@ -163,7 +169,7 @@ class KnownValueTracer(fx.Tracer):
         if value is _MISSING:
             return super().to_bool(obj)
         truth = bool(value)
-        self.guard(self.create_proxy("call_function", operator.truth, (obj,), {}), truth,
+        self.guard(self.wrapped_call(operator.truth, obj), truth,
                    f"the condition '{obj.node.name}'")
         return truth
 
@@ -172,8 +178,7 @@ class KnownValueTracer(fx.Tracer):
         if value is _MISSING:
             return super().iter(obj)
         n = len(value)
-        self.guard(self.create_proxy("call_function", len, (obj,), {}), n,
-                   f"len({obj.node.name})")
+        self.guard(self.wrapped_call(len, obj), n, f"len({obj.node.name})")
         return iter([obj[i] for i in range(n)])  # type: ignore[index]  # Proxy.__getitem__
 
 

@@ -1,0 +1,1 @@
+"""Third-party model zoo: models built from their own packages, checked end to end."""
