@@ -155,3 +155,26 @@ def test_a_diverged_model_is_refused_not_handed_over():
         sm.model.get_submodule("0").weight[0, 0] = float("nan")
     with pytest.raises(lumos.NonFiniteError, match="'model.0.weight'"):
         sm.compact()
+
+
+class DictOfRecipes(nn.Module):
+    """einops-style: a dict indexed by x.ndim, and len(x.shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+        self.recipes = {2: "flat", 3: "tokens"}
+
+    def forward(self, x):
+        dims = len(x.shape)
+        h = self.a(x)
+        if self.recipes[x.ndim] == "tokens" and dims == 3:
+            h = h.mean(1)
+        return self.b(torch.relu(h))
+
+
+def test_static_values_index_dicts_and_answer_len_of_shape():
+    x = torch.randn(5, 3, 4)
+    sm = lumos.sparsify(DictOfRecipes(), x, budget=0.5)
+    assert "a" in [g.name for g in sm.graph_info.groups]
+    lumos.testing.assert_compacts_exactly(sm, x)

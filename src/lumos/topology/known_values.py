@@ -48,6 +48,29 @@ class KnownProxy(fx.Proxy):
 
     tracer: KnownValueTracer
 
+    def __getattr__(self, k: str) -> KnownAttribute:
+        # ``x.shape`` is fx's lazy Attribute proxy; ours knows its value too
+        return KnownAttribute(self, k)
+
+    def __hash__(self) -> int:
+        # a static value may be a dict key (``recipes[x.ndim]``); the lookup's ``==`` is then
+        # a guarded comparison like any other
+        value = self.tracer.static_value(self)
+        if value is _MISSING:
+            return object.__hash__(self)
+        try:
+            return hash(value)
+        except TypeError:
+            return object.__hash__(self)
+
+    def __round__(self, ndigits: int | None = None):
+        value = self.tracer.static_value(self)
+        if value is _MISSING:
+            raise TypeError(f"type Proxy doesn't define __round__ ('{self.node.name}' is not a "
+                            "known static value while tracing)")
+        self.tracer.guard(self, value, self.node.name)
+        return round(value, ndigits) if ndigits is not None else round(value)
+
     def __len__(self) -> int:
         value = self.tracer.static_value(self)
         if value is _MISSING:
@@ -64,6 +87,10 @@ class KnownProxy(fx.Proxy):
         return value
 
     __int__ = __index__
+
+
+class KnownAttribute(fx.proxy.Attribute, KnownProxy):
+    """fx's lazy attribute proxy (``x.shape``, ``x.size``) with the known-value answers."""
 
 
 _MISSING = object()
