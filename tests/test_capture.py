@@ -178,3 +178,20 @@ def test_static_values_index_dicts_and_answer_len_of_shape():
     sm = lumos.sparsify(DictOfRecipes(), x, budget=0.5)
     assert "a" in [g.name for g in sm.graph_info.groups]
     lumos.testing.assert_compacts_exactly(sm, x)
+
+
+class PositionFromLength(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        pos = torch.arange(x.size(1)).float().unsqueeze(-1)
+        return self.b(torch.relu(self.a(x) + pos))
+
+
+def test_sizes_read_off_a_tensor_stay_run_time_values():
+    """torch.arange(x.size(1)) must follow each input's length, not the example's."""
+    sm = lumos.sparsify(PositionFromLength(), torch.randn(2, 5, 4), budget=0.5)
+    assert sm.eval()(torch.randn(2, 9, 4)).shape == (2, 9, 1)
+    assert sm.compact()(torch.randn(3, 11, 4)).shape == (3, 11, 1)

@@ -38,6 +38,7 @@ HAS_PYG = importlib.util.find_spec("torch_geometric") is not None
 if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single nodes
     import torch_geometric.nn as pyg_nn
     from torch_geometric.nn import (
+        EdgeConv,
         GATConv,
         GCNConv,
         GINConv,
@@ -1119,7 +1120,12 @@ GRAPH_LAYERS = {
     "gin": (lambda: GINConv(nn.Sequential(nn.Linear(H, 5), nn.ReLU(), nn.Linear(5, 5)),
                             train_eps=True), 5),
     "linear": (lambda: GeometricLinear(H, 5), 5),
+    "edge": (lambda: EdgeConv(nn.Sequential(nn.Linear(2 * H, 5), nn.ReLU(), nn.Linear(5, 5)),
+                              aggr="max"), 5),
 }
+#: readout aggregation modules (none have rules: PyG's Aggregation overrides __call__, which
+#: fx's module hook never sees, so a saved graph could not call one as a layer)
+AGGREGATIONS: dict[str, Callable[[], nn.Module]] = {}
 
 
 class GraphNet(nn.Module):
@@ -1134,6 +1140,8 @@ class GraphNet(nn.Module):
         if kind in GRAPH_LAYERS:
             factory, width = GRAPH_LAYERS[kind]
             self.conv = factory()
+        if kind in AGGREGATIONS:
+            self.aggr = AGGREGATIONS[kind]()
         self.last = nn.Linear(width, O)
 
     def forward(self, x, edge_index, batch):
@@ -1150,6 +1158,8 @@ class GraphNet(nn.Module):
             h = scatter(h, batch, 0, dim_size=3, reduce="mean")
         elif self.kind == "scatter-sum":
             h = scatter(h, batch, dim=0, dim_size=3)
+        elif self.kind in AGGREGATIONS:
+            h = self.aggr(h, batch, dim_size=3)
         else:
             h = global_mean_pool(h, batch)
         return self.last(h)
@@ -1178,6 +1188,7 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "global_max_pool": ("max", ("global_max_pool",), ()),
     "scatter-mean": ("scatter", ("scatter",), ()),
     "scatter-sum": ("scatter-sum", ("scatter",), ()),
+    "EdgeConv": ("edge", ("scatter",), ("EdgeConv",)),
 }
 for _id, (_kind_name, _names, _traced) in _GRAPH_ROWS.items():
     # without torch-geometric the rows still exist (and skip), so the table reads the same

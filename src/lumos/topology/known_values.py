@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,8 +82,12 @@ class KnownProxy(fx.Proxy):
         return n
 
     def __index__(self) -> int:
+        # Only numbers the caller passed in (``range(steps)``) become Python ints. A size read
+        # off a tensor stays a graph value: ``torch.arange(x.size(1))`` must follow the input's
+        # length at run time, not be frozen to the example's (torch's argument parser asks
+        # for __index__ before it records the call).
         value = self.tracer.static_value(self)
-        if value is _MISSING or not isinstance(value, int):
+        if value is _MISSING or not isinstance(value, int) or self.node in self.tracer.shaped:
             raise TypeError(f"'{self.node.name}' is not a known integer while tracing")
         self.tracer.guard(self, value, self.node.name)
         return value
@@ -103,6 +109,8 @@ class KnownValueTracer(fx.Tracer):
         self.example = dict(example or {})
         self.values: dict[fx.Node, Any] = {}
         self.static: set[fx.Node] = set()
+        #: static values that depend on a tensor's shape (they may differ between batches)
+        self.shaped: set[fx.Node] = set()
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return KnownProxy(node, self)
@@ -127,6 +135,10 @@ class KnownValueTracer(fx.Tracer):
         self.values[node] = value
         if static:
             self.static.add(node)
+            if any(a in self.shaped for a in node.all_input_nodes) or (
+                    node.op in ("call_method", "call_function") and node.all_input_nodes
+                    and any(a not in self.static for a in node.all_input_nodes)):
+                self.shaped.add(node)  # read off a tensor (x.shape, x.size(1), ...)
         return proxy
 
     def _evaluate(self, node: fx.Node) -> tuple[Any, bool]:
@@ -187,8 +199,9 @@ class KnownValueTracer(fx.Tracer):
         check = self.create_proxy("call_function", operator.eq, (proxy, value), {})
         self.create_proxy(
             "call_function", torch._assert,
-            (check, f"the model was traced by LUMOS for inputs where {what} is {value!r}; "
-                    "call it with inputs of the same layout (or sparsify again for these)"),
+            (check, f"the model was traced by LUMOS for inputs where {what} is {value!r} "
+                    f"(Python at {_code_location()} decided on it); call it with inputs of the "
+                    "same layout, or sparsify it with example inputs of this layout"),
             {})
 
     def to_bool(self, obj: fx.Proxy) -> bool:
@@ -207,6 +220,19 @@ class KnownValueTracer(fx.Tracer):
         n = len(value)
         self.guard(self.wrapped_call(len, obj), n, f"len({obj.node.name})")
         return iter([obj[i] for i in range(n)])  # type: ignore[index]  # Proxy.__getitem__
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _code_location() -> str:
+    """The innermost line of the model's code (not torch's, not LUMOS's) now being traced."""
+    for frame in reversed(traceback.extract_stack()):
+        f = os.path.abspath(frame.filename)
+        if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
+            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+    return "an unknown line"
 
 
 def _from_shape(node: fx.Node) -> bool:

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import fx, nn
 from torch_geometric.nn import (
+    EdgeConv,
     GATConv,
     GCNConv,
     GINConv,
@@ -200,6 +201,27 @@ def _gin_forward(self: GINConv, x, edge_index, size=None):
 
 
 register_trace_forward(GINConv, _gin_forward)
+
+
+# ---- EdgeConv: nn([x_i, x_j - x_i]) per edge, aggregated per node, in plain torch -----------
+def _edge_conv_forward(self: EdgeConv, x, edge_index):
+    """``EdgeConv.forward`` for one node feature tensor and a string aggregation: the message
+    MLP reads ``[x_i, x_j - x_i]`` (the same channels twice), the aggregation is PyG's own
+    ``scatter`` over target nodes (empty neighbourhoods give 0, as in PyG)."""
+    if not isinstance(self.aggr, str) or isinstance(x, (tuple, list)):
+        raise TypeError("LUMOS reads EdgeConv with one node feature tensor and a named "
+                        "aggregation ('max', 'mean', 'sum'); keep this layer whole (keep=) "
+                        "for other configurations")
+    src, dst = (0, 1) if self.flow == "source_to_target" else (1, 0)
+    x_j = x.index_select(0, edge_index[src])
+    x_i = x.index_select(0, edge_index[dst])
+    messages = self.nn(torch.cat([x_i, x_j - x_i], dim=-1))
+    return scatter(messages, edge_index[dst], dim=0, dim_size=x.size(0), reduce=self.aggr)
+
+
+register_trace_forward(EdgeConv, _edge_conv_forward)
+
+
 
 
 # ---- pooling and scatter: channel-wise over nodes ---------------------------------------------

@@ -35,8 +35,11 @@ class LumosTracer(KnownValueTracer):
         super().__init__(autowrap_functions=tuple(leaf_functions))
         # Also patch the leaf functions where a package re-exports them (``pyg.nn.global_mean_pool``
         # called as an attribute): fx only patches the traced code's globals by default.
-        for fn in leaf_functions:
-            for name in (fn.__module__, fn.__module__.rsplit(".", 2)[0]):
+        # ... and in the modules of substitute forwards, which call them by their own names
+        homes = [fn.__module__ for fn in leaf_functions] + [
+            fwd.__module__ for fwd in REGISTRY.trace_forwards().values()]
+        for home in homes:
+            for name in (home, home.rsplit(".", 2)[0]):
                 mod = sys.modules.get(name)
                 if mod is not None and mod not in self._autowrap_search:
                     self._autowrap_search.append(mod)
