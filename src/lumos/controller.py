@@ -76,17 +76,20 @@ class BudgetController(nn.Module):
         return (fraction - fraction.detach()) * slope + value
 
     def value_and_slope(self, fraction: float) -> tuple[float, float]:
-        """The Lagrangian term and its derivative in ``fraction`` (for a penalty that applies
-        its gradient directly), after which the multipliers take their ascent step (in
-        training mode): grow while over target, shrink back (never below 0) while under it,
-        so they do not stay stale."""
+        """The Lagrangian term and its derivative in ``fraction``, for a penalty that applies
+        its gradient directly. A pure query: the multipliers move only in :meth:`ascend`."""
         gap = float(fraction) - self.target()
         over = max(gap, 0.0)
         l1, l2 = self.lambda1, self.lambda2
         value = l1 * over + l2 * over * over
         slope = l1 + 2.0 * l2 * over if gap > 0 else 0.0
-        if self.training:
-            self.lambda1 = max(l1 + self.multiplier_lr * gap, 0.0)
-            self.lambda2 = max(l2 + self.multiplier_lr * gap * abs(gap), 0.0)
-            self.steps += 1
         return value, slope
+
+    def ascend(self, fraction: float) -> None:
+        """One step of gradient ascent on the multipliers for the kept ``fraction`` the last
+        penalty saw (once per optimiser step): they grow while over target and shrink back
+        (never below 0) while under it, so they do not stay stale."""
+        gap = float(fraction) - self.target()
+        self.lambda1 = max(self.lambda1 + self.multiplier_lr * gap, 0.0)
+        self.lambda2 = max(self.lambda2 + self.multiplier_lr * gap * abs(gap), 0.0)
+        self.steps += 1

@@ -12,9 +12,11 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 
 import torch
 from torch import Tensor, fx, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import budget as projection
 from . import compaction, verification
@@ -29,6 +31,32 @@ from .schedules import Schedule
 from .topology.analysis import ChannelGraph
 
 __all__ = ["SparseModel"]
+
+
+#: every live SparseModel, by the id of its gate parameter (see _after_optimizer_step)
+_BY_GATES: weakref.WeakValueDictionary[int, SparseModel] = weakref.WeakValueDictionary()
+
+
+def _register(sm: SparseModel) -> None:
+    _BY_GATES[id(sm.gates.log_alpha)] = sm
+
+
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """After any optimiser step: the sparse models whose gates it holds take their step, so
+    the loop a user writes first (no ``sm.step()``) still moves the budget controller once
+    per optimiser step."""
+    if not _BY_GATES:
+        return
+    stepped: set[int] = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            sm = _BY_GATES.get(id(p))
+            if sm is not None and id(sm) not in stepped and sm.gates.log_alpha is p:
+                stepped.add(id(sm))
+                sm._optimizer_stepped()
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 class _Penalty(torch.autograd.Function):
@@ -90,6 +118,12 @@ class SparseModel(nn.Module):
         self._realized: Tensor | None = None
         self._warned_unreachable = False
         self._realized_calls = 0
+        self._refreshed_at = -1
+        self._pending_fraction: float | None = None
+        self._explicit_steps = False
+        self._auto_stepped = False
+        self._steps_taken = 0
+        _register(self)
 
     # what the model was built from (kept as attributes for code that read them before)
     @property
@@ -159,6 +193,9 @@ class SparseModel(nn.Module):
                     # gradient.
                     realized = self._realized_fraction(keep.dtype)
                     size_value, size_slope = self.controller.value_and_slope(realized)
+                    # what the next step() ascends on (a cache: calling penalty() again in
+                    # the same step, e.g. under gradient accumulation, writes the same value)
+                    self._pending_fraction = realized if self.training else None
                 else:
                     assert self.lam is not None  # no controller: the lam branch of the test
                     size_value = self.lam * self.cost.total(keep, "params") / dense
@@ -187,14 +224,55 @@ class SparseModel(nn.Module):
     REALIZED_EVERY = 8
 
     def _realized_fraction(self, dtype: torch.dtype) -> float:
-        calls = self._realized_calls
-        self._realized_calls += 1
-        if self._realized is None or calls % self.REALIZED_EVERY == 0 or not self.training:
+        """The kept fraction the budget sees, refreshed every ``REALIZED_EVERY`` optimiser
+        steps (a pure read between steps: the refresh depends on the step count only)."""
+        due = self._realized_calls % self.REALIZED_EVERY == 0
+        if self._realized is None or (due and self._refreshed_at != self._realized_calls) \
+                or not self.training:
             with torch.no_grad():
                 kept = (self.gates.deterministic() > 0).to(dtype)
                 self._realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
             self._realized_value = float(self._realized)  # one device read per refresh
+            self._refreshed_at = self._realized_calls
         return self._realized_value
+
+    def step(self) -> None:
+        """Move the budget controller once per optimiser step (like an LR scheduler's).
+
+        Call it after ``optimizer.step()``; :func:`lumos.training.train` does. The multipliers
+        take their ascent step on the kept fraction the last :meth:`penalty` saw, and the step
+        count that paces the kept-fraction refresh advances. :meth:`penalty` itself never
+        changes state, so gradient accumulation, ``no_sync`` or logging the penalty do not
+        speed the controller up. Optimisers that hold the gates also call it by themselves
+        after each ``optimizer.step()`` (a hook), until the first explicit call.
+        """
+        first = not self._explicit_steps
+        self._explicit_steps = True
+        if first and self._auto_stepped:  # the hook already stepped for this optimiser step
+            self._auto_stepped = False
+            return
+        self._advance()
+
+    def _optimizer_stepped(self) -> None:
+        """The hook: an optimiser holding these gates stepped."""
+        if self._explicit_steps:
+            return
+        self._advance()
+        self._auto_stepped = True
+
+    def __setstate__(self, state: dict) -> None:  # unpickled or deep-copied: hook it up too
+        super().__setstate__(state)
+        _register(self)
+
+    def _advance(self) -> None:
+        pending = self._pending_fraction
+        if pending is None:
+            return  # no penalty was taken since the last step: nothing to ascend on
+        if self.controller is not None:
+            self.controller.ascend(pending)
+        self._realized_calls += 1
+        self._pending_fraction = None
+        self._steps_taken += 1
 
     def get_extra_state(self) -> dict:
         # the cached kept fraction and its refresh count travel with the weights, so a run
@@ -395,11 +473,38 @@ class SparseModel(nn.Module):
                 (names the first node where they part).
         """
         self._refuse_non_finite()
+        self._enforce_a_budget_training_never_settled()
         self._warn_if_an_input_closed()
         small = compaction.compact(self, inputs=inputs)
         if verify:
             verification.verify(self, small, compaction.example_for(self, inputs))
         return small
+
+    def _unsettled_budget(self) -> str | None:
+        """Why the budget was never enforced by training, or None when it was."""
+        c = self.controller
+        if c is None or c.settled or c.budget >= 1.0:
+            return None
+        if c.progress < 0:
+            return ("training never called sm.set_progress(step / total_steps), so LUMOS did "
+                    "not know when training settles and never enforced the budget")
+        return (f"training stopped at progress {c.progress:.2f}, before the budget is enforced "
+                f"at {c.settle:.2f}")
+
+    def _enforce_a_budget_training_never_settled(self) -> None:
+        why = self._unsettled_budget()
+        if why is None:
+            return
+        before = self.kept_fraction()
+        self.enforce_budget()
+        assert self.controller is not None
+        self.controller.settled = True  # enforced: later compacts are quiet
+        warnings.warn(
+            f"budget={self.budget}: {why}. compact() enforced it now (kept {before:.1%} -> "
+            f"{self.kept_fraction():.1%} of the parameters) with no training after it, so the "
+            "model may have lost accuracy: call sm.set_progress(step / total_steps) every step "
+            "(or use lumos.training.train), and compact after training ends.",
+            LumosWarning, stacklevel=3)
 
     def _refuse_non_finite(self) -> None:
         """A diverged model (NaN/Inf weights or gates) is not handed over as a result."""
@@ -424,9 +529,15 @@ class SparseModel(nn.Module):
                     LumosWarning, stacklevel=3)
 
     def report(self) -> str:
+        """Widths per layer, features kept, parameters and FLOPs dense -> compacted."""
         from .reporting import report
 
-        return report(self)
+        why = self._unsettled_budget()
+        text = report(self)
+        if why is not None:
+            text += (f"\n\nwarning: budget={self.budget} not enforced yet: {why}; compact() "
+                     "will enforce it without fine-tuning. Call sm.set_progress(step / total).")
+        return text
 
     def extra_repr(self) -> str:
         mode = f"budget={self.budget}" if self.budget is not None else f"lam={self.lam}"

@@ -1,0 +1,84 @@
+"""The training API does what it says under every loop: penalty() is a pure query, the
+controller moves once per optimiser step, and a loop without set_progress is told so."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+
+
+def _sm(**kw) -> lumos.SparseModel:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 1))
+    return lumos.sparsify(model, torch.randn(8, 12), budget=0.3, **kw)
+
+
+def test_penalty_is_a_pure_query():
+    sm = _sm()
+    before = sm.state_dict()
+    values = [float(sm.penalty()) for _ in range(4)]
+    assert values == [values[0]] * 4
+    after = sm.state_dict()
+    assert sm.controller.lambda1 == 0.0 and sm.controller.steps == 0
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, after[key]), key
+
+
+def _loop(sm, accumulate: int, explicit_step: bool, steps: int = 12):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 12, generator=g), torch.randn(64, 1, generator=g)
+    opt = torch.optim.Adam(sm.parameter_groups(lr=1e-3))
+    for step in range(steps):
+        sm.set_progress(step / steps)
+        opt.zero_grad()
+        for chunk in range(accumulate):
+            xs = x[chunk::accumulate]
+            ys = y[chunk::accumulate]
+            loss = (F.mse_loss(sm(xs), ys) + sm.penalty()) / accumulate
+            loss.backward()
+            float(sm.penalty())  # logging it changes nothing
+        opt.step()
+        if explicit_step:
+            sm.step()
+    return sm
+
+
+@pytest.mark.parametrize("explicit_step", [False, True])
+def test_controller_moves_once_per_optimiser_step_whatever_the_loop(explicit_step):
+    plain = _loop(_sm(), accumulate=1, explicit_step=explicit_step)
+    accumulated = _loop(_sm(), accumulate=4, explicit_step=explicit_step)
+    assert plain.controller.steps == accumulated.controller.steps == 12
+    assert plain.controller.lambda1 > 0
+    assert accumulated.controller.lambda1 == pytest.approx(plain.controller.lambda1, rel=0.2)
+
+
+def test_explicit_step_after_the_hook_does_not_count_twice():
+    sm = _loop(_sm(), accumulate=1, explicit_step=True, steps=5)
+    assert sm.controller.steps == 5
+
+
+def test_a_loop_without_set_progress_is_told_and_the_budget_still_holds():
+    sm = _sm()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 12, generator=g), torch.randn(64, 1, generator=g)
+    opt = torch.optim.Adam(sm.parameters(), lr=2e-3)
+    for _ in range(30):
+        loss = F.mse_loss(sm(x), y) + sm.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert "sm.set_progress" in sm.report()
+    with pytest.warns(lumos.LumosWarning, match="never called sm.set_progress"):
+        small = sm.eval().compact()
+    assert lumos.count_params(small) <= 0.3 * sm.dense_params + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        sm.compact()  # enforced once: no second warning
