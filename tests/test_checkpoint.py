@@ -184,7 +184,11 @@ def test_a_damaged_checkpoint_is_refused_with_its_name_and_the_fix(tmp_path, dam
     assert str(path) in str(err.value) and "resume" in str(err.value)
     if damage != "unindexed-truncate":
         with pytest.raises(lumos.CheckpointError, match="damaged"):
+            _run(tmp_path, resume=path)  # the damaged file itself, asked for by name
+        # resuming skips the damaged latest checkpoint, naming it, for the newest intact one
+        with pytest.warns(lumos.LumosWarning, match=f"damaged.*{path.name}"):
             _run(tmp_path, resume=True)
+        assert checkpoint.load_file(latest_checkpoint(tmp_path))["position"]["finished"]
 
 
 class _Exploit:

@@ -82,3 +82,63 @@ def test_a_loop_without_set_progress_is_told_and_the_budget_still_holds():
     with warnings.catch_warnings():
         warnings.simplefilter("error", lumos.LumosWarning)
         sm.compact()  # enforced once: no second warning
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.c.weight = self.b.weight  # one parameter, two layers
+        self.d = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.d(torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+def test_tied_weights_stay_tied_after_compaction():
+    model = Tied()
+    x = torch.randn(8, 6)
+    sm = lumos.sparsify(model, x, budget=0.5)
+    with torch.no_grad():
+        sm.gates.log_alpha[6:10] = -10.0
+    small = sm.eval().compact()
+    assert small.get_submodule("b").weight is small.get_submodule("c").weight
+    assert lumos.count_params(small) <= lumos.count_params(model)
+
+
+class TransposedTie(nn.Module):
+    """The autoencoder idiom: the decoder reads the encoder's weight transposed."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mid = nn.Linear(6, 16), nn.Linear(16, 16)
+        self.out_bias = nn.Parameter(torch.zeros(6))
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.mid(torch.relu(self.enc(x))))
+        return self.head(F.linear(h, self.enc.weight.t(), self.out_bias))
+
+
+def test_a_transposed_tie_keeps_the_shared_weight_whole_and_compacts_exactly():
+    x = torch.randn(8, 6)
+    sm = lumos.sparsify(TransposedTie(), x, budget=0.5)
+    with torch.no_grad():
+        sm.gates.log_alpha[:] = -10.0  # close everything that has a gate
+    small = sm.eval().compact()  # verifies itself; before, it crashed on its first call
+    assert small.get_submodule("enc").weight.shape == (16, 6)
+    torch.testing.assert_close(small(x), sm(x))
+
+
+def test_numbers_given_as_numpy_or_tensor_scalars_work_and_strings_are_refused():
+    import numpy as np
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
+    x = torch.randn(4, 4)
+    assert lumos.sparsify(model, x, budget=np.float32(0.25)).budget == 0.25
+    assert lumos.sparsify(model, x, budget=torch.tensor(0.25)).budget == 0.25
+    for bad in (dict(feature_penalty="0.1"), dict(budget="0.25"), dict(budget=True)):
+        with pytest.raises(lumos.ConfigurationError, match="pass a number"):
+            lumos.sparsify(model, x, **bad)
+    with pytest.raises(lumos.ConfigurationError, match="progress='0.5'"):
+        lumos.sparsify(model, x, budget=0.5).set_progress("0.5")

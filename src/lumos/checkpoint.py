@@ -17,12 +17,13 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, LumosWarning, NonFiniteError
 
 FORMAT = 1
 INDEX = "index.json"
@@ -53,12 +54,30 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def _disk_error(path: Path, exc: OSError) -> CheckpointError:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(
-            f"no space left on the device to write {path}: free some space or point the run "
-            "somewhere else (--out DIR), then continue with --resume."
+            f"no space left on the device to write {path} (the previous version of the file, "
+            "if any, is kept): free some space or point the run somewhere else (--out DIR), "
+            "then continue with --resume."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointError(
+            f"cannot write {path}: its folder is read-only ({exc.strerror or exc}); make it "
+            "writable, or write somewhere else (--out DIR)."
         )
     return CheckpointError(f"could not write {path}: {exc.strerror or exc}.")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync,
+    ``os.replace``): a crash or a full disk leaves the previous file or none, never a part of
+    one. Failures are :class:`CheckpointError`s that name the file and the way out."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        _write_atomic(path, lambda fh: fh.write(raw))
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
 
 
 def save_file(path: str | os.PathLike, state: dict) -> str:
@@ -87,8 +106,9 @@ def load_file(path: str | os.PathLike, sha256: str | None = None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or the run dir.")
     fix = (
-        "Delete it and resume from an earlier checkpoint (--resume PATH), or start the run "
-        "again without --resume."
+        "Resume from another checkpoint: `lumos fit CONFIG --out RUN_DIR --resume` falls back "
+        "to the newest intact one by itself, `--resume PATH` (or train(..., resume=PATH)) "
+        "takes a given ckpt-*.pt file; or start afresh in a new folder (--out DIR)."
     )
     if sha256 is None:
         sha256 = _recorded_sha256(path)
@@ -150,6 +170,7 @@ class CheckpointManager:
             raise ConfigurationError(f"keep_checkpoints must be >= 1, got {keep}.")
         self.directory = Path(directory)
         self.keep = int(keep)
+        self.damaged: list[str] = []  # checkpoints found damaged by load(), dropped on save
 
     # -- before training --
     def prepare(self, estimate_bytes: int = 0) -> None:
@@ -196,19 +217,34 @@ class CheckpointManager:
                 probe.unlink()
 
     # -- index --
+    def _on_disk(self) -> dict:
+        """An index rebuilt from the ``ckpt-*.pt`` files present (no digests), oldest first."""
+        found = []
+        for path in self.directory.glob(f"{_PREFIX}*.pt"):
+            try:
+                found.append((int(path.stem[len(_PREFIX):]), path.name))
+            except ValueError:
+                continue
+        found.sort()
+        return {"latest": found[-1][1] if found else None,
+                "files": {name: {"sha256": None, "step": step} for step, name in found}}
+
     def _index(self) -> dict:
         path = self.directory / INDEX
         if not path.exists():
-            return {"latest": None, "files": {}}
+            # an index deleted (or never written by an older run): the files still count
+            return self._on_disk() if self.directory.is_dir() else {"latest": None, "files": {}}
         try:
             index = json.loads(path.read_text())
             assert isinstance(index, dict) and isinstance(index.get("files"), dict)
             return index
         except (OSError, ValueError, AssertionError):
-            raise CheckpointError(
-                f"{path} is damaged; delete it and resume from a checkpoint file directly "
-                f"(--resume {self.directory}/{_PREFIX}....pt)."
-            ) from None
+            warnings.warn(
+                f"{path} is damaged; using the checkpoint files in {self.directory} without "
+                "their recorded digests (the next checkpoint rewrites the index).",
+                LumosWarning, stacklevel=3,
+            )
+            return self._on_disk()
 
     def _write_index(self, index: dict) -> None:
         path = self.directory / INDEX
@@ -229,11 +265,32 @@ class CheckpointManager:
 
     # -- save / load --
     def save(self, state: dict, step: int) -> Path:
-        """Write checkpoint number ``step`` atomically, record it, prune the oldest."""
+        """Write checkpoint number ``step`` atomically, record it, prune the oldest.
+
+        A state whose model weights hold NaN/Inf is refused (:class:`NonFiniteError`) before
+        anything is written, so a diverged run never pushes its last finite checkpoints out.
+        """
+        bad = non_finite_tensors(state.get("model"))
+        if bad:
+            latest = self._latest_name()
+            kept = (f"the last finite checkpoint {self.directory / latest} is kept"
+                    if latest else "no finite checkpoint was written yet")
+            raise NonFiniteError(
+                f"the weights hold NaN/Inf at step {step} ({', '.join(bad[:3])}): training "
+                f"diverged, so this state is not written as a checkpoint; {kept}. Lower lr "
+                "or set grad_clip, and start a new run in another folder (--out DIR)."
+            )
         name = f"{_PREFIX}{step:09d}.pt"
         path = self.directory / name
         sha = save_file(path, {"format": FORMAT, **state})
         index = self._index()
+        for gone in self.damaged:  # found damaged when resuming: no longer a checkpoint
+            if gone == name:  # just replaced by an intact one
+                continue
+            index["files"].pop(gone, None)
+            with contextlib.suppress(OSError):
+                (self.directory / gone).unlink()
+        self.damaged.clear()
         files = {k: v for k, v in index["files"].items() if k != name}
         files[name] = {"sha256": sha, "step": int(step)}
         keep = list(files)[-self.keep:]
@@ -243,13 +300,57 @@ class CheckpointManager:
                 (self.directory / old).unlink()
         return path
 
+    def _latest_name(self) -> str | None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._index()["latest"]
+
     def load(self, path: str | os.PathLike | None = None) -> dict | None:
-        """The checkpoint at ``path`` (default: the latest; None when there is none yet)."""
-        if path is None:
-            path = self.latest()
-            if path is None:
-                return None
-        return load_file(path)
+        """The checkpoint at ``path`` (default: the newest intact one; None when there is none
+        yet).
+
+        Without ``path`` a damaged or missing latest checkpoint is skipped with a
+        :class:`LumosWarning` naming it, and the next older intact one is used; only when no
+        recorded checkpoint is intact is a :class:`CheckpointError` raised.
+        """
+        if path is not None:
+            return load_file(path)
+        index = self._index()
+        names = list(index["files"])
+        latest = index.get("latest")
+        if latest in names:  # the latest first, then the others newest first
+            names.remove(latest)
+            names.append(latest)
+        if not names:
+            return None
+        problems = []
+        for name in reversed(names):
+            candidate = self.directory / name
+            try:
+                state = load_file(candidate, index["files"][name].get("sha256"))
+            except CheckpointError as exc:
+                problems.append(str(exc).split(". ")[0])
+                self.damaged.append(name)
+                continue
+            if problems:
+                warnings.warn(
+                    f"skipped damaged checkpoint(s) ({'; '.join(problems)}); resuming from the "
+                    f"newest intact one, {candidate}.", LumosWarning, stacklevel=2,
+                )
+            return state
+        raise CheckpointError(
+            f"no intact checkpoint is left in {self.directory} ({'; '.join(problems)}); start "
+            "the run afresh in a new folder (--out DIR)."
+        )
+
+
+def non_finite_tensors(state) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
+    if not isinstance(state, dict):
+        return []
+    return [str(k) for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
 
 
 def state_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:

@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also checkpoint every STEPS steps inside an epoch")
     fit.add_argument("--dense-baseline", action="store_true",
                      help="also train the dense model to compare")
-    fit.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint")
+    fit.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                     help="continue the run in --out from its newest intact checkpoint, or "
+                     "from the checkpoint file CHECKPOINT")
     fit.add_argument("--no-plots", action="store_true")
     fit.add_argument("--cache-dir", help="where generated workload data are cached")
     fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

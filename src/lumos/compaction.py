@@ -45,10 +45,18 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     for role in graph_info.records.roles:
         roles_by_tensor[(role.owner, role.name)].append(role)
     touched = set()
+    # a parameter tied between modules (``c.weight = b.weight``) stays one parameter; the
+    # coordinator keeps tied channels whole, so every owner computes the same tensor
+    rebuilt: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # original kept alive: ids
+    # of freed tensors are reused
     with torch.no_grad():
         for (owner, name), roles in roles_by_tensor.items():
             module = gm.get_submodule(owner) if owner else gm
             tensor = getattr(module, name)
+            if id(tensor) in rebuilt and rebuilt[id(tensor)][0] is tensor:
+                setattr(module, name, rebuilt[id(tensor)][1])
+                touched.add(owner)
+                continue
             new = tensor.detach().clone()
             for role in roles:
                 idx = graph_info.gate_index(role.layout)
@@ -58,9 +66,9 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
                     new = new * values[idx].to(new.dtype).view(shape)
                 new = new.index_select(role.dim, torch.nonzero(keep[idx]).flatten())
             if isinstance(tensor, nn.Parameter):
-                setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
-            else:
-                setattr(module, name, new)
+                new = nn.Parameter(new, requires_grad=tensor.requires_grad)
+            setattr(module, name, new)
+            rebuilt[id(tensor)] = (tensor, new)
             touched.add(owner)
     for owner in touched:
         module = gm.get_submodule(owner) if owner else gm

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigurationError, UnsupportedModelError
+from .errors import CheckpointError, ConfigurationError, UnsupportedModelError
 
 FORMATS = ("torchscript", "onnx", "state_dict")
 
@@ -239,4 +239,18 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     small = sm.compact()
     inputs, _ = data.example_batch("val", 8)
     folder = Path(out) if out is not None else Path(run_dir) / "export" / fmt
-    return folder, export_model(small, tuple(inputs), folder, fmt)
+    fix = ("choose a writable folder with --out DIR" if out is not None else
+           "make the run directory writable, or write the export elsewhere with --out DIR")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create {folder} ({exc.strerror or exc}); {fix}.") from None
+    if not writable:
+        raise CheckpointError(f"cannot write the export: {folder} is read-only; {fix}.")
+    try:
+        return folder, export_model(small, tuple(inputs), folder, fmt)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write the export to {folder} ({exc.strerror or exc}); {fix}."
+        ) from None

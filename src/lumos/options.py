@@ -171,3 +171,31 @@ def merge_deprecated(
                 "keyword; set them in GateOptions only."
             )
     return replace(opts, **changes)
+
+
+def number(value: object, name: str) -> float:
+    """``value`` as a float when it is a real number (int, float, numpy scalar, 0-d tensor);
+    a :class:`ConfigurationError` quoting it otherwise (``"0.1"``, ``True``, a list).
+
+    Example:
+        >>> import numpy as np
+        >>> number(np.float32(0.25), "budget")
+        0.25
+    """
+    if isinstance(value, (bool, str, bytes)):
+        raise ConfigurationError(
+            f"{name}={value!r} is a {type(value).__name__}; pass a number, e.g. {name}=0.25."
+        )
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1 or value.is_complex():
+                raise TypeError
+            return float(value.item())
+        return float(value)  # type: ignore[arg-type]  # numpy scalars, Fractions, Decimals
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"{name}={value!r} ({type(value).__name__}) is not a number; pass a float, e.g. "
+            f"{name}=0.25."
+        ) from None

@@ -25,7 +25,7 @@ from .inputs import (
     feature_names_for,
     traced_constants,
 )
-from .options import DEFAULT_FEATURE_PENALTY, GateOptions, merge_deprecated
+from .options import DEFAULT_FEATURE_PENALTY, GateOptions, merge_deprecated, number
 from .sparse_model import SparseModel
 from .topology.analysis import ChannelGraph, propagate_shapes
 
@@ -92,7 +92,7 @@ def sparsify(
         torch.Size([3, 1])
     """
     _check_model(model)
-    _check_strengths(budget, lam, feature_penalty)
+    budget, lam, feature_penalty = _check_strengths(budget, lam, feature_penalty)
     options = merge_deprecated(gates, gate_config=gate_config,
                                init_keep_probability=init_keep_probability, warmup=warmup)
     if options.starts_half_open():
@@ -240,18 +240,25 @@ def _check_model(model: object) -> None:
         )
 
 
-def _check_strengths(budget, lam, feature_penalty) -> None:
+def _check_strengths(budget, lam, feature_penalty) -> tuple[float | None, float | None, float]:
+    """The three strengths as floats, checked (numpy and 0-d tensor scalars accepted)."""
     if budget is not None and lam is not None:
         raise ConfigurationError(
             "give either budget= (LUMOS finds the penalty) or lam= (a fixed penalty), not both."
         )
-    if budget is not None and not (isinstance(budget, (int, float)) and 0.0 < budget <= 1.0):
-        raise ConfigurationError(
-            f"budget must be a fraction of the dense parameter count in (0, 1], got {budget!r}; "
-            "e.g. budget=0.25 keeps at most 25% of the parameters."
-        )
-    if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
-        raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
+    if budget is not None:
+        budget = number(budget, "budget")
+        if not 0.0 < budget <= 1.0:
+            raise ConfigurationError(
+                f"budget must be a fraction of the dense parameter count in (0, 1], got "
+                f"{budget!r}; e.g. budget=0.25 keeps at most 25% of the parameters."
+            )
+    if lam is not None:
+        lam = number(lam, "lam")
+        if not (lam >= 0 and math.isfinite(lam)):
+            raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
+    feature_penalty = number(feature_penalty, "feature_penalty")
     if not (feature_penalty >= 0 and math.isfinite(feature_penalty)):
         raise ConfigurationError(f"feature_penalty must be >= 0, got {feature_penalty!r}.")
+    return budget, lam, feature_penalty
 

@@ -26,7 +26,7 @@ from .errors import ConfigurationError, InputError, LumosWarning, NonFiniteError
 from .gates import GateBank
 from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
-from .options import GateOptions
+from .options import GateOptions, number
 from .schedules import Schedule
 from .topology.analysis import ChannelGraph
 
@@ -288,6 +288,7 @@ class SparseModel(nn.Module):
 
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
+        fraction = number(fraction, "progress")
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
         opts = self.gate_options
@@ -483,8 +484,8 @@ class SparseModel(nn.Module):
     def _unsettled_budget(self) -> str | None:
         """Why the budget was never enforced by training, or None when it was."""
         c = self.controller
-        if c is None or c.settled or c.budget >= 1.0:
-            return None
+        if c is None or c.settled or c.budget >= 1.0 or self._steps_taken == 0:
+            return None  # (an untrained model compacts to itself: nothing to enforce yet)
         if c.progress < 0:
             return ("training never called sm.set_progress(step / total_steps), so LUMOS did "
                     "not know when training settles and never enforced the budget")

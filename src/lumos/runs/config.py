@@ -286,4 +286,6 @@ def write_config(config: RunConfig, path: Path) -> None:
     for key, value in config.to_dict().items():
         lines.append(f"# {SCHEMA[key][1]}\n")
         lines.append(yaml.safe_dump({key: value}, default_flow_style=False))
-    path.write_text("".join(lines))
+    from ..checkpoint import write_atomic
+
+    write_atomic(path, "".join(lines))

@@ -19,7 +19,7 @@ from .. import distributed
 from ..errors import ConfigurationError
 from .catalog import resolve_workload
 from .config import RunConfig, recipe_of, resolved, write_config
-from .directory import check_resume_config, prepare_run_dir, write_metrics_csv
+from .directory import RunLock, prepare_run_dir, write_metrics_csv
 from .results import RunResult, finish_run, validation_metrics
 
 
@@ -45,20 +45,35 @@ class _Setup:
     device: torch.device
     ctx: distributed.ProcessContext
     show: bool | None  # progress bars on this process
+    lock: RunLock | None = None  # the run directory's lock (rank 0)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _set_up(config: RunConfig, out: Path, resume: bool, progress: bool | None, *,
             cpu_only: bool = False) -> _Setup:
-    """Resolve the workload and config, prepare (or check, on resume) the run directory and
-    write ``config.yaml`` on rank 0, set the threads, pick the device, then read the data
-    (rank 0 generates them first, so the others read its cache)."""
+    """Resolve the workload and config, prepare (or check, on resume) and lock the run
+    directory and write ``config.yaml`` on rank 0, set the threads, pick the device, then read
+    the data (rank 0 generates them first, so the others read its cache)."""
     ctx = distributed.current()
     workload = resolve_workload(config.workload)
     config = resolved(config, workload)
+    lock = None
     if ctx.is_main:
-        prepare_run_dir(out, resume)
-        if resume:
-            check_resume_config(out, config)
+        lock = prepare_run_dir(out, bool(resume), config)
+    try:
+        return _set_up_locked(config, workload, out, progress, ctx, lock, cpu_only)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _set_up_locked(config, workload, out, progress, ctx, lock, cpu_only) -> _Setup:
+    if ctx.is_main:
         write_config(config, out / "config.yaml")
     distributed.barrier()
     if config.threads:
@@ -71,32 +86,48 @@ def _set_up(config: RunConfig, out: Path, resume: bool, progress: bool | None, *
     distributed.barrier()
     if data is None:
         data = workload.data(config.size, config.seed, config.cache_dir, False)
-    return _Setup(config, workload, data, device, ctx, show)
+    return _Setup(config, workload, data, device, ctx, show, lock)
 
 
 def fit_run(
     config: RunConfig,
     out: str | os.PathLike,
     *,
-    resume: bool = False,
+    resume: bool | str | os.PathLike = False,
     progress: bool | None = None,
 ) -> RunResult | None:
     """Train ``config`` into the run directory ``out``; returns the result on rank 0.
 
     Under ``torchrun`` every rank calls this; a restarted worker group (``--max-restarts``)
     resumes from the last checkpoint by itself.
+
+    ``resume``: True continues from the newest intact checkpoint in ``out/checkpoints``; a
+    path continues from that checkpoint file (its configuration must match).
     """
     distributed.init_from_env()
     out = Path(out)
-    resume = bool(resume) or distributed.restart_count() > 0
+    if isinstance(resume, (str, os.PathLike)):
+        resume = Path(resume)
+        if not resume.is_file():
+            raise ConfigurationError(
+                f"--resume {resume}: no such checkpoint file; give a ckpt-*.pt file (see "
+                f"{out / 'checkpoints'}), or --resume alone for the newest intact one."
+            )
+    else:
+        resume = bool(resume) or distributed.restart_count() > 0
     if config.tolerance is not None:
-        return _fit_tolerance(config, out, resume, progress)
-    return _fit_budget(_set_up(config, out, resume, progress), out, resume)
+        return _fit_tolerance(config, out, bool(resume), progress)
+    run = _set_up(config, out, resume, progress)
+    try:
+        return _fit_budget(run, out, resume)
+    finally:
+        run.release()
 
 
-def _fit_budget(run: _Setup, out: Path, resume: bool) -> RunResult | None:
+def _fit_budget(run: _Setup, out: Path, resume) -> RunResult | None:
     """``budget:`` runs: train the sparsified model (resumable, on every process)."""
     from ..training import History
+    from ..training.state import run_config
     from ..workloads import train_recipe
 
     config, workload, data, ctx = run.config, run.workload, run.data, run.ctx
@@ -107,14 +138,15 @@ def _fit_budget(run: _Setup, out: Path, resume: bool) -> RunResult | None:
             write_metrics_csv(out / "metrics.csv", history, workload.primary)
 
     start = time.perf_counter()
-    history = train_recipe(
-        sm, workload, data, recipe_of(config), seed=config.seed, gate_lr=config.gate_lr,
-        val_data=data.loader("val", 256, shuffle=False), metrics=workload.metrics,
-        on_epoch=write_progress, record_gates=config.record_gates, grad_clip=config.grad_clip,
-        device=run.device, progress=run.show, checkpoint_dir=out / "checkpoints",
-        checkpoint_every=config.checkpoint_every or None,
-        keep_checkpoints=config.keep_checkpoints, resume=resume,
-    )
+    with run_config(config.to_dict()):  # recorded in, and checked against, every checkpoint
+        history = train_recipe(
+            sm, workload, data, recipe_of(config), seed=config.seed, gate_lr=config.gate_lr,
+            val_data=data.loader("val", 256, shuffle=False), metrics=workload.metrics,
+            on_epoch=write_progress, record_gates=config.record_gates,
+            grad_clip=config.grad_clip, device=run.device, progress=run.show,
+            checkpoint_dir=out / "checkpoints", checkpoint_every=config.checkpoint_every or None,
+            keep_checkpoints=config.keep_checkpoints, resume=resume,
+        )
     seconds = time.perf_counter() - start
     dense = _dense_baseline(run) if config.dense_baseline else None
     result = None
@@ -146,10 +178,6 @@ def _fit_tolerance(config: RunConfig, out: Path, resume: bool, progress) -> RunR
             "tolerance mode is not available in this version; give budget: (a kept "
             "parameter fraction) instead."
         )
-    from ..checkpoint import CheckpointManager
-    from ..tolerance import fit_within_tolerance
-    from ..workloads import build_dense, example_inputs, feature_options
-
     if distributed.current().distributed:
         raise ConfigurationError(
             "tolerance mode runs in one process; launch it without torchrun, or give "
@@ -160,6 +188,17 @@ def _fit_tolerance(config: RunConfig, out: Path, resume: bool, progress) -> RunR
             "a tolerance run cannot be resumed; start it again in a new folder (--out DIR)."
         )
     run = _set_up(config, out, resume=False, progress=progress, cpu_only=True)
+    try:
+        return _tolerance_walk(run, out)
+    finally:
+        run.release()
+
+
+def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
+    from ..checkpoint import CheckpointManager
+    from ..tolerance import fit_within_tolerance
+    from ..workloads import build_dense, example_inputs, feature_options
+
     config, workload, data = run.config, run.workload, run.data
     model = build_dense(workload, data, seed=config.seed)
     start = time.perf_counter()

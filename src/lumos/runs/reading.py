@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ConfigurationError
+from ..errors import CheckpointError, ConfigurationError
 from .catalog import resolve_workload
 from .config import read_config_file, validate_config
 from .fit import build_sparse_model
@@ -24,7 +24,16 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
             f"{run_dir} holds no finished run (no metrics.json); finish it with "
             f"`lumos fit {Path(run_dir) / 'config.yaml'} --out {run_dir} --resume`."
         )
-    return json.loads(path.read_text())
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict) or "final" not in metrics:
+            raise ValueError("not a LUMOS metrics file")
+        return metrics
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{path} is damaged ({exc}); write it again from the run's last checkpoint with "
+            f"`lumos fit {Path(run_dir) / 'config.yaml'} --out {run_dir} --resume`."
+        ) from None
 
 
 def report_run(run_dir: str | os.PathLike, plots: bool = True) -> str:
@@ -34,7 +43,17 @@ def report_run(run_dir: str | os.PathLike, plots: bool = True) -> str:
     if plots:
         from ..plots import plot_run
 
-        plot_run(metrics, run_dir / "plots")
+        folder = run_dir / "plots"
+        fix = (f"make it writable, or print the summary without redrawing the plots: "
+               f"`lumos report {run_dir} --no-plots`.")
+        if not os.access(folder if folder.exists() else run_dir, os.W_OK | os.X_OK):
+            raise CheckpointError(f"cannot redraw the plots: {folder} is read-only; {fix}")
+        try:
+            plot_run(metrics, folder)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot redraw the plots in {folder} ({exc.strerror or exc}); {fix}"
+            ) from None
     text = (run_dir / "report.txt").read_text() if (run_dir / "report.txt").exists() else ""
     return text.rstrip() or format_summary(metrics)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import write_atomic
 from .config import RunConfig
 from .directory import save_model, write_metrics_csv
 
@@ -71,11 +72,13 @@ def finish_run(out: Path, config: RunConfig, workload, data, sm, seconds: float,
     small = sm.compact()
     metrics = _run_metrics(config, workload, data, sm, small, seconds, dense, device, world,
                            history=history, curve=curve, extra=extra)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # every file replaced atomically (a full disk leaves the previous one), metrics.json --
+    # what marks the run finished -- last
+    save_model(out / "model", small)
     if history is not None:
         write_metrics_csv(out / "metrics.csv", history, workload.primary)
-    save_model(out / "model", small)
-    (out / "report.txt").write_text(report(sm) + "\n\n" + format_summary(metrics) + "\n")
+    write_atomic(out / "report.txt", report(sm) + "\n\n" + format_summary(metrics) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     if config.plots:
         from ..plots import plot_run
 

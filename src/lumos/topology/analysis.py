@@ -397,8 +397,16 @@ class ChannelGraph:
             *records.param_sites[before[2]:]]
         for rec in new:
             seen.update(id(seg.space.find()) for seg in rec.layout.segments)
+        claimed = {(r.owner, r.name) for r in records.roles[before[1]:]}
+        out_attrs = [out] if isinstance(out, AttrInfo) else []
         for arg in (*node.args, *node.kwargs.values()):
-            for item in _iter_infos(self.ctx.info(arg)):
+            info = self.ctx.info(arg)
+            if isinstance(info, AttrInfo) and (info.owner, info.name) not in claimed and \
+                    not any(a.owner == info.owner and a.name == info.name for a in out_attrs):
+                # a parameter read by a rule that neither describes nor passes it on (a
+                # transposed tie, ``F.linear(h, enc.weight.t())``) keeps its shape
+                self.ctx.fix_attr(info)
+            for item in _iter_infos(info):
                 if not isinstance(item, TensorInfo):
                     continue
                 for seg in item.layout.segments:

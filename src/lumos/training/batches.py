@@ -4,8 +4,10 @@ a DataLoader would while letting a run resume mid-epoch or shard it over several
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -20,7 +22,7 @@ from torch.utils.data import (
 )
 
 from .. import distributed
-from ..errors import ConfigurationError, InputError
+from ..errors import ConfigurationError, InputError, LumosWarning
 
 
 def as_loader(data, batch_size: int = 128, shuffle: bool = True, seed: int = 0) -> DataLoader:
@@ -62,7 +64,16 @@ _ELEMENTWISE_LOSSES = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
 
 
 def check_prediction_shape(loss_fn, pred, targets) -> None:
-    """Refuse predictions and targets of different shapes for a loss that would broadcast them."""
+    """Refuse predictions and targets of different shapes for a loss that would broadcast them,
+    and predictions that are not one tensor (a dict, a tuple) for such a loss."""
+    if loss_fn in _ELEMENTWISE_LOSSES and not isinstance(pred, Tensor):
+        what = (f"a dict with keys {sorted(map(str, pred))}" if isinstance(pred, dict)
+                else f"a {type(pred).__name__}")
+        raise InputError(
+            f"the model returns {what}, but the loss {loss_fn.__name__} needs one prediction "
+            "tensor. Pass loss_fn=fn(prediction, targets) -> scalar tensor to train() that "
+            "picks the outputs to score, e.g. loss_fn=lambda p, y: F.mse_loss(p['out'], y)."
+        )
     if loss_fn in _ELEMENTWISE_LOSSES and isinstance(pred, Tensor) and \
             isinstance(targets, Tensor) and pred.shape != targets.shape:
         raise InputError(
@@ -70,6 +81,56 @@ def check_prediction_shape(loss_fn, pred, targets) -> None:
             f"{tuple(targets.shape)}; {loss_fn.__name__} would broadcast them into a wrong "
             "loss. Give targets the prediction's shape (e.g. y.view(-1, 1) for one output)."
         )
+
+
+def check_loss(loss) -> None:
+    """Refuse a ``loss_fn`` result that ``backward()`` cannot start from."""
+    if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor)
+               else f"a {type(loss).__name__}")
+        raise InputError(
+            f"loss_fn returned {got}; it must return a single number as a floating-point "
+            "tensor (reduce it, e.g. with .mean())."
+        )
+
+
+def _tensors(obj) -> list[Tensor]:
+    """The tensors in a batch part (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for part in obj for t in _tensors(part)]
+    if isinstance(obj, dict):
+        return [t for part in obj.values() for t in _tensors(part)]
+    return []
+
+
+def all_finite(obj) -> Tensor:
+    """A 0-dim bool tensor: every floating-point tensor in ``obj`` is free of NaN/Inf (one
+    reduction per tensor, read by the caller with one synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in _tensors(obj) if t.is_floating_point()
+             or t.is_complex()]
+    if not flags:
+        return torch.tensor(True)
+    return torch.stack([f.to(flags[0].device) for f in flags]).all()
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True when a BatchNorm in training mode would refuse a batch of one row."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def is_one_row_batchnorm_error(exc: BaseException) -> bool:
+    """True for torch's refusal of a one-row batch in a training-mode BatchNorm."""
+    return isinstance(exc, ValueError) and "Expected more than 1 value per channel" in str(exc)
+
+
+def one_row_batch_error(epoch: int, batch: int) -> InputError:
+    return InputError(
+        f"batch {batch} of epoch {epoch} holds one row, and BatchNorm cannot normalise a single "
+        "row in training. Use a DataLoader with drop_last=True, or a batch size that leaves at "
+        "least two rows in the last batch."
+    )
 
 
 def call_model(model: nn.Module, inputs):
@@ -152,10 +213,70 @@ class EpochBatches:
     def __len__(self) -> int:
         if self.custom is not None:
             return len(self.custom)
-        per_rank = math.ceil(len(self.dataset) / self.ctx.world_size)
         if self.drop_last:
-            return per_rank // self.batch_size
-        return math.ceil(per_rank / self.batch_size)
+            return self._per_rank() // self.batch_size
+        return math.ceil(self._per_rank() / self.batch_size)
+
+    def _per_rank(self) -> int:
+        return math.ceil(len(self.dataset) / self.ctx.world_size)
+
+    def avoid_one_row_batches(self, model: nn.Module) -> None:
+        """Drop the last batch of each epoch (with a warning) when it would hold one row and
+        the model has a BatchNorm, which refuses a single row in training."""
+        if self.custom is not None or self.drop_last or self.batch_size < 2 or \
+                self._per_rank() % self.batch_size != 1 or not has_batchnorm(model):
+            return
+        self.drop_last = True
+        warnings.warn(
+            f"{len(self.dataset)} samples in batches of {self.batch_size}"
+            + (f" on {self.ctx.world_size} processes" if self.ctx.distributed else "")
+            + " leave one row in the last batch of each epoch, which BatchNorm cannot normalise "
+            "in training: that batch is skipped (a different sample each epoch when shuffled). "
+            "Pass a DataLoader with drop_last=True, or a batch size that leaves at least two "
+            "rows, to silence this.",
+            LumosWarning,
+            stacklevel=3,
+        )
+
+    def fingerprint(self) -> list[int]:
+        """``[samples, checksum]`` of the data set: its length and a hash of its first and last
+        samples (two fetches), so processes can check that they hold the same data."""
+        if self.custom is not None:
+            return [-1, 0]
+        n = len(self.dataset)
+        digest = hashlib.blake2b(digest_size=7)
+        for i in sorted({0, n - 1}) if n else ():
+            for t in _tensors(self.dataset[i]):
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return [n, int.from_bytes(digest.digest(), "little")]
+
+    def check_same_data_on_every_rank(self, device=None) -> None:
+        """Under several processes, refuse (on every rank) data sets of different lengths, which
+        would hang the first collective of a shorter rank, and warn when the ranks hold
+        different samples: LUMOS shards one data set itself, so every rank must hold all of it.
+
+        One small all-gather, before any other collective of the run.
+        """
+        if not self.ctx.distributed:
+            return
+        rows = distributed.all_gather_rows(torch.tensor(self.fingerprint(), dtype=torch.int64),
+                                           device)
+        lengths, sums = rows[:, 0].tolist(), rows[:, 1].tolist()
+        if len(set(lengths)) > 1:
+            raise InputError(
+                f"the processes hold data sets of different lengths ({', '.join(map(str, lengths))}"
+                " samples by rank); training would hang. LUMOS shards the data itself: pass the "
+                "same whole data set on every rank, not a per-rank slice."
+            )
+        if len(set(sums)) > 1 and self.ctx.is_main:
+            warnings.warn(
+                "the processes hold different data (their first and last samples differ). LUMOS "
+                "shards the data itself, so every rank should be given the same whole data set "
+                "in the same order; per-rank slices train on a fraction of each. (Ignore this if "
+                "the dataset draws random augmentations.)",
+                LumosWarning,
+                stacklevel=3,
+            )
 
     # -- the RNG states that decide an epoch's order --
     def _snapshot(self) -> dict:

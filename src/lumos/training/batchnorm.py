@@ -36,8 +36,11 @@ def recalibrate_batchnorm(model: nn.Module, data, batches: int = RECALIBRATION_B
     loader = data if isinstance(data, DataLoader) else as_loader(data, batch_size, False)
     if isinstance(loader.dataset, IterableDataset) or not loader.batch_size:
         return False
+    # a last batch of one row cannot be normalised in training mode: leave it out
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    one_row_tail = n > 1 and n % loader.batch_size == 1
     ordered = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
-                         collate_fn=loader.collate_fn)
+                         collate_fn=loader.collate_fn, drop_last=one_row_tail)
     momenta = [m.momentum for m in norms]
     with mode(model, training=True):
         if isinstance(model, SparseModel):

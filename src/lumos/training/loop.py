@@ -19,9 +19,19 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..checkpoint import CheckpointManager, load_file, state_bytes
-from ..errors import ConfigurationError, InputError
+from ..errors import ConfigurationError, InputError, NonFiniteError
 from ..sparse_model import SparseModel
-from .batches import EpochBatches, batch_pair, call_model, check_prediction_shape, to_device
+from .batches import (
+    EpochBatches,
+    all_finite,
+    batch_pair,
+    call_model,
+    check_loss,
+    check_prediction_shape,
+    is_one_row_batchnorm_error,
+    one_row_batch_error,
+    to_device,
+)
 from .batchnorm import recalibrate_batchnorm
 from .evaluation import Metrics, evaluate
 from .history import History, record_sparse_epoch
@@ -71,9 +81,25 @@ def train(
     Several processes: launched by ``torchrun`` with an initialised process group (see
     :func:`lumos.distributed.init_from_env`) the model is wrapped in
     ``DistributedDataParallel`` and every process trains on its shard of each batch; only
-    rank 0 writes checkpoints and shows progress.
+    rank 0 writes checkpoints and shows progress. LUMOS shards the data itself, so every
+    process passes the same whole data set: data sets of different lengths are refused on every
+    rank (an ``InputError``, where training would otherwise hang), and different samples on
+    the ranks are warned about.
+
+    Misuse is refused with a LUMOS error before it can spoil the model: a ``batch_size`` that
+    is not a positive integer (``ConfigurationError``); a model whose output is not one tensor
+    (a dict, a tuple) with an elementwise default loss, or a ``loss_fn`` that does not return
+    one number (``InputError``: pass ``loss_fn=``); NaN/Inf in a batch's inputs or targets
+    (``InputError`` naming the batch and epoch, raised before the step, so weights and gates
+    stay finite); a loss that becomes NaN/Inf on finite data (``NonFiniteError``, before the
+    step). BatchNorm cannot normalise a batch of one row in training: when the data would
+    leave one row in the last batch of each epoch and the model has a BatchNorm, that batch is
+    skipped with a ``LumosWarning`` (pass a DataLoader with ``drop_last=True``, or a batch size
+    leaving at least two rows, to avoid it); a custom loader (own sampler) that yields such a
+    batch gets an ``InputError`` naming that fix.
     """
-    _check_options(epochs=epochs, lr=lr, val_data=val_data, metrics=metrics,
+    _check_options(epochs=epochs, lr=lr, batch_size=batch_size, val_data=val_data,
+                   metrics=metrics,
                    progress_range=progress_range, checkpoint_every=checkpoint_every,
                    checkpoint_dir=checkpoint_dir, resume=resume)
     ctx = distributed.current()
@@ -82,7 +108,10 @@ def train(
         model.to(device)
     if optimizer is None:
         optimizer = make_optimizer(model, lr, gate_lr, weight_decay)
-    run = _Run(model, optimizer, EpochBatches(data, batch_size, seed, ctx), ctx,
+    batches = EpochBatches(data, batch_size, seed, ctx)
+    batches.check_same_data_on_every_rank(device)  # before any collective that could hang
+    batches.avoid_one_row_batches(model)
+    run = _Run(model, optimizer, batches, ctx,
                epochs=epochs, seed=seed, loss_fn=loss_fn, grad_clip=grad_clip, device=device,
                progress_range=progress_range, record_gates=record_gates,
                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
@@ -110,11 +139,15 @@ def train(
     return run.history
 
 
-def _check_options(*, epochs, lr, val_data, metrics, progress_range, checkpoint_every,
-                   checkpoint_dir, resume) -> None:
+def _check_options(*, epochs, lr, batch_size, val_data, metrics, progress_range,
+                   checkpoint_every, checkpoint_dir, resume) -> None:
     """Refuse option values :func:`train` cannot run with, before any work."""
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigurationError(f"epochs must be a positive integer, got {epochs!r}.")
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ConfigurationError(
+            f"batch_size must be a positive integer (samples per step), got {batch_size!r}."
+        )
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ConfigurationError(f"lr must be a positive number, got {lr!r}.")
     if val_data is not None and metrics is None:
@@ -185,6 +218,7 @@ class _Run:
         self.epochs = epochs
         self.loss_fn = loss_fn
         self.grad_clip = grad_clip
+        self.updates = 0  # optimiser steps taken by this call
         self.device = device
         self.progress_range = progress_range
         self.record_gates = record_gates
@@ -261,21 +295,31 @@ class _Run:
         inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
         if self.sparse:
             model.set_progress(self.span(pos.step / self.total_steps))
-        pred = call_model(self.net, inputs)
+        try:
+            pred = call_model(self.net, inputs)
+        except ValueError as exc:
+            if is_one_row_batchnorm_error(exc):
+                raise one_row_batch_error(pos.epoch, pos.batch) from exc
+            raise
         check_prediction_shape(self.loss_fn, pred, targets)
         loss = self.loss_fn(pred, targets)
+        check_loss(loss)
         total = loss
+        pen = None
         if self.sparse:
             # every rank adds the same penalty and DDP averages the gradients, so the
             # penalty counts once per step, as in a single process
             pen = model.penalty()
             total = loss + pen
+        self._refuse_non_finite(inputs, targets, pred, total)
+        if pen is not None:
             pos.penalty_sum += pen.detach().cpu()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         self.optimizer.step()
+        self.updates += 1
         pos.loss_sum += loss.detach().cpu()
         pos.batches += 1
         pos.batch += 1
@@ -286,6 +330,49 @@ class _Run:
         if every and pos.step % every == 0 and pos.batch < self.steps_per_epoch:
             pos.seconds = time.perf_counter() - epoch_start
             self.save()
+
+    def _refuse_non_finite(self, inputs, targets, pred, total: Tensor) -> None:
+        """NaN/Inf in the batch (InputError) or the loss (NonFiniteError) stop the run before
+        the step spreads it into weights and gates. One synchronisation per step (one small
+        all-reduce under several processes, so every rank stops together)."""
+        flags = torch.stack([all_finite(inputs), all_finite(targets),
+                             torch.isfinite(total.detach()).all()]).to(torch.int64)
+        if self.ctx.distributed:  # sum of finite ranks; every rank must agree to go on
+            flags = distributed.all_reduce_sum(flags, self.device)
+        ok = [int(f) == self.ctx.world_size for f in flags.tolist()]
+        if all(ok):
+            return
+        where = f"batch {self.pos.batch} in epoch {self.pos.epoch}"
+        if self.ctx.distributed:
+            where += " (on at least one rank)"
+        for part, good in zip(("inputs", "targets"), ok):
+            if not good:
+                raise InputError(
+                    f"the {part} of {where} hold NaN/Inf. Clean or drop those rows before "
+                    f"training (find them with ~torch.isfinite({part[0]}).all(dim=1) or "
+                    "torch.nan_to_num), or impute missing values."
+                )
+        value = float(total.detach())
+        if self.updates == 0 and self.pos.step == 0:
+            predicted = bool(all_finite(pred))
+            raise NonFiniteError(
+                f"the loss is {value} at {where}, before any update by this training run, on "
+                "finite inputs and targets, so the learning rate and gradient clipping cannot "
+                "be the cause. "
+                + ("loss_fn returns NaN/Inf on finite predictions: check it (e.g. a log of a "
+                   "non-positive value, a division by zero)." if predicted else
+                   "The model's predictions are already NaN/Inf: check its weights and forward "
+                   "(exp/log/division) or standardise the inputs.")
+            )
+        clip = ("pass grad_clip=1.0" if self.grad_clip is None
+                else f"clip gradients harder than grad_clip={self.grad_clip}")
+        lrs = sorted({float(g["lr"]) for g in self.optimizer.param_groups})
+        raise NonFiniteError(
+            f"the loss became {value} at {where} (step {self.pos.step}) on finite inputs and "
+            f"targets: training diverged. Try, in this order: lower lr (now "
+            f"{', '.join(f'{lr:g}' for lr in lrs)}), {clip}, and standardise inputs and "
+            "targets (large targets overflow a squared error)."
+        )
 
     # -- the end of an epoch --
     def end_epoch(self, epoch: int, epoch_start: float) -> None:

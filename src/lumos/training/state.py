@@ -4,7 +4,10 @@ exactly where the uninterrupted one would have."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -63,10 +66,28 @@ def history_from(state: dict) -> History:
     return History(**{f.name: state[f.name] for f in fields(History) if f.name in state})
 
 
+#: the configuration of the run being trained (set by ``lumos fit``): stored in every
+#: checkpoint and compared on resume, so a checkpoint of another configuration is refused
+_RUN_CONFIG: ContextVar[dict | None] = ContextVar("lumos_run_config", default=None)
+
+
+@contextlib.contextmanager
+def run_config(config: dict | None) -> Iterator[None]:
+    """Within this block, checkpoints record ``config`` (plain values) and a resume refuses a
+    checkpoint recorded with a different one."""
+    token = _RUN_CONFIG.set(dict(config) if config is not None else None)
+    try:
+        yield
+    finally:
+        _RUN_CONFIG.reset(token)
+
+
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, position: dict,
                      history: History, order: dict | None, run_shape: dict) -> dict:
     """Everything a checkpoint holds (``position`` as :meth:`Position.to_state` gives it)."""
+    config = _RUN_CONFIG.get()
     return {
+        **({"config": config} if config is not None else {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "position": position,
@@ -92,6 +113,18 @@ def restore_checkpoint(state: dict, model: nn.Module, optimizer, run_shape: dict
                 f"{where} was written by a run with {key}={saved.get(key)}, this run has "
                 f"{key}={run_shape[key]}; resume with the same epochs, batch size, seed and "
                 "number of processes, or start a new run in another folder."
+            )
+    config, saved_config = _RUN_CONFIG.get(), state.get("config")
+    if config is not None and isinstance(saved_config, dict):
+        diff = sorted(k for k in set(config) | set(saved_config)
+                      if config.get(k) != saved_config.get(k))
+        if diff:
+            shown = ", ".join(f"{k}={saved_config.get(k)!r} there, {config.get(k)!r} here"
+                              for k in diff)
+            raise CheckpointError(
+                f"{where} was written with another configuration (differs in: {shown}); "
+                "resume with the settings it was written with, or start a new run in another "
+                "folder (--out DIR)."
             )
     try:
         model.load_state_dict(state["model"])
