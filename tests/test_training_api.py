@@ -142,3 +142,29 @@ def test_numbers_given_as_numpy_or_tensor_scalars_work_and_strings_are_refused()
             lumos.sparsify(model, x, **bad)
     with pytest.raises(lumos.ConfigurationError, match="progress='0.5'"):
         lumos.sparsify(model, x, budget=0.5).set_progress("0.5")
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparsify_train_and_compact_on_every_present_device(device):
+    """Every path device-correct: the CUDA row runs wherever a GPU is present."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Conv1d(8, 4, 1)).to(device)
+    x = torch.randn(6, 3, 10, device=device)
+    sm = lumos.sparsify(model, x, budget=0.5)
+    opt = torch.optim.Adam(sm.parameter_groups(lr=1e-2))
+    for step in range(10):
+        sm.set_progress(step / 10)
+        loss = sm(x).pow(2).mean() + sm.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sm.set_progress(1.0)
+    with torch.no_grad():
+        sm.gates.log_alpha[:2] = -10.0
+    for inputs in ("full", "selected"):
+        small = sm.eval().compact(inputs=inputs)  # verifies itself on the device
+        assert next(small.parameters()).device.type == device

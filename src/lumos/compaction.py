@@ -32,8 +32,10 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     if inputs not in INPUT_MODES:
         raise ConfigurationError(f"inputs must be one of {INPUT_MODES}, got {inputs!r}.")
     graph_info = sm.graph_info
-    values = sm.gate_values().double()
-    keep = torch.cat([sm.kept_mask(), torch.ones(1, dtype=torch.bool)])
+    # decisions on the CPU (gate indices live there); tensors are cut on their own device
+    values = sm.gate_values().double().cpu()
+    keep = torch.cat([sm.kept_mask().cpu(), torch.ones(1, dtype=torch.bool)])
+    device = sm.gates.log_alpha.device
     gm = copy.deepcopy(sm.model)
     nodes = {n.name: n for n in gm.graph.nodes}
 
@@ -63,8 +65,9 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
                 if role.fold:
                     shape = [1] * new.dim()
                     shape[role.dim] = -1
-                    new = new * values[idx].to(new.dtype).view(shape)
-                new = new.index_select(role.dim, torch.nonzero(keep[idx]).flatten())
+                    new = new * values[idx].to(device=new.device, dtype=new.dtype).view(shape)
+                new = new.index_select(role.dim,
+                                       torch.nonzero(keep[idx]).flatten().to(new.device))
             if isinstance(tensor, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=tensor.requires_grad)
             setattr(module, name, new)
@@ -104,7 +107,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
                 continue
             node = next(n for n in g.nodes if n.op == "placeholder" and n.target == name)
             buffer = f"kept_features_{name}"
-            gm.register_buffer(buffer, idx)
+            gm.register_buffer(buffer, idx.to(device))
             dim = graph_info.feature_dims[name]
             users = list(node.users)
             with g.inserting_after(node):
@@ -126,7 +129,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
 def kept_feature_indices(sm) -> dict[str, torch.Tensor]:
     """Per gated input, the indices of the features compaction keeps (ascending)."""
     graph_info = sm.graph_info
-    keep = torch.cat([sm.kept_mask(), torch.ones(1, dtype=torch.bool)])
+    keep = torch.cat([sm.kept_mask().cpu(), torch.ones(1, dtype=torch.bool)])
     return {name: torch.nonzero(keep[graph_info.gate_index(Layout.of(space))]).flatten()
             for name, space in graph_info.feature_spaces.items()}
 
