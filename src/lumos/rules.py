@@ -7,7 +7,7 @@ class, a function or a method name; :func:`scoped` undoes registrations at the e
 (tests); :data:`REGISTRY` is the one registry every LUMOS pass reads.
 """
 
-from .topology.analysis import RuleContext
+from .topology.context import RuleContext
 from .topology.custom import channelwise, dense, keep_whole
 from .topology.infos import TensorInfo, TupleInfo
 from .topology.registry import (

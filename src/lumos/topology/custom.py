@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import TensorInfo
 from .rule_helpers import known_shape, positive_dim, target_path
 from .rules_linear import linear_like

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import register_rule, register_trace_forward
 from .rule_helpers import known_shape, target_path

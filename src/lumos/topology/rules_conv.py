@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..layers import SpectralConv1d, SpectralConv2d
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
 from .rule_helpers import node_arg, positive_dim, target_path

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo
 from .mode_flags import is_flag_node
 from .registry import REGISTRY, register_rule

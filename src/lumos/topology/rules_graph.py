@@ -27,7 +27,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear as GeometricLinear
 from torch_geometric.utils import scatter
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import TensorInfo
 from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
 from .rule_helpers import node_arg, positive_dim, target_path

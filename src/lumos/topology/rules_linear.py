@@ -11,7 +11,7 @@ import math
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import AttrInfo, TensorInfo
 from .registry import REGISTRY, register_rule
 from .rule_helpers import node_arg, target_path

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import register_rule
 from .rule_helpers import target_path

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis import RuleContext, describe
+from .context import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
 from .rule_helpers import int_arg, known_shape, node_arg, positive_dim
