@@ -12,11 +12,9 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-import weakref
 
 import torch
 from torch import Tensor, fx, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import budget as projection
 from . import compaction, verification
@@ -28,35 +26,12 @@ from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
 from .options import GateOptions, number
 from .schedules import Schedule
+from .step_hook import register as _register
 from .topology.analysis import ChannelGraph
 
 __all__ = ["SparseModel"]
 
 
-#: every live SparseModel, by the id of its gate parameter (see _after_optimizer_step)
-_BY_GATES: weakref.WeakValueDictionary[int, SparseModel] = weakref.WeakValueDictionary()
-
-
-def _register(sm: SparseModel) -> None:
-    _BY_GATES[id(sm.gates.log_alpha)] = sm
-
-
-def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    """After any optimiser step: the sparse models whose gates it holds take their step, so
-    the loop a user writes first (no ``sm.step()``) still moves the budget controller once
-    per optimiser step."""
-    if not _BY_GATES:
-        return
-    stepped: set[int] = set()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            sm = _BY_GATES.get(id(p))
-            if sm is not None and id(sm) not in stepped and sm.gates.log_alpha is p:
-                stepped.add(id(sm))
-                sm._optimizer_stepped()
-
-
-register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 class _Penalty(torch.autograd.Function):
