@@ -168,3 +168,23 @@ def test_sparsify_train_and_compact_on_every_present_device(device):
     for inputs in ("full", "selected"):
         small = sm.eval().compact(inputs=inputs)  # verifies itself on the device
         assert next(small.parameters()).device.type == device
+
+
+def test_train_of_a_torch_compiled_sparse_model_trains_the_sparse_model():
+    """train(torch.compile(sm)) keeps the penalty and the budget, and gate draws do not make
+    dynamo recompile every step."""
+    from torch._dynamo.utils import counters
+
+    from lumos.training import train
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    y = x[:, :2].sum(1, keepdim=True)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 1)), x[:8],
+                        budget=0.3)
+    counters.clear()
+    train(torch.compile(sm, backend="eager"), (x, y), epochs=3, lr=3e-3, seed=0,
+          progress=False)
+    assert sm.kept_fraction() <= 0.3 + 1e-9
+    assert sm.controller.steps == 6
+    assert counters["stats"]["unique_graphs"] <= 4

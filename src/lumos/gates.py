@@ -159,6 +159,7 @@ class GateBank(nn.Module):
             mask[self.group_slice(g)] = True
         return mask
 
+    @torch.compiler.disable  # the draw counter is Python state: eager, so no recompiles
     def forward(self) -> Tensor:
         """Gate values for this forward pass: a sample in training, deterministic in eval."""
         if self.training and not self.frozen:

@@ -103,6 +103,12 @@ def train(
                    progress_range=progress_range, checkpoint_every=checkpoint_every,
                    checkpoint_dir=checkpoint_dir, resume=resume)
     ctx = distributed.current()
+    # torch.compile(sm): train the SparseModel inside (its penalty, progress, budget and
+    # checkpoints), run its forward through the compiled wrapper
+    compiled = None
+    if type(model).__name__ == "OptimizedModule" and isinstance(
+            getattr(model, "_orig_mod", None), nn.Module):
+        compiled, model = model, model._orig_mod
     if device is not None:
         device = torch.device(device)
         model.to(device)
@@ -120,6 +126,8 @@ def train(
     if resume:
         run.resume(resume)
     run.begin(progress)
+    if compiled is not None and ctx.world_size == 1:
+        run.net = compiled
     try:
         while not run.pos.finished and run.pos.epoch < epochs:
             epoch = run.pos.epoch
@@ -319,6 +327,8 @@ class _Run:
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.sparse:
+            model.step()  # the budget controller moves once per optimiser step
         self.updates += 1
         pos.loss_sum += loss.detach().cpu()
         pos.batches += 1
