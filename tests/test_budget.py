@@ -225,3 +225,33 @@ def test_batchnorm_statistics_are_recalibrated_for_the_evaluation_gates():
     # a model without BatchNorm is left alone
     plain = lumos.sparsify(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4))
     assert not recalibrate_batchnorm(plain, (torch.randn(8, 4), torch.randn(8, 4)))
+
+
+def test_budget_projection_scales_near_linearly_with_the_gate_count():
+    """Counted in cost-model evaluations, not seconds: twice the gates must not take anywhere
+    near four times the evaluations (the old projection was quadratic)."""
+    from lumos import budget as projection
+
+    calls = []
+    for width in (1000, 4000):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width // 4),
+                          nn.ReLU(), nn.Linear(width // 4, 1))
+        sm = lumos.sparsify(m, torch.randn(4, 16), budget=0.3)
+        with torch.no_grad():
+            sm.gates.log_alpha.normal_(2.0, 1.0)
+        counted = []
+        real = projection.kept_fraction
+
+        def counting(*args, **kwargs):
+            counted.append(1)
+            return real(*args, **kwargs)
+
+        projection.kept_fraction = counting
+        try:
+            sm.enforce_budget()
+        finally:
+            projection.kept_fraction = real
+        assert sm.kept_fraction() <= 0.3 + 1e-9
+        calls.append(len(counted))
+    assert calls[1] < 2 * calls[0] + 50, calls
