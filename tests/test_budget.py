@@ -240,10 +240,10 @@ def test_budget_projection_scales_near_linearly_with_the_gate_count():
         sm = lumos.sparsify(m, torch.randn(4, 16), budget=0.3)
         with torch.no_grad():
             sm.gates.log_alpha.normal_(2.0, 1.0)
-        counted = []
+        counted: list[int] = []
         real = projection.kept_fraction
 
-        def counting(*args, **kwargs):
+        def counting(*args, counted=counted, real=real, **kwargs):
             counted.append(1)
             return real(*args, **kwargs)
 
