@@ -140,7 +140,7 @@ def test_numbers_given_as_numpy_or_tensor_scalars_work_and_strings_are_refused()
     for bad in (dict(feature_penalty="0.1"), dict(budget="0.25"), dict(budget=True)):
         with pytest.raises(lumos.ConfigurationError, match="pass a number"):
             lumos.sparsify(model, x, **bad)
-    with pytest.raises(lumos.ConfigurationError, match="progress='0.5'"):
+    with pytest.raises(lumos.ConfigurationError, match="progress must be .*got '0.5'"):
         lumos.sparsify(model, x, budget=0.5).set_progress("0.5")
 
 
@@ -188,3 +188,28 @@ def test_train_of_a_torch_compiled_sparse_model_trains_the_sparse_model():
     assert sm.kept_fraction() <= 0.3 + 1e-9
     assert sm.controller.steps == 6
     assert counters["stats"]["unique_graphs"] <= 4
+
+
+def test_feature_names_as_one_string_nan_in_eval_and_one_dimensional_inputs_are_told():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
+    x = torch.randn(6, 4)
+    with pytest.raises(lumos.ConfigurationError, match="split into letters"):
+        lumos.sparsify(model, x, feature_names="abcd")
+    sm = lumos.sparsify(model, x, budget=0.5).eval()
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(lumos.InputError, match="NaN/Inf"):
+        sm(bad)
+
+    class Scalarwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(1, 1)
+
+        def forward(self, t):
+            return self.l(t.unsqueeze(-1))
+
+    with pytest.warns(lumos.LumosWarning, match="1-D .* not gated"):
+        lumos.sparsify(Scalarwise(), torch.randn(6), budget=0.5)
+    with pytest.raises(lumos.ConfigurationError, match="1-D"):
+        lumos.sparsify(Scalarwise(), torch.randn(6), budget=0.5, features=["t"])

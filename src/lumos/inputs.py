@@ -99,6 +99,12 @@ def feature_names_for(feature_names, feature_inputs: dict[str, int],
     """``feature_names=`` (a list for the one gated input, or a dict) checked and normalised."""
     if feature_names is None:
         return {}
+    if isinstance(feature_names, str) or (isinstance(feature_names, dict) and any(
+            isinstance(v, str) for v in feature_names.values())):
+        raise ConfigurationError(
+            f"feature_names={feature_names!r} is a string; pass one name per column, e.g. "
+            "feature_names=['rho', 'v', 'Cd'] (a string would be split into letters)."
+        )
     if not isinstance(feature_names, dict):
         if len(feature_inputs) != 1:
             raise ConfigurationError(
@@ -194,8 +200,7 @@ class InputSpec:
                     f"with {size} features along dim {dim}; pass inputs with the same feature "
                     "columns (in the same order) as example_inputs."
                 )
-            if training:
-                check_finite(name, value, "training batch")
+            check_finite(name, value, "training batch" if training else "call")
         return values
 
     def dtype_mismatch(self, values: list, weight_dtype: torch.dtype) -> str | None:

@@ -173,7 +173,7 @@ def merge_deprecated(
     return replace(opts, **changes)
 
 
-def number(value: object, name: str) -> float:
+def number(value: object, name: str, expected: str = "a number") -> float:
     """``value`` as a float when it is a real number (int, float, numpy scalar, 0-d tensor);
     a :class:`ConfigurationError` quoting it otherwise (``"0.1"``, ``True``, a list).
 
@@ -182,10 +182,14 @@ def number(value: object, name: str) -> float:
         >>> number(np.float32(0.25), "budget")
         0.25
     """
-    if isinstance(value, (bool, str, bytes)):
-        raise ConfigurationError(
-            f"{name}={value!r} is a {type(value).__name__}; pass a number, e.g. {name}=0.25."
+    def refuse() -> ConfigurationError:
+        return ConfigurationError(
+            f"{name} must be {expected}, got {value!r} (a {type(value).__name__}); pass a "
+            f"number, e.g. {name}=0.25."
         )
+
+    if isinstance(value, (bool, str, bytes)):
+        raise refuse()
     try:
         import torch
 
@@ -195,7 +199,4 @@ def number(value: object, name: str) -> float:
             return float(value.item())
         return float(value)  # type: ignore[arg-type]  # numpy scalars, Fractions, Decimals
     except (TypeError, ValueError):
-        raise ConfigurationError(
-            f"{name}={value!r} ({type(value).__name__}) is not a number; pass a float, e.g. "
-            f"{name}=0.25."
-        ) from None
+        raise refuse() from None

@@ -151,6 +151,18 @@ def sparsify(
         if node.target in wanted and floating and value.dim() >= 2:
             dim = ChannelGraph.feature_dim(gm, node.target, value.dim())
             feature_inputs[node.target] = dim % value.dim()
+        elif node.target in wanted and floating and features is not True:
+            raise ConfigurationError(
+                f"features= names '{node.target}', but its example is {value.dim()}-D (shape "
+                f"{tuple(value.shape)}): LUMOS gates the features of batched inputs (samples "
+                "first, e.g. x.unsqueeze(0) or x.reshape(-1, 1) for one feature)."
+            )
+        elif node.target in wanted and floating:
+            warnings.warn(
+                f"input '{node.target}' is {value.dim()}-D (shape {tuple(value.shape)}), so its "
+                "features are not gated; pass a batch with samples first (e.g. x.reshape(-1, "
+                "1) for one feature per sample) to select features.",
+                LumosWarning, stacklevel=2)
     names = feature_names_for(feature_names, feature_inputs,
                               {n.target: v for n, v in zip(placeholders, example_args)})
 
@@ -247,17 +259,18 @@ def _check_strengths(budget, lam, feature_penalty) -> tuple[float | None, float 
             "give either budget= (LUMOS finds the penalty) or lam= (a fixed penalty), not both."
         )
     if budget is not None:
-        budget = number(budget, "budget")
+        budget = number(budget, "budget",
+                        "a fraction of the dense parameter count in (0, 1]")
         if not 0.0 < budget <= 1.0:
             raise ConfigurationError(
                 f"budget must be a fraction of the dense parameter count in (0, 1], got "
                 f"{budget!r}; e.g. budget=0.25 keeps at most 25% of the parameters."
             )
     if lam is not None:
-        lam = number(lam, "lam")
+        lam = number(lam, "lam", "a finite number >= 0")
         if not (lam >= 0 and math.isfinite(lam)):
             raise ConfigurationError(f"lam must be a finite number >= 0, got {lam!r}.")
-    feature_penalty = number(feature_penalty, "feature_penalty")
+    feature_penalty = number(feature_penalty, "feature_penalty", "a number >= 0")
     if not (feature_penalty >= 0 and math.isfinite(feature_penalty)):
         raise ConfigurationError(f"feature_penalty must be >= 0, got {feature_penalty!r}.")
     return budget, lam, feature_penalty

@@ -263,7 +263,7 @@ class SparseModel(nn.Module):
 
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
-        fraction = number(fraction, "progress")
+        fraction = number(fraction, "progress", "a fraction of training in [0, 1]")
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
         opts = self.gate_options
