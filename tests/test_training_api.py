@@ -213,3 +213,13 @@ def test_feature_names_as_one_string_nan_in_eval_and_one_dimensional_inputs_are_
         lumos.sparsify(Scalarwise(), torch.randn(6), budget=0.5)
     with pytest.raises(lumos.ConfigurationError, match="1-D"):
         lumos.sparsify(Scalarwise(), torch.randn(6), budget=0.5, features=["t"])
+
+
+def test_load_state_dict_from_another_architecture_names_what_differs():
+    x = torch.randn(6, 4)
+    small = lumos.sparsify(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)), x, budget=0.5)
+    wide = lumos.sparsify(nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 1)), x, budget=0.5)
+    with pytest.raises(lumos.CheckpointError, match="shape.*differ.*model.0.weight"):
+        small.load_state_dict(wide.state_dict())
+    twin = lumos.sparsify(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)), x, budget=0.5)
+    twin.load_state_dict(small.state_dict())  # the same model loads as before

@@ -20,7 +20,13 @@ from . import budget as projection
 from . import compaction, verification
 from .controller import BudgetController
 from .cost import CostModel
-from .errors import ConfigurationError, InputError, LumosWarning, NonFiniteError
+from .errors import (
+    CheckpointError,
+    ConfigurationError,
+    InputError,
+    LumosWarning,
+    NonFiniteError,
+)
 from .gates import GateBank
 from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
@@ -234,6 +240,28 @@ class SparseModel(nn.Module):
             return
         self._advance()
         self._auto_stepped = True
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, with a :class:`CheckpointError` naming what differs
+        when the state comes from another model or other ``sparsify`` settings."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state_dict and isinstance(own[k], Tensor)
+                  and isinstance(state_dict[k], Tensor) and state_dict[k].shape != own[k].shape]
+        if shapes or (strict and (missing or unexpected)):
+            parts = [f"{len(shapes)} shape(s) differ ({'; '.join(shapes[:3])})"] if shapes else []
+            if strict and missing:
+                parts.append(f"{len(missing)} key(s) missing ({', '.join(missing[:3])})")
+            if strict and unexpected:
+                parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+            raise CheckpointError(
+                f"this state dict is not of this sparse model: {'; '.join(parts)}. It was saved "
+                "from another architecture or with other sparsify settings (gated features, "
+                "keep=, example inputs); sparsify the same model the same way, then load it."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __setstate__(self, state: dict) -> None:  # unpickled or deep-copied: hook it up too
         super().__setstate__(state)
