@@ -1200,16 +1200,8 @@ for _id, (_kind_name, _names, _traced) in _GRAPH_ROWS.items():
 
 # ---- running the rows -------------------------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hundreds of tiny models: one thread and no oneDNN primitive per new shape is ~10x faster
-    on a busy machine (exactness does not depend on the kernel; both models use the same)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every row on one thread without oneDNN (tests/conftest.py)."""
 
 
 #: what each row's trace reached: row id -> (registry keys as (kind, key), layers traced through)

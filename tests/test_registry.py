@@ -23,15 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::lumos.LumosWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread and no oneDNN primitive per new shape (see test_conformance)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every row on one thread without oneDNN (tests/conftest.py)."""
 
 
 def _passthrough(ctx, node, module):

@@ -16,7 +16,6 @@ from torch import fx, nn
 
 from .context import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo
-from .mode_flags import is_flag_node
 from .registry import REGISTRY, register_rule
 from .spaces import unify
 
@@ -70,10 +69,8 @@ def elementwise(ctx: RuleContext, node: fx.Node, operands: list) -> object:
 
 
 def unary(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
-    # the run-time train/eval flag of F.dropout(x, p, self.training) is not an operand
-    operands = [a for a in node.args if isinstance(a, fx.Node) and not is_flag_node(a)]
-    operands += [v for v in node.kwargs.values()
-                 if isinstance(v, fx.Node) and not is_flag_node(v)]
+    operands = [a for a in node.args if isinstance(a, fx.Node)]
+    operands += [v for v in node.kwargs.values() if isinstance(v, fx.Node)]
     if len(operands) == 1:
         info = ctx.info(operands[0])
         if isinstance(info, (TensorInfo, AttrInfo)):
