@@ -17,6 +17,7 @@ from torch import fx, nn
 from .errors import ConfigurationError
 from .gating import strip_gates
 from .topology.registry import REGISTRY
+from .topology.rules_norm import STAT_INPUT
 from .topology.spaces import Layout
 
 INPUT_MODES = ("full", "selected")
@@ -88,7 +89,15 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     g = gm.graph
     strip_gates(gm)
 
-    # 4. layers whose class cannot express their new shape are rebuilt in plain torch.
+    # 4. layers whose class cannot express their new shape are rebuilt in plain torch; norms
+    # with statistics over gated channels learn which they keep and at what gate value.
+    stats = {s.owner: s for s in getattr(graph_info.records, "stat_inputs", [])}
+    for node in g.nodes:
+        stat = stats.get(node.target) if node.op == "call_module" else None
+        if stat is not None:
+            idx = kept(stat.layout)
+            scale = values[graph_info.gate_index(stat.layout)][idx]
+            node.meta[STAT_INPUT] = (idx.to(device), scale.float().to(device), stat.dim)
     for node in list(g.nodes):
         if node.op != "call_module":
             continue

@@ -21,6 +21,7 @@ from .infos import (
     Records,
     ShapeInfo,
     ShapeRewrite,
+    StatInput,
     TensorInfo,
     TupleInfo,
     Ungated,
@@ -153,6 +154,14 @@ class RuleContext:
         """Gate argument ``arg`` (position or keyword) of ``node`` along ``dim``: the layer
         *reads* these channels here, so a closed one is simply never read."""
         self.records.sites.append(GateSite(node, arg, dim, layout))
+
+    def stat_input(self, node: fx.Node, dim: int, layout: Layout) -> None:
+        """Layer ``node`` normalises with statistics over ``layout``'s channels on ``dim``.
+
+        Its input is gated (closed channels read as zeros); compaction rebuilds it so the
+        statistics still span the original width (see ``lumos.topology.rules_norm``)."""
+        self.site(node, 0, dim, layout)
+        self.records.stat_inputs.append(StatInput(target_path(node), layout, dim))
 
     def param_site(self, owner: str, param: str, dim: int, layout: Layout) -> None:
         """Gate ``layout``'s channels inside leaf ``owner`` by scaling ``owner.param`` on ``dim``;

@@ -101,6 +101,18 @@ class CostTerm:
 
 
 @dataclass
+class StatInput:
+    """Layer ``owner`` computes statistics over the channels of ``layout`` (LayerNorm,
+    GroupNorm): its input is gated so closed channels are exact zeros, and compaction hands
+    the layer the kept channels and their gate values (``lumos.compaction.STAT_INPUT``) so
+    its plain-torch twin computes the same statistics over the original width."""
+
+    owner: str
+    layout: Layout
+    dim: int  # the channel dim of the norm's input (negative)
+
+
+@dataclass
 class Ungated:
     """A place the coordinator left ungated, with the reason (shown by report())."""
 
@@ -119,3 +131,4 @@ class Records:
     ungated: list[Ungated] = field(default_factory=list)
     resized_modules: set = field(default_factory=set)
     measured: list = field(default_factory=list)  # nodes whose FLOPs are measured, not modelled
+    stat_inputs: list[StatInput] = field(default_factory=list)

@@ -1,5 +1,6 @@
-"""Channel rules for convolutional models: conv, transposed conv, norms, pooling, resampling,
-padding, and LUMOS's Fourier layers.
+"""Channel rules for convolutional models: conv, transposed conv, batch and instance norms,
+pooling, resampling, padding, and LUMOS's Fourier layers (LayerNorm, GroupNorm:
+``rules_norm``).
 
 Channels of a conv input live at dim ``-(spatial dims + 1)`` (``(N, C, *spatial)`` or the
 unbatched ``(C, *spatial)``); a rule that sees the tracked dim elsewhere pins it.
@@ -178,62 +179,11 @@ def _instancenorm(ctx: RuleContext, node: fx.Node, module: nn.modules.instanceno
     return TensorInfo(info.dim, info.layout)
 
 
-def _groupnorm(ctx: RuleContext, node: fx.Node, module: nn.GroupNorm) -> object:
-    info = _channel_info(ctx, node, node.args[0], _batch_channel_dim(ctx, node.args[0]))
-    if info is None:
-        return None
-    if module.num_groups != module.num_channels:
-        reason = (f"{describe(node)} normalises over groups of channels "
-                  f"(num_groups={module.num_groups}): removing one would change the others")
-        ctx.pin(info, reason)
-        ctx.ungated(describe(node), reason)
-        return TensorInfo(info.dim, info.layout)
-    channelwise_params(ctx, node, module, info.layout, ("weight", "bias"))
-    return TensorInfo(info.dim, info.layout)
-
-
-def _resize_groupnorm(module: nn.GroupNorm) -> None:
-    if module.weight is not None:
-        module.num_channels = module.num_groups = module.weight.shape[0]
-
-
-def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
-    info = ctx.tensor_info(node.args[0])
-    if info is None:
-        return None
-    k = len(module.normalized_shape)
-    if -info.dim <= k:
-        reason = (f"{describe(node)} normalises over the channels: plain LayerNorm statistics "
-                  "change when a channel is removed, so this stream is kept whole")
-        ctx.pin(info, reason)
-        ctx.ungated(describe(node), reason)
-    return TensorInfo(info.dim, info.layout)
-
-
-def _layer_norm_function(
-    ctx: RuleContext, node: fx.Node, module: nn.Module | None = None
-) -> object:
-    info = ctx.tensor_info(node.args[0])
-    if info is None:
-        return None
-    shape = node_arg(node, 1, "normalized_shape")
-    k = len(shape) if isinstance(shape, (tuple, list)) else 1
-    if -info.dim <= k:
-        ctx.pin(info, f"{describe(node)} normalises over the channels")
-    for a in list(node.args[2:]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]:
-        if isinstance(a, fx.Node) and ctx.info(a) is not None and -info.dim <= k:
-            ctx.pin(ctx.info(a), f"{describe(node)} normalises over the channels")
-    return TensorInfo(info.dim, info.layout)
-
-
 register_rule(nn.BatchNorm1d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
 register_rule(nn.BatchNorm2d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
 register_rule(nn.BatchNorm3d, _batchnorm, resize=_resize_batchnorm, input_dim=1)
 for _cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
     register_rule(_cls, _instancenorm, resize=_resize_batchnorm)
-register_rule(nn.GroupNorm, _groupnorm, resize=_resize_groupnorm)
-register_rule(nn.LayerNorm, _layernorm)
-REGISTRY.register(F.layer_norm, _layer_norm_function)
 
 
 # ---- pooling, resampling, padding ---------------------------------------------------------------
