@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lumos
@@ -65,10 +66,21 @@ class TokenNet(nn.Module):
         return self.head(torch.relu(self.mix(h))[:, 0])
 
 
+class FunctionalNorm(nn.Module):
+    """``F.layer_norm`` in a forward: no layer LUMOS could rebuild, so its stream is pinned."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, x):
+        return F.layer_norm(x, (self.width,))
+
+
 def test_strict_refuses_every_unit_left_ungated_and_names_it():
-    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 1))
+    model = nn.Sequential(nn.Linear(6, 16), FunctionalNorm(16), nn.Linear(16, 1))
     lumos.sparsify(model, torch.randn(8, 6))  # not strict: kept whole, listed
-    with pytest.raises(lumos.UnsupportedModelError, match=r"'0' \(neuron, 16\).*LayerNorm"):
+    with pytest.raises(lumos.UnsupportedModelError, match=r"'0' \(neuron, 16\).*layer_norm"):
         lumos.sparsify(model, torch.randn(8, 6), strict=True)
 
 
@@ -85,8 +97,8 @@ def test_channels_a_rule_does_not_follow_are_pinned_and_listed_never_silently_un
 
 
 def test_unreachable_budget_names_the_layers_that_hold_the_size():
-    model = nn.Sequential(nn.Linear(6, 64), nn.LayerNorm(64), nn.Linear(64, 64), nn.ReLU(),
+    model = nn.Sequential(nn.Linear(6, 64), FunctionalNorm(64), nn.Linear(64, 64), nn.ReLU(),
                           nn.Linear(64, 1))
-    with pytest.warns(lumos.LumosWarning, match=r"'0': module '1' normalises.*holding most of "
+    with pytest.warns(lumos.LumosWarning, match=r"'0': function layer_norm normalises.*holding most of "
                       r"it: '0' \("):
         lumos.sparsify(model, torch.randn(8, 6), budget=0.05)

@@ -183,5 +183,5 @@ def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: f
         f"keeps {reached:.1%} of the parameters, because some channels are kept whole "
         f"({shown or 'only the model output is, so the size sits in layers without gates'}; "
         f"see sm.report()).{held} Ask for a budget of at least {reached:.2f}, or make those "
-        "layers prunable (e.g. register a rule, avoid LayerNorm over a stream you want pruned)."
+        "layers prunable (e.g. register a rule for them, or keep fewer layers whole)."
     )

@@ -54,7 +54,7 @@ def _shown(node: fx.Node) -> bool:
 def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
     """Draw the traced layer graph of ``sm`` with every op coloured by its output's gate group.
 
-    Grey: channels kept whole (pinned, e.g. the model output or a LayerNorm stream).
+    Grey: channels kept whole (pinned, e.g. the model output or a grouped conv's channels).
     """
     plt = _matplotlib()
     graph = sm.graph_info

@@ -39,6 +39,15 @@ class AttrInfo:
     owner: str  # dotted module path ("" for the root)
     name: str
     elementwise_of_raw: bool = True  # still aligned element-for-element with the stored tensor
+    #: the stored tensor broadcast to a larger shape (``cls_token.expand(B, -1, -1)``): dims
+    #: align from the right, so a channel dim of the value is a dim of the stored tensor
+    broadcast_of_raw: bool = False
+
+    def raw_dim(self, raw_ndim: int, dim: int) -> int | None:
+        """The stored tensor's dim under the value's (negative) ``dim``, or None."""
+        if not (self.elementwise_of_raw or self.broadcast_of_raw) or -dim > raw_ndim:
+            return None
+        return raw_ndim + dim
 
 
 @dataclass

@@ -57,15 +57,23 @@ def elementwise(ctx: RuleContext, node: fx.Node, operands: list) -> object:
             continue
         if size == 1:
             continue  # broadcast along the channel dim: channel-independent
-        if isinstance(info, AttrInfo) and info.elementwise_of_raw:
-            pdim = len(shape) + dim
-            raw = ctx.attr(info.owner, info.name)
-            if tuple(raw.shape) == shape:
-                ctx.role(info.owner, info.name, pdim, layout)
-                ctx.param_cost(info.owner, info.name, (layout,))
-                continue
+        if isinstance(info, AttrInfo) and parameter_follows(ctx, info, dim, layout):
+            continue
         layout.pin(f"{describe(node)} combines the channels with an untracked tensor")
     return TensorInfo(dim, layout)
+
+
+def parameter_follows(ctx: RuleContext, info: AttrInfo, dim: int, layout) -> bool:
+    """Record that a parameter read here (added, multiplied, concatenated: a positional
+    embedding, a class token, a layer scale) follows ``layout``'s channels on the value's
+    ``dim``; False when its dims cannot be matched to the value's."""
+    raw = ctx.attr(info.owner, info.name)
+    pdim = info.raw_dim(raw.dim(), dim)
+    if pdim is None or raw.shape[pdim] != layout.length:
+        return False
+    ctx.role(info.owner, info.name, pdim, layout)
+    ctx.param_cost(info.owner, info.name, (layout,))
+    return True
 
 
 def unary(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:

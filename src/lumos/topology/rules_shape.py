@@ -21,7 +21,7 @@ from .context import RuleContext, describe
 from .infos import AttrInfo, ShapeInfo, TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
 from .rule_helpers import int_arg, known_shape, node_arg, positive_dim
-from .rules_elementwise import binary, elementwise_pair
+from .rules_elementwise import binary, elementwise_pair, parameter_follows
 from .spaces import Layout, unify
 
 
@@ -143,7 +143,7 @@ def _permute(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
 def _expand(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0])
     if info is None:
-        return None
+        return _expand_parameter(ctx, node)
     rest = list(node.args[1:])
     path_of: Callable[[int], tuple[int, ...]]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
@@ -157,6 +157,22 @@ def _expand(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) ->
         elif isinstance(a, fx.Node):
             ctx.pin(ctx.info(a), f"{describe(node)} uses a channel count for a size")
     return TensorInfo(info.dim, info.layout)
+
+
+def _expand_parameter(ctx: RuleContext, node: fx.Node) -> AttrInfo | None:
+    """A parameter broadcast by ``expand`` (``cls_token.expand(B, -1, -1)``) may still follow
+    channels, if every dim it holds more than once is kept with ``-1`` (no literal size that
+    compaction would have to rewrite before it knows which dim carries the channels)."""
+    attr = ctx.info(node.args[0])
+    if not isinstance(attr, AttrInfo) or not (attr.elementwise_of_raw or attr.broadcast_of_raw):
+        return None
+    raw = ctx.attr(attr.owner, attr.name)
+    rest = list(node.args[1:])
+    sizes = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    for back in range(1, raw.dim() + 1):
+        if raw.shape[-back] > 1 and (back > len(sizes) or sizes[-back] != -1):
+            return None
+    return AttrInfo(attr.owner, attr.name, elementwise_of_raw=False, broadcast_of_raw=True)
 
 
 # ---- indexing ---------------------------------------------------------------------------------
@@ -283,8 +299,11 @@ def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
                 width = known_shape(ctx, t)[d_out]
                 parts.append(ctx.opaque(width, "concatenated untracked tensor"))
         return TensorInfo(d_out, Layout.concat(parts))
-    # Joined along another dim: the pieces share their channels one to one.
+    # Joined along another dim: the pieces share their channels one to one; a parameter
+    # among them (a class token) follows them.
     first = tracked[0]
+    infos = [i if i is not None or not _parameter_joins(ctx, t, first) else first
+             for t, i in zip(tensors, infos)]
     if any(i is None or i.dim != first.dim for i in infos):
         ctx.pin(tracked, f"{describe(node)} joins tracked and untracked channels")
         return None
@@ -298,6 +317,11 @@ def _cat(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> ob
         ins = positive_dim(dim, in_nd + 1)
         new_dim = (p + (1 if ins <= p else 0)) - (in_nd + 1)
     return TensorInfo(new_dim, first.layout)
+
+
+def _parameter_joins(ctx: RuleContext, t, first: TensorInfo) -> bool:
+    info = ctx.info(t)
+    return isinstance(info, AttrInfo) and parameter_follows(ctx, info, first.dim, first.layout)
 
 
 def _split(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
