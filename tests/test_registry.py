@@ -378,3 +378,50 @@ def test_custom_layers_doc_example_runs_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_rule_for_a_package_lumos_does_not_import_waits_until_the_package_is_imported():
+    """``register_when_imported``: no import of the package by LUMOS; once the user's code has
+    imported it, calls of the function are one graph node described by the rule."""
+    import sys
+    import types
+
+    from lumos.topology.rules_elementwise import sample_wise
+
+    package = types.ModuleType("lumos_test_fake_depth")
+
+    def drop_sample(x, p, training):
+        if not training:  # a branch on the mode: traced into, it would freeze the mode
+            return x
+        return x * (torch.rand(x.shape[0], 1) > p) / (1 - p)
+
+    package.drop_sample = drop_sample
+    drop_sample.__module__ = package.__name__
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.b(sys.modules["lumos_test_fake_depth"].drop_sample(
+                torch.relu(self.a(x)), 0.5, self.training))
+
+    with REGISTRY.scoped():
+        REGISTRY.register_when_imported(package.__name__, "drop_sample", sample_wise, leaf=True)
+        REGISTRY.register_when_imported(package.__name__, "missing", sample_wise, leaf=True)
+        assert drop_sample not in REGISTRY.leaf_functions()  # not imported yet
+        sys.modules[package.__name__] = package
+        try:
+            assert drop_sample in REGISTRY.leaf_functions()
+            sm = lumos.sparsify(Net(), torch.randn(8, 3), budget=0.5)
+            assert any(n.target is drop_sample for n in sm.model.graph.nodes)
+            assert "a" in {g.name for g in sm.graph_info.groups}
+            sm.train()
+            x = torch.randn(64, 3)
+            assert not torch.equal(sm(x), sm(x))
+            sm.eval()
+            assert torch.equal(sm(x), sm(x))
+        finally:
+            del sys.modules[package.__name__]
+    assert REGISTRY.entry("function", drop_sample) is None

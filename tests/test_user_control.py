@@ -99,6 +99,6 @@ def test_channels_a_rule_does_not_follow_are_pinned_and_listed_never_silently_un
 def test_unreachable_budget_names_the_layers_that_hold_the_size():
     model = nn.Sequential(nn.Linear(6, 64), FunctionalNorm(64), nn.Linear(64, 64), nn.ReLU(),
                           nn.Linear(64, 1))
-    with pytest.warns(lumos.LumosWarning, match=r"'0': function layer_norm normalises.*holding most of "
-                      r"it: '0' \("):
+    with pytest.warns(lumos.LumosWarning, match=r"'0': function layer_norm normalises.*"
+                      r"holding most of it: '0' \("):
         lumos.sparsify(model, torch.randn(8, 6), budget=0.05)

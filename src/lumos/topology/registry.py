@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -105,6 +106,10 @@ class RuleRegistry:
         self._entries: dict[tuple[Kind, object], RuleEntry] = {}
         self._trace_forwards: dict[type, Callable] = {}
         self._opaque_bases: list[type] = []
+        #: rules for functions of packages LUMOS does not import itself (importing MONAI or
+        #: timm costs seconds): ``(module, attribute, rule, leaf)``, resolved once the user's
+        #: code has imported the module
+        self._pending: list[tuple[str, str, AnyRule, bool]] = []
 
     # ---- adding ----------------------------------------------------------------------------
     def register(
@@ -162,6 +167,30 @@ class RuleRegistry:
         entry = RuleEntry(kind, target, propagate, resize, input_dim, lower, leaf)
         self._entries[key] = entry
         return entry
+
+    def register_when_imported(self, module: str, attribute: str, propagate: AnyRule, *,
+                               leaf: bool = False) -> None:
+        """Register ``propagate`` for function ``module.attribute`` once ``module`` is imported.
+
+        For the functions of third-party packages (MONAI's ``drop_connect``, torchvision's
+        ``stochastic_depth``) without importing them: a model built from the package has
+        imported it before it is traced. A missing attribute (another version) is skipped.
+        """
+        self._pending.append((module, attribute, propagate, leaf))
+
+    def _resolve_pending(self) -> None:
+        if not self._pending:
+            return
+        waiting = []
+        for module, attribute, propagate, leaf in self._pending:
+            mod = sys.modules.get(module)
+            if mod is None:
+                waiting.append((module, attribute, propagate, leaf))
+                continue
+            fn = getattr(mod, attribute, None)
+            if callable(fn) and ("function", fn) not in self._entries:
+                self.register(fn, propagate, leaf=leaf)
+        self._pending = waiting
 
     def register_trace_forward(
         self, layer: type[nn.Module], forward: Callable, *, override: bool = False
@@ -224,6 +253,7 @@ class RuleRegistry:
         if node.op == "call_module":
             return self._entries.get(("module", type(module)))
         if node.op == "call_function":
+            self._resolve_pending()
             try:
                 return self._entries.get(("function", node.target))
             except TypeError:  # an unhashable callable
@@ -262,6 +292,7 @@ class RuleRegistry:
         return bool(self._opaque_bases) and isinstance(module, tuple(self._opaque_bases))
 
     def leaf_functions(self) -> list[Callable]:
+        self._resolve_pending()
         return [e.key for e in self._entries.values() if e.leaf]  # type: ignore[misc]
 
     def entries(self, kind: Kind | None = None) -> list[RuleEntry]:
@@ -289,17 +320,19 @@ class RuleRegistry:
             >>> REGISTRY.entry("module", Scale) is None
             True
         """
-        saved = (dict(self._entries), dict(self._trace_forwards), list(self._opaque_bases))
+        saved = (dict(self._entries), dict(self._trace_forwards), list(self._opaque_bases),
+                 list(self._pending))
         try:
             yield self
         finally:
-            self._entries, self._trace_forwards, self._opaque_bases = saved
+            self._entries, self._trace_forwards, self._opaque_bases, self._pending = saved
 
     def __copy__(self) -> RuleRegistry:
         new = RuleRegistry()
         new._entries = dict(self._entries)
         new._trace_forwards = dict(self._trace_forwards)
         new._opaque_bases = list(self._opaque_bases)
+        new._pending = list(self._pending)
         return new
 
     def copy(self) -> RuleRegistry:

@@ -176,3 +176,28 @@ for _name in SHAPE_KEEPING_METHODS:
     REGISTRY.register(_name, shape_passthrough)
 for _m in UNARY_MODULES:
     register_rule(_m, unary)
+
+
+# ---- stochastic depth -------------------------------------------------------------------------
+def sample_wise(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """Stochastic depth / drop-connect: each *sample* is kept (scaled) or zeroed in training,
+    identity in eval. Channel-independent, so the input's channels pass through; kept as one
+    node so its ``training`` argument stays a run-time value instead of a traced branch."""
+    info = ctx.tensor_info(node.args[0]) if node.args else None
+    for a in (*node.args[1:], *node.kwargs.values()):
+        if isinstance(ctx.info(a), (TensorInfo, ShapeInfo)):
+            ctx.unknown(node)
+            return None
+    return TensorInfo(info.dim, info.layout) if info is not None else None
+
+
+#: (module, function) of third-party stochastic-depth functions that branch on their
+#: ``training`` argument; registered when a model's package has been imported
+STOCHASTIC_DEPTH = (
+    ("monai.networks.nets.efficientnet", "drop_connect"),
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"),
+    ("timm.layers.drop", "drop_path"),
+    ("timm.models.layers.drop", "drop_path"),
+)
+for _module, _name in STOCHASTIC_DEPTH:
+    REGISTRY.register_when_imported(_module, _name, sample_wise, leaf=True)
