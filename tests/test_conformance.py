@@ -21,6 +21,8 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import operator
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -1196,6 +1198,46 @@ for _id, (_kind_name, _names, _traced) in _GRAPH_ROWS.items():
                      if HAS_PYG or n == "index_add")
     add(f"graph-{_id}", _graph_row(_kind_name), *_targets, pyg=True, batch_sizes=None,
         traces=tuple(globals()[n] for n in _traced) if HAS_PYG else ())
+
+
+# ---- third-party layers and functions (registered once their package is imported) -------------
+if importlib.util.find_spec("monai") is not None:
+    from monai.networks.nets import efficientnet as _efficientnet
+
+    class _MBConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(2, 8, 3, padding=1)
+            self.block = _efficientnet.MBConvBlock(2, 8, 8, 3, 1, [6, 6], expand_ratio=2,
+                                                   se_ratio=0.25, drop_connect_rate=0.3)
+            self.head = nn.Conv2d(8, 1, 1)
+
+        def forward(self, x):
+            return self.head(self.block(self.stem(x)))
+
+    add("monai-drop_connect", lambda: (_MBConv(), torch.randn(4, 2, 6, 6)),
+        _efficientnet.drop_connect)
+
+if importlib.util.find_spec("neuralop") is not None and importlib.util.find_spec("tltorch"):
+    if "wandb" not in sys.modules and importlib.util.find_spec("wandb") is None:
+        sys.modules["wandb"] = types.ModuleType("wandb")  # neuraloperator 0.3.0 imports it
+    from neuralop.layers.spectral_convolution import SpectralConv as _NeuralopSpectralConv
+
+    class _Operator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lift = nn.Conv2d(2, 6, 1)
+            self.conv = _NeuralopSpectralConv(6, 6, (4, 4), n_layers=2)
+            self.project = nn.Conv2d(6, 1, 1)
+
+        def forward(self, x):
+            h = self.lift(x)
+            for i in range(2):
+                h = torch.tanh(self.conv(h, i)) + h
+            return self.project(h)
+
+    add("neuralop-SpectralConv", lambda: (_Operator(), torch.randn(3, 2, 8, 8)),
+        _NeuralopSpectralConv)
 
 
 # ---- running the rows -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch import fx, nn
 from .errors import ConfigurationError
 from .gating import strip_gates
 from .topology.registry import REGISTRY
+from .topology.rule_helpers import store_tensor, stored_tensor
 from .topology.rules_norm import STAT_INPUT
 from .topology.spaces import Layout
 
@@ -55,9 +56,9 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     with torch.no_grad():
         for (owner, name), roles in roles_by_tensor.items():
             module = gm.get_submodule(owner) if owner else gm
-            tensor = getattr(module, name)
+            tensor = stored_tensor(module, name)
             if id(tensor) in rebuilt and rebuilt[id(tensor)][0] is tensor:
-                setattr(module, name, rebuilt[id(tensor)][1])
+                store_tensor(module, name, rebuilt[id(tensor)][1])
                 touched.add(owner)
                 continue
             new = tensor.detach().clone()
@@ -71,7 +72,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
                                        torch.nonzero(keep[idx]).flatten().to(new.device))
             if isinstance(tensor, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=tensor.requires_grad)
-            setattr(module, name, new)
+            store_tensor(module, name, new)
             rebuilt[id(tensor)] = (tensor, new)
             touched.add(owner)
     for owner in touched:

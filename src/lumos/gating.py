@@ -26,7 +26,7 @@ from torch import Tensor, fx, nn
 
 from .topology.analysis import ChannelGraph
 from .topology.infos import GateSite
-from .topology.rule_helpers import target_path
+from .topology.rule_helpers import plain_attributes, target_path
 
 #: name of the placeholder that carries the gate vector into the gated graph
 GATES_PLACEHOLDER = "lumos_gates"
@@ -193,6 +193,9 @@ def _weight_side(gm: fx.GraphModule, graph: ChannelGraph, site: GateSite, value,
     if not folds:
         return []
     module = gm.get_submodule(target_path(node))
+    if not all(plain_attributes(module.get_submodule(p.rpartition(".")[0]))
+               for p, _ in folds):
+        return []  # functional_call cannot swap parameters behind a custom __setattr__
     weight_numel = sum(module.get_parameter(p).numel() for p, _ in folds)
     meta = value.meta.get("tensor_meta")
     activation = math.prod(meta.shape) if meta is not None else 0

@@ -26,7 +26,7 @@ from .infos import (
     TupleInfo,
     Ungated,
 )
-from .rule_helpers import target_path
+from .rule_helpers import stored_tensor, target_path
 from .spaces import Layout, Space, unify
 
 
@@ -95,7 +95,7 @@ class RuleContext:
     def attr(self, owner: str, name: str):
         """The tensor ``owner.name`` (``owner`` a dotted module path, "" for the root)."""
         mod = self.gm.get_submodule(owner) if owner else self.gm
-        return getattr(mod, name)
+        return stored_tensor(mod, name)
 
     # ---- recording -----------------------------------------------------------------------
     def new_space(self, size: int, kind: str, origin: str) -> Space:

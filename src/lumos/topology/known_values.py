@@ -82,10 +82,10 @@ class KnownProxy(fx.Proxy):
         return n
 
     def __index__(self) -> int:
-        # Only numbers the caller passed in (``range(steps)``) become Python ints. A size read
-        # off a tensor stays a graph value: ``torch.arange(x.size(1))`` must follow the input's
-        # length at run time, not be frozen to the example's (torch's argument parser asks
-        # for __index__ before it records the call).
+        # Only numbers the caller passed in (``range(steps)``) and ranks (``x.ndim``) become
+        # Python ints. A size read off a tensor stays a graph value: ``torch.arange(x.size(1))``
+        # must follow the input's length at run time, not be frozen to the example's (torch's
+        # argument parser asks for __index__ before it records the call).
         value = self.tracer.static_value(self)
         if value is _MISSING or not isinstance(value, int) or self.node in self.tracer.shaped:
             raise TypeError(f"'{self.node.name}' is not a known integer while tracing")
@@ -135,9 +135,9 @@ class KnownValueTracer(fx.Tracer):
         self.values[node] = value
         if static:
             self.static.add(node)
-            if any(a in self.shaped for a in node.all_input_nodes) or (
+            if not _is_rank(node) and (any(a in self.shaped for a in node.all_input_nodes) or (
                     node.op in ("call_method", "call_function") and node.all_input_nodes
-                    and any(a not in self.static for a in node.all_input_nodes)):
+                    and any(a not in self.static for a in node.all_input_nodes))):
                 self.shaped.add(node)  # read off a tensor (x.shape, x.size(1), ...)
         return proxy
 
@@ -233,6 +233,16 @@ def _code_location() -> str:
         if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
             return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
     return "an unknown line"
+
+
+def _is_rank(node: fx.Node) -> bool:
+    """``x.dim()``, ``x.ndim``: a tensor's rank is part of the model's layout, not of one
+    batch (the batch size and the resolution vary; the number of dims does not), so it may
+    become a Python int (``range(2, x.ndim)``, ``symbols[:x.dim()]``), guarded at run time."""
+    if node.op == "call_method":
+        return node.target in ("dim", "ndimension")
+    return (node.op == "call_function" and node.target is getattr and len(node.args) > 1
+            and node.args[1] == "ndim")
 
 
 def _from_shape(node: fx.Node) -> bool:

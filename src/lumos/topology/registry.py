@@ -109,7 +109,7 @@ class RuleRegistry:
         #: rules for functions of packages LUMOS does not import itself (importing MONAI or
         #: timm costs seconds): ``(module, attribute, rule, leaf)``, resolved once the user's
         #: code has imported the module
-        self._pending: list[tuple[str, str, AnyRule, bool]] = []
+        self._pending: list[tuple[str, str, AnyRule, dict[str, Any]]] = []
 
     # ---- adding ----------------------------------------------------------------------------
     def register(
@@ -168,28 +168,31 @@ class RuleRegistry:
         self._entries[key] = entry
         return entry
 
-    def register_when_imported(self, module: str, attribute: str, propagate: AnyRule, *,
-                               leaf: bool = False) -> None:
-        """Register ``propagate`` for function ``module.attribute`` once ``module`` is imported.
+    def register_when_imported(self, module: str, attribute: str, propagate: AnyRule,
+                               **options: Any) -> None:
+        """:meth:`register` ``module.attribute`` (a layer class or a function) once ``module``
+        is imported; ``options`` are :meth:`register`'s (``leaf=``, ``resize=``, ...).
 
-        For the functions of third-party packages (MONAI's ``drop_connect``, torchvision's
-        ``stochastic_depth``) without importing them: a model built from the package has
-        imported it before it is traced. A missing attribute (another version) is skipped.
+        For the layers and functions of third-party packages (neuraloperator's
+        ``SpectralConv``, MONAI's ``drop_connect``) without importing them (seconds each): a
+        model built from the package has imported it before it is traced. A missing
+        attribute (another version of the package) is skipped.
         """
-        self._pending.append((module, attribute, propagate, leaf))
+        self._pending.append((module, attribute, propagate, options))
 
     def _resolve_pending(self) -> None:
         if not self._pending:
             return
         waiting = []
-        for module, attribute, propagate, leaf in self._pending:
+        for pending in self._pending:
+            module, attribute, propagate, options = pending
             mod = sys.modules.get(module)
             if mod is None:
-                waiting.append((module, attribute, propagate, leaf))
+                waiting.append(pending)
                 continue
-            fn = getattr(mod, attribute, None)
-            if callable(fn) and ("function", fn) not in self._entries:
-                self.register(fn, propagate, leaf=leaf)
+            target = getattr(mod, attribute, None)
+            if callable(target) and (self._kind_of(target), target) not in self._entries:
+                self.register(target, propagate, **options)
         self._pending = waiting
 
     def register_trace_forward(
@@ -250,10 +253,10 @@ class RuleRegistry:
 
         A module's rule is its exact class's: a subclass may change forward, so no MRO lookup.
         """
+        self._resolve_pending()
         if node.op == "call_module":
             return self._entries.get(("module", type(module)))
         if node.op == "call_function":
-            self._resolve_pending()
             try:
                 return self._entries.get(("function", node.target))
             except TypeError:  # an unhashable callable
@@ -264,6 +267,7 @@ class RuleRegistry:
 
     def for_module(self, module: nn.Module) -> RuleEntry | None:
         """The entry of a module's exact class, or None."""
+        self._resolve_pending()
         return self._entries.get(("module", type(module)))
 
     def resize_hook(self, module: nn.Module) -> Callable[[nn.Module], None] | None:
@@ -272,6 +276,7 @@ class RuleRegistry:
         A subclass traced through (e.g. a Linear subclass calling F.linear) keeps its base's
         size attributes, so the base's hook is the right one.
         """
+        self._resolve_pending()
         for cls in type(module).__mro__:
             entry = self._entries.get(("module", cls))
             if entry is not None and entry.resize is not None:
@@ -283,6 +288,7 @@ class RuleRegistry:
 
     def is_leaf(self, module: nn.Module) -> bool:
         """Whether the tracer keeps ``module`` as one node: it has a rule, or an opaque base."""
+        self._resolve_pending()
         if type(module) in self._trace_forwards:
             return False
         if ("module", type(module)) in self._entries:

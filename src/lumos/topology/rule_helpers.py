@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, SupportsInt, cast
 
-from torch import fx
+from torch import fx, nn
 
 if TYPE_CHECKING:
     from .analysis import RuleContext
@@ -96,3 +96,35 @@ def canonicalize(node: fx.Node) -> None:
             break
         args.append(kwargs.pop(param))
     node.args, node.kwargs = tuple(args), kwargs
+
+
+def stored_tensor(module: nn.Module, name: str):
+    """The parameter or buffer ``module.name`` as registered, else the plain attribute.
+
+    Some layers answer ``getattr`` with a view (tltorch's complex tensors return
+    ``view_as_complex`` of the real parameter, a new tensor each time); records and
+    compaction work on what is stored.
+    """
+    params, buffers = module._parameters, module._buffers
+    if name in params:
+        return params[name]
+    if name in buffers:
+        return buffers[name]
+    return getattr(module, name)
+
+
+def store_tensor(module: nn.Module, name: str, value) -> None:
+    """Replace ``module.name`` where it is stored (see :func:`stored_tensor`)."""
+    if name in module._parameters:
+        module._parameters[name] = value
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        setattr(module, name, value)
+
+
+def plain_attributes(module: nn.Module) -> bool:
+    """Whether ``module`` stores and reads attributes as ``nn.Module`` does (no custom
+    ``__getattr__``/``__setattr__``), so ``torch.func.functional_call`` may swap its params."""
+    cls = type(module)
+    return cls.__setattr__ is nn.Module.__setattr__ and cls.__getattr__ is nn.Module.__getattr__

@@ -188,6 +188,12 @@ def _getitem(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
             if n is not None and positive_dim(index, n) == info.dim:
                 return ShapeInfo(None, info.layout)
             return None
+        n = (len(known_shape(ctx, src.args[0]))
+             if isinstance(src, fx.Node) and src.args else None)
+        if isinstance(index, slice) and n is not None and all(
+                v is None or isinstance(v, int) for v in (index.start, index.stop, index.step)):
+            kept = list(range(n))[index]  # ``x.shape[2:]``: the spatial sizes only
+            return ShapeInfo(kept.index(info.dim), info.layout) if info.dim in kept else None
         info.layout.pin(f"{describe(node)} slices a shape that contains a channel count")
         return None
     if not isinstance(info, TensorInfo):
