@@ -9,6 +9,7 @@ columns, 4096 samples, 40 epochs, default gates, only ``budget=`` given (the set
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -25,7 +26,11 @@ from lumos.workloads.laws import make_law_data
 CASES = ((256, 2, 0.25), (256, 2, 0.5), (512, 3, 0.1), (512, 3, 0.25))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.budget_accuracy",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)  # no options: --help prints this and leaves the results alone
     torch.set_num_threads(1)
     data = make_law_data("drag", n_samples=4096, n_noise=12, seed=0)
     x, y = torch.from_numpy(data.X), torch.from_numpy(data.y)

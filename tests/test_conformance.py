@@ -42,6 +42,7 @@ if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single 
     from torch_geometric.nn import (
         EdgeConv,
         GATConv,
+        GATv2Conv,
         GCNConv,
         GINConv,
         SAGEConv,
@@ -1119,6 +1120,9 @@ GRAPH_LAYERS = {
     "gat": (lambda: GATConv(H, 3, heads=2), 6),
     "gat-residual": (lambda: GATConv(H, 3, heads=2, residual=True), 6),
     "gat-mean-heads": (lambda: GATConv(H, 3, heads=2, concat=False), 3),  # heads kept whole
+    "gatv2": (lambda: GATv2Conv(H, 3, heads=2), 6),
+    "gatv2-shared-residual": (lambda: GATv2Conv(H, 3, heads=3, share_weights=True,
+                                                residual=True), 9),
     "gin": (lambda: GINConv(nn.Sequential(nn.Linear(H, 5), nn.ReLU(), nn.Linear(5, 5)),
                             train_eps=True), 5),
     "linear": (lambda: GeometricLinear(H, 5), 5),
@@ -1184,6 +1188,8 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "GATConv": ("gat", ("GATConv",), ()),
     "GATConv-residual": ("gat-residual", ("GATConv",), ()),
     "GATConv-mean-heads": ("gat-mean-heads", ("GATConv",), ()),
+    "GATv2Conv": ("gatv2", ("GATv2Conv",), ()),
+    "GATv2Conv-shared-residual": ("gatv2-shared-residual", ("GATv2Conv",), ()),
     "GINConv": ("gin", ("index_add",), ("GINConv",)),
     "pyg-Linear": ("linear", ("GeometricLinear",), ()),
     "global_add_pool": ("add", ("global_add_pool",), ()),

@@ -106,7 +106,6 @@ def test_attention_keeps_fewer_heads_as_plain_torch():
     assert [m.q_proj.out_features for m in attention] == [16, 24]
     with torch.no_grad():
         torch.testing.assert_close(small(*inputs), sm(*inputs), rtol=1e-4, atol=1e-5)
-    assert "LayerNorm" in sm.report() or "normalises over the channels" in sm.report()
 
 
 @needs_pyg
@@ -182,7 +181,7 @@ def test_unknown_graph_layer_is_kept_whole_or_refused_in_strict_mode():
         lumos.sparsify(Net(), inputs, budget=0.5, strict=True)
 
 
-def test_grouped_conv_and_layernorm_over_channels_are_kept_whole_and_reported():
+def test_grouped_conv_is_kept_whole_and_reported_and_layernorm_is_exact():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -199,10 +198,10 @@ def test_grouped_conv_and_layernorm_over_channels_are_kept_whole_and_reported():
     x = torch.randn(4, 3, 8, 8)
     sm = lumos.sparsify(Net(), x, budget=0.5)
     report = sm.report()
-    assert "grouped conv" in report and "LayerNorm" not in [g.name for g in sm.graph_info.groups]
-    assert "normalises over the channels" in report
+    assert "grouped conv" in report
     names = {g.name for g in sm.graph_info.groups}
-    assert names == {"x"}  # a feeds the grouped conv, b feeds the LayerNorm: both kept whole
+    assert names == {"x", "b"}  # a feeds the grouped conv: kept whole; b feeds the LayerNorm
+    lumos.testing.assert_compacts_exactly(sm, x)
     with pytest.raises(UnsupportedModelError, match="grouped"):
         lumos.sparsify(Net(), x, budget=0.5, strict=True)
 
@@ -222,12 +221,17 @@ def test_fourier_layer_channels_compact_exactly_with_modes_kept():
         torch.testing.assert_close(small(*inputs), sm(*inputs), rtol=1e-4, atol=1e-5)
 
 
-def test_transformer_heads_and_ffn_are_gated_but_the_residual_stream_is_not():
+def test_transformer_heads_ffn_and_the_residual_stream_through_its_layernorms_are_gated():
     torch.manual_seed(0)
     model = Transformer()
-    sm = lumos.sparsify(model, torch.randn(2, 5, 6), budget=0.5)
-    kinds = sorted((g.kind, g.size) for g in sm.graph_info.groups)
-    assert kinds == [("feature", 6), ("head", 4), ("head", 4), ("neuron", 128), ("neuron", 128)]
+    x = torch.randn(2, 5, 6)
+    sm = lumos.sparsify(model, x, budget=0.5)
+    kinds = sorted((g.kind, g.size, g.name) for g in sm.graph_info.groups)
+    assert kinds == [("feature", 6, "x"), ("head", 4, "encoder.layers.0.self_attn"),
+                     ("head", 4, "encoder.layers.1.self_attn"), ("neuron", 32, "embed"),
+                     ("neuron", 128, "encoder.layers.0.linear1"),
+                     ("neuron", 128, "encoder.layers.1.linear1")]
+    lumos.testing.assert_compacts_exactly(sm, x, batch_sizes=(1, 3))
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,9 @@ def _weight_side(gm: fx.GraphModule, graph: ChannelGraph, site: GateSite, value,
     if not all(plain_attributes(module.get_submodule(p.rpartition(".")[0]))
                for p, _ in folds):
         return []  # functional_call cannot swap parameters behind a custom __setattr__
+    if len(list(module.named_modules(remove_duplicate=False))) != len(list(module.modules())):
+        return []  # a submodule under two names (GATv2's share_weights): functional_call
+        # would restore the second name's parameter to the swapped-in tensor
     weight_numel = sum(module.get_parameter(p).numel() for p, _ in folds)
     meta = value.meta.get("tensor_meta")
     activation = math.prod(meta.shape) if meta is not None else 0

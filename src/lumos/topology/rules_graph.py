@@ -2,8 +2,8 @@
 
 Message passing aggregates each channel over neighbours on its own, so a layer's input channels
 are read like a Linear's (gated, folded into the weight columns) and its output channels are a
-new space. GAT's attention logits mix the channels of a head, so a GAT layer's unit is the
-head. GIN is traced through its sum aggregation written in plain torch, so the MLP inside it is
+new space. GAT's and GATv2's attention logits mix the channels of a head, so their unit is
+the head. GIN is traced through its sum aggregation written in plain torch, so the MLP inside it is
 gated like any other. Other message-passing layers are kept whole (listed in ``report()``).
 """
 
@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch_geometric.nn import (
     EdgeConv,
     GATConv,
+    GATv2Conv,
     GCNConv,
     GINConv,
     SAGEConv,
@@ -146,7 +147,46 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     return TensorInfo(-1, out)
 
 
-def _gat_width(module: GATConv) -> int:
+def _gatv2(ctx: RuleContext, node: fx.Node, module: GATv2Conv) -> object:
+    """GATv2: attention ``a . LeakyReLU(W_l x_j + W_r x_i)`` per head; a head is ``C`` rows
+    of ``lin_l``/``lin_r``/``lin_edge`` and its slice of ``att``, as in GAT."""
+    owner = target_path(node)
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    if not isinstance(module.in_channels, int) or isinstance(x, (tuple, list)):
+        return _keep_whole(ctx, node, "bipartite input", _gat_width(module))
+    H, C = module.heads, module.out_channels
+    in_layout = _node_input(ctx, node, owner, module.in_channels)
+    rows = _rows(ctx, node)
+    head_space = ctx.new_space(H, "head", owner)
+    heads = Layout.of(head_space, block=C)
+    heads.require_nonempty()
+    per_head = Layout.of(head_space)
+    for lin in ("lin_l",) if module.share_weights else ("lin_l", "lin_r"):
+        _lin(ctx, owner, lin, in_layout, heads, rows)
+        if getattr(module, lin).bias is not None:
+            ctx.role(f"{owner}.{lin}", "bias", 0, heads)
+            ctx.param_cost(f"{owner}.{lin}", "bias", (heads,))
+    ctx.role(owner, "att", 1, per_head)
+    ctx.param_cost(owner, "att", (per_head,))
+    if module.lin_edge is not None:
+        edge_attr = node_arg(node, 2, "edge_attr")
+        ctx.pin(ctx.info(edge_attr), f"{describe(node)} edge features are not gated")
+        ctx.role(f"{owner}.lin_edge", "weight", 0, heads)
+        ctx.param_cost(f"{owner}.lin_edge", "weight", (heads,))
+    if module.concat:
+        out = heads
+    else:
+        head_space.pin(f"{describe(node)} averages its heads (concat=False)")
+        out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
+    if module.res is not None:
+        _lin(ctx, owner, "res", in_layout, out, rows)
+    if module.bias is not None:
+        ctx.role(owner, "bias", 0, out)
+        ctx.param_cost(owner, "bias", (out,))
+    return TensorInfo(-1, out)
+
+
+def _gat_width(module: GATConv | GATv2Conv) -> int:
     return module.out_channels * (module.heads if module.concat else 1)
 
 
@@ -179,6 +219,14 @@ def _resize_gat(module: GATConv) -> None:
             lin.out_channels, lin.in_channels = lin.weight.shape
 
 
+def _resize_gatv2(module: GATv2Conv) -> None:
+    rows, module.in_channels = module.lin_l.weight.shape
+    module.heads = rows // module.out_channels
+    for lin in (module.lin_l, module.lin_r, module.lin_edge, module.res):
+        if lin is not None:
+            lin.out_channels, lin.in_channels = lin.weight.shape
+
+
 def _resize_geometric_linear(module: GeometricLinear) -> None:
     module.out_channels, module.in_channels = module.weight.shape
 
@@ -186,6 +234,7 @@ def _resize_geometric_linear(module: GeometricLinear) -> None:
 register_rule(GCNConv, _gcn, resize=_resize_gcn, input_dim=-1)
 register_rule(SAGEConv, _sage, resize=_resize_sage, input_dim=-1)
 register_rule(GATConv, _gat, resize=_resize_gat, input_dim=-1)
+register_rule(GATv2Conv, _gatv2, resize=_resize_gatv2, input_dim=-1)
 register_rule(GeometricLinear, _linear_module, resize=_resize_geometric_linear, input_dim=-1)
 REGISTRY.register_opaque_base(MessagePassing)
 

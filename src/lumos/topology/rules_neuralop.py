@@ -21,6 +21,7 @@ layer whole. Registered when ``neuralop`` is imported: LUMOS does not import it 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import fx, nn
 
@@ -41,7 +42,7 @@ def _weight_rows(weight: nn.Module) -> tuple[str, str, str] | None:
     return None
 
 
-def _spectral_conv(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+def _spectral_conv(ctx: RuleContext, node: fx.Node, module: Any) -> object:
     owner = target_path(node)
     order = len(module.n_modes)
     cdim = -(order + 1)
@@ -106,7 +107,7 @@ def _spectral_conv(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object
     return TensorInfo(cdim, out_layout)
 
 
-def _resize_spectral_conv(module: nn.Module) -> None:
+def _resize_spectral_conv(module: Any) -> None:
     weights = module.weight
     if not isinstance(weights, nn.ModuleList) or any(_weight_rows(w) is None for w in weights):
         return
@@ -123,7 +124,7 @@ def _resize_spectral_conv(module: nn.Module) -> None:
     for weight in weights:  # tltorch keeps the full shape for its repr and its indexing
         shape = tuple(getattr(weight, "shape", ()))
         if shape:
-            weight.shape = (n_in, n_out) + shape[2:]
+            setattr(weight, "shape", (n_in, n_out) + shape[2:])  # noqa: B010 (typed as Tensor)
 
 
 REGISTRY.register_when_imported("neuralop.layers.spectral_convolution", "SpectralConv",

@@ -99,8 +99,10 @@ class _FullWidthNorm(nn.Module):
                  scale: torch.Tensor, dim: int) -> None:
         super().__init__()
         self.is_group = isinstance(norm, nn.GroupNorm)
-        self.width = norm.num_channels if self.is_group else norm.normalized_shape[0]
-        self.num_groups = norm.num_groups if self.is_group else 1
+        if isinstance(norm, nn.GroupNorm):
+            self.width, self.num_groups = norm.num_channels, norm.num_groups
+        else:
+            self.width, self.num_groups = int(norm.normalized_shape[0]), 1
         self.eps = norm.eps
         self.dim = dim
         device = kept.device

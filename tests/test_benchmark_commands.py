@@ -1,0 +1,26 @@
+"""Every benchmark's ``--help`` prints its usage and writes nothing (a benchmark overwrites
+``docs/results`` when it runs, so asking how to run one must not run it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ["benchmarks.ablation", "benchmarks.budget_accuracy", "benchmarks.ddp",
+              "benchmarks.suite", "benchmarks.thirdparty", "benchmarks.peers"]
+
+
+@pytest.mark.parametrize("module", BENCHMARKS)
+def test_help_prints_usage_and_leaves_the_results_alone(module):
+    results = ROOT / "docs" / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout.lower()
+    after = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    assert after == before
