@@ -225,3 +225,23 @@ def test_untraceable_error_points_at_user_code_even_in_a_folder_named_lumos(tmp_
         lumos.sparsify(namespace["DataDependent"](), torch.randn(4, 4), budget=0.5)
     assert f"{source}:" in str(err.value)
     assert "if x.sum() > 0" in str(err.value)
+
+
+def test_as_tensor_of_a_traced_tensor_is_that_tensor():
+    """``x + torch.as_tensor(pad(x))`` (MONAI's HighResNet): torch does not hand as_tensor to
+    fx; LUMOS traces it as the tensor itself, or a ``.to()`` when a dtype is given."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            h = h + torch.as_tensor(h) + torch.asarray(h, dtype=torch.float64).float()
+            return self.b(torch.as_tensor(h))
+
+    x = torch.randn(6, 4)
+    check = lumos.testing.assert_compacts_exactly(Net(), x, batch_sizes=(1, 3))
+    assert "a" in {g.name for g in check.sparse_model.graph_info.groups}
+    assert torch.as_tensor([1, 2]).tolist() == [1, 2]  # torch's own function is back

@@ -282,3 +282,32 @@ def jit_isinstance_patched(tracer: KnownValueTracer) -> Iterator[None]:
         yield
     finally:
         torch.jit.isinstance = original
+
+
+@contextlib.contextmanager
+def tensor_conversions_patched() -> Iterator[None]:
+    """``torch.as_tensor(proxy)`` / ``torch.asarray(proxy)`` of a traced tensor are the tensor
+    itself (or ``.to(dtype, device)`` of it): torch does not dispatch them to fx, which would
+    then probe the proxy as an array or a sequence and fail (MONAI's HighResNet)."""
+    originals = {name: getattr(torch, name) for name in ("as_tensor", "asarray")}
+
+    def make(original):
+        def patched(data, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if not isinstance(data, fx.Proxy):
+                return original(data, *args, **kwargs)
+            dtype = kwargs.get("dtype", args[0] if args else None)
+            device = kwargs.get("device", args[1] if len(args) > 1 else None)
+            if dtype is None and device is None:
+                return data
+            return data.to(**{k: v for k, v in (("dtype", dtype), ("device", device))
+                              if v is not None})
+
+        return patched
+
+    for name, original in originals.items():
+        setattr(torch, name, make(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..errors import LumosWarning, UnsupportedModelError, UntraceableModelError
 from . import mode_flags
-from .known_values import KnownValueTracer, jit_isinstance_patched
+from .known_values import KnownValueTracer, jit_isinstance_patched, tensor_conversions_patched
 from .registry import REGISTRY
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -152,7 +152,7 @@ def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | Non
     tracer.init_known_values(getattr(tracer, "example", None))
     try:
         with mode_flags.flags_installed(model, invert=invert) as flags, \
-                jit_isinstance_patched(tracer):
+                jit_isinstance_patched(tracer), tensor_conversions_patched():
             graph = tracer.trace(model, concrete_args)
     except UnsupportedModelError:
         raise
