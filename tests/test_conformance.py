@@ -51,6 +51,9 @@ if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single 
         global_mean_pool,
     )
     from torch_geometric.nn.dense.linear import Linear as GeometricLinear
+    from torch_geometric.nn.norm import GraphNorm
+    from torch_geometric.nn.norm import InstanceNorm as GraphInstanceNorm
+    from torch_geometric.nn.norm import LayerNorm as GraphLayerNorm
     from torch_geometric.utils import scatter
 
 pytestmark = [
@@ -1129,6 +1132,15 @@ GRAPH_LAYERS = {
     "edge": (lambda: EdgeConv(nn.Sequential(nn.Linear(2 * H, 5), nn.ReLU(), nn.Linear(5, 5)),
                               aggr="max"), 5),
 }
+#: norms over node features, called with the batch vector
+GRAPH_NORMS = {"graph-norm", "graph-instance-norm", "graph-layer-norm", "node-layer-norm"}
+if HAS_PYG:
+    GRAPH_LAYERS.update({
+        "graph-norm": (lambda: GraphNorm(H), H),
+        "graph-instance-norm": (lambda: GraphInstanceNorm(H, affine=True), H),
+        "graph-layer-norm": (lambda: GraphLayerNorm(H), H),
+        "node-layer-norm": (lambda: GraphLayerNorm(H, mode="node"), H),
+    })
 #: readout aggregation modules (none have rules: PyG's Aggregation overrides __call__, which
 #: fx's module hook never sees, so a saved graph could not call one as a layer)
 AGGREGATIONS: dict[str, Callable[[], nn.Module]] = {}
@@ -1154,6 +1166,8 @@ class GraphNet(nn.Module):
         h = torch.relu(self.first(x))
         if self.kind == "linear":
             h = self.conv(h)
+        elif self.kind in GRAPH_NORMS:
+            h = self.conv(h, batch)
         elif self.kind in GRAPH_LAYERS:
             h = self.conv(h, edge_index)
         if self.kind == "add":
@@ -1191,6 +1205,10 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "GATv2Conv": ("gatv2", ("GATv2Conv",), ()),
     "GATv2Conv-shared-residual": ("gatv2-shared-residual", ("GATv2Conv",), ()),
     "GINConv": ("gin", ("index_add",), ("GINConv",)),
+    "GraphNorm": ("graph-norm", ("GraphNorm",), ()),
+    "pyg-InstanceNorm": ("graph-instance-norm", ("GraphInstanceNorm",), ()),
+    "pyg-LayerNorm-graph": ("graph-layer-norm", ("GraphLayerNorm",), ()),
+    "pyg-LayerNorm-node": ("node-layer-norm", ("GraphLayerNorm",), ()),
     "pyg-Linear": ("linear", ("GeometricLinear",), ()),
     "global_add_pool": ("add", ("global_add_pool",), ()),
     "global_max_pool": ("max", ("global_max_pool",), ()),

@@ -175,3 +175,25 @@ def test_norms_lumos_cannot_make_exact_are_kept_whole_or_exact(norm):
         assert "normalises over the channels and other dims" in sm.report()
     else:
         assert_compacts_exactly(sm, x)
+
+
+@pytest.mark.parametrize("kind", ["graph-layer", "node-layer", "graph", "instance"])
+def test_torch_geometric_norms_keep_node_features_gated(kind):
+    norm_module = pytest.importorskip("torch_geometric.nn.norm")
+    make = {"graph-layer": lambda: norm_module.LayerNorm(8),
+            "node-layer": lambda: norm_module.LayerNorm(8, mode="node"),
+            "graph": lambda: norm_module.GraphNorm(8),
+            "instance": lambda: norm_module.InstanceNorm(8, affine=True)}[kind]
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.norm, self.last = nn.Linear(3, 8), make(), nn.Linear(8, 2)
+
+        def forward(self, x, batch):
+            return self.last(torch.relu(self.norm(self.first(x), batch)))
+
+    torch.manual_seed(0)
+    x, batch = torch.randn(12, 3), torch.arange(3).repeat_interleave(4)
+    check = assert_compacts_exactly(Net(), (x, batch))
+    assert _stream_gated(check.sparse_model, "first"), check.sparse_model.report()

@@ -26,6 +26,9 @@ from torch_geometric.nn import (
 )
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear as GeometricLinear
+from torch_geometric.nn.norm import GraphNorm
+from torch_geometric.nn.norm import InstanceNorm as GraphInstanceNorm
+from torch_geometric.nn.norm import LayerNorm as GraphLayerNorm
 from torch_geometric.utils import scatter
 
 from .context import RuleContext, describe
@@ -33,6 +36,7 @@ from .infos import TensorInfo
 from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
 from .rule_helpers import node_arg, positive_dim, target_path
 from .rules_linear import _linear_module
+from .rules_norm import lower_stat_norm, stat_norm
 from .spaces import Layout
 
 
@@ -227,6 +231,48 @@ def _resize_gatv2(module: GATv2Conv) -> None:
             lin.out_channels, lin.in_channels = lin.weight.shape
 
 
+# ---- norms over node features -----------------------------------------------------------------
+def _node_features(ctx: RuleContext, node: fx.Node) -> TensorInfo | None:
+    info = ctx.tensor_info(node.args[0] if node.args else node.kwargs.get("x"))
+    if info is not None and info.dim != -1:
+        ctx.pin(info, f"{describe(node)} normalises node features on the last dim")
+        return None
+    return info
+
+
+def _graph_channelwise(ctx: RuleContext, node: fx.Node, module: nn.Module) -> object:
+    """GraphNorm, InstanceNorm: statistics per graph and per channel, so channel-wise."""
+    info = _node_features(ctx, node)
+    if info is None:
+        return None
+    owner = target_path(node)
+    info.layout.require_nonempty()
+    for name in ("weight", "bias", "mean_scale", "running_mean", "running_var"):
+        if getattr(module, name, None) is not None:
+            ctx.role(owner, name, 0, info.layout)
+            ctx.param_cost(owner, name, (info.layout,))
+    return TensorInfo(-1, info.layout)
+
+
+def _graph_layer_norm(ctx: RuleContext, node: fx.Node, module: GraphLayerNorm) -> object:
+    """torch-geometric's LayerNorm: statistics over the channels (``mode="node"``) or over a
+    whole graph's nodes and channels (``"graph"``); exact through the full-width twin."""
+    info = _node_features(ctx, node)
+    if info is None:
+        return None
+    stat_norm(ctx, node, module, info)
+    return TensorInfo(-1, info.layout)
+
+
+def _resize_graph_norm(module: nn.Module) -> None:
+    stored = [t for t in (module._parameters.get("weight"), module._buffers.get("running_mean"))
+              if t is not None]
+    if not stored:
+        return
+    width = stored[0].shape[0]
+    setattr(module, "in_channels" if isinstance(module, GraphNorm) else "num_features", width)
+
+
 def _resize_geometric_linear(module: GeometricLinear) -> None:
     module.out_channels, module.in_channels = module.weight.shape
 
@@ -236,6 +282,9 @@ register_rule(SAGEConv, _sage, resize=_resize_sage, input_dim=-1)
 register_rule(GATConv, _gat, resize=_resize_gat, input_dim=-1)
 register_rule(GATv2Conv, _gatv2, resize=_resize_gatv2, input_dim=-1)
 register_rule(GeometricLinear, _linear_module, resize=_resize_geometric_linear, input_dim=-1)
+register_rule(GraphNorm, _graph_channelwise, resize=_resize_graph_norm, input_dim=-1)
+register_rule(GraphInstanceNorm, _graph_channelwise, resize=_resize_graph_norm, input_dim=-1)
+register_rule(GraphLayerNorm, _graph_layer_norm, lower=lower_stat_norm, input_dim=-1)
 REGISTRY.register_opaque_base(MessagePassing)
 
 

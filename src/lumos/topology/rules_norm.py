@@ -4,8 +4,8 @@ A channel removed from a LayerNorm or a GroupNorm group changes the mean and var
 other channel is normalised with, so plain slicing is not exact. What *is* exact: in the gated
 model the norm reads its input through the gates (``RuleContext.stat_input``), so a closed
 channel is an exact zero there; the compacted layer puts those zeros back before normalising.
-It is rebuilt as plain torch (:class:`_FullWidthNorm`, traced to a ``GraphModule`` that
-reloads and scripts without LUMOS): scale the kept channels by their gate values, scatter them
+It is rebuilt as plain torch (:func:`full_width_twin`, a ``GraphModule`` that reloads and
+scripts without LUMOS): scale the kept channels by their gate values, scatter them
 into the original width with zeros elsewhere, normalise without affine, take the kept channels
 back, apply the sliced weight and bias. The norm's output channels follow its input's, and its
 consumers gate them as for any channel-wise layer.
@@ -15,6 +15,9 @@ convolutions around it; the parameters are those of the kept channels.
 """
 
 from __future__ import annotations
+
+import copy
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,9 @@ from .spaces import Layout
 STAT_INPUT = "lumos_stat_input"
 
 
-def _stat_norm(ctx: RuleContext, node: fx.Node, module: nn.Module, info: TensorInfo) -> None:
+def stat_norm(ctx: RuleContext, node: fx.Node, module: nn.Module, info: TensorInfo) -> None:
+    """Record a norm whose statistics span ``info``'s channels: its input gated, its ``weight``
+    and ``bias`` following the channels, its compaction :func:`lower_stat_norm`."""
     owner = target_path(node)
     layout: Layout = info.layout
     layout.require_nonempty()
@@ -43,7 +48,7 @@ def _stat_norm(ctx: RuleContext, node: fx.Node, module: nn.Module, info: TensorI
 
 
 def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
-    """Over the last dim only: channel statistics, exact through :class:`_FullWidthNorm`.
+    """Over the last dim only: channel statistics, exact through :func:`full_width_twin`.
     Channels tracked outside the normalised dims pass through; inside a multi-dim
     ``normalized_shape`` they are kept whole."""
     info = ctx.tensor_info(node.args[0])
@@ -53,7 +58,7 @@ def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
     if -info.dim > k:
         return TensorInfo(info.dim, info.layout)
     if k == 1 and info.dim == -1:
-        _stat_norm(ctx, node, module, info)
+        stat_norm(ctx, node, module, info)
         return TensorInfo(info.dim, info.layout)
     reason = (f"{describe(node)} normalises over the channels and other dims together "
               f"(normalized_shape={tuple(module.normalized_shape)}): kept whole")
@@ -63,7 +68,7 @@ def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
 
 
 def _groupnorm(ctx: RuleContext, node: fx.Node, module: nn.GroupNorm) -> object:
-    """One group per channel is channel-wise; larger groups go through :class:`_FullWidthNorm`."""
+    """One group per channel is channel-wise; larger groups go through :func:`full_width_twin`."""
     info = ctx.tensor_info(node.args[0])
     if info is None:
         return None
@@ -79,7 +84,7 @@ def _groupnorm(ctx: RuleContext, node: fx.Node, module: nn.GroupNorm) -> object:
                 ctx.role(owner, name, 0, info.layout)
                 ctx.param_cost(owner, name, (info.layout,))
     else:
-        _stat_norm(ctx, node, module, info)
+        stat_norm(ctx, node, module, info)
     return TensorInfo(info.dim, info.layout)
 
 
@@ -89,61 +94,82 @@ def _resize_groupnorm(module: nn.GroupNorm) -> None:
         module.num_channels = module.num_groups = module.weight.shape[0]
 
 
-class _FullWidthNorm(nn.Module):
-    """A LayerNorm/GroupNorm on a subset of its channels, statistics over the original width.
-
-    Traced into a GraphModule at compaction, so the branches below are baked into the code.
-    """
-
-    def __init__(self, norm: nn.LayerNorm | nn.GroupNorm, kept: torch.Tensor,
-                 scale: torch.Tensor, dim: int) -> None:
-        super().__init__()
-        self.is_group = isinstance(norm, nn.GroupNorm)
-        if isinstance(norm, nn.GroupNorm):
-            self.width, self.num_groups = norm.num_channels, norm.num_groups
-        else:
-            self.width, self.num_groups = int(norm.normalized_shape[0]), 1
-        self.eps = norm.eps
-        self.dim = dim
-        device = kept.device
-        gather = torch.full((self.width,), len(kept), dtype=torch.long, device=device)
-        gather[kept] = torch.arange(len(kept), device=device)
-        trailing = [1] * (-dim - 1)
-        ref = norm.weight if norm.weight is not None else None
-        dtype = ref.dtype if ref is not None else torch.get_default_dtype()
-        self.register_buffer("gather", gather)
-        self.register_buffer("kept", kept.clone())
-        self.register_buffer("scale", scale.to(dtype).view(-1, *trailing).clone())
-        self.weight = norm.weight  # already sliced to the kept channels by compaction
-        self.bias = norm.bias
-        self.affine_shape = [-1, *trailing]
-
-    def forward(self, x):
-        x = x * self.scale
-        zero = torch.zeros_like(x.narrow(self.dim, 0, 1))
-        full = torch.cat([x, zero], self.dim).index_select(self.dim, self.gather)
-        if self.is_group:
-            y = F.group_norm(full, self.num_groups, None, None, self.eps)
-        else:
-            y = F.layer_norm(full, (self.width,), None, None, self.eps)
-        y = y.index_select(self.dim, self.kept)
-        if self.weight is not None:
-            y = y * self.weight.view(self.affine_shape)
-        if self.bias is not None:
-            y = y + self.bias.view(self.affine_shape)
-        return y
+def full_width_inner(module: nn.Module) -> nn.Module:
+    """The norm at its original width without its affine parameters (the twin applies the
+    sliced ones): a fresh ``nn.LayerNorm``/``nn.GroupNorm``, else a copy of the layer with
+    ``weight`` and ``bias`` set to None (torch-geometric's ``LayerNorm`` checks for None)."""
+    if isinstance(module, nn.LayerNorm):
+        return nn.LayerNorm(module.normalized_shape, eps=module.eps, elementwise_affine=False)
+    if isinstance(module, nn.GroupNorm):
+        return nn.GroupNorm(module.num_groups, module.num_channels, eps=module.eps,
+                            affine=False)
+    inner = copy.copy(module)  # shallow: its own parameter dicts, nothing else shared
+    inner._parameters = dict(module._parameters)
+    inner._buffers = dict(module._buffers)
+    inner._modules = dict(module._modules)
+    for name in ("weight", "bias"):
+        if name in inner._parameters:
+            inner._parameters[name] = None
+    return inner
 
 
-def lower_stat_norm(module: nn.LayerNorm | nn.GroupNorm, node: fx.Node) -> nn.Module | None:
+def full_width_twin(module: nn.Module, node: fx.Node, kept: torch.Tensor, scale: torch.Tensor,
+                    dim: int) -> fx.GraphModule:
+    """A GraphModule equal to ``module`` (weight and bias already sliced to ``kept``) on the
+    kept channels of an input whose closed channels were zeros: scale by the gate values, put
+    the zeros back, normalise at full width (``inner``), take the kept channels, apply the
+    affine. Built node by node, taking the same arguments as ``node``'s call (the batch
+    vector of a graph norm, ...), so it needs nothing of LUMOS to run or reload."""
+    root = nn.Module()
+    inner = full_width_inner(module)
+    inner.train(module.training)
+    root.inner = inner
+    weight = module._parameters.get("weight")
+    full = torch.full((_full_width(module),), len(kept), dtype=torch.long, device=kept.device)
+    full[kept] = torch.arange(len(kept), device=kept.device)
+    trailing = [1] * (-dim - 1)
+    dtype = weight.dtype if weight is not None else torch.get_default_dtype()
+    root.register_buffer("gather", full)
+    root.register_buffer("kept", kept.clone())
+    root.register_buffer("scale", scale.to(dtype).view(-1, *trailing).clone())
+    g = fx.Graph()
+    x = g.placeholder("x")
+    extras = [g.placeholder(f"arg{i}") for i in range(1, len(node.args))]
+    kw: dict[str, fx.node.Argument] = {k: g.placeholder(k) for k in node.kwargs}
+    x = g.call_function(operator.mul, (x, g.get_attr("scale")))
+    zero = g.call_function(torch.zeros_like, (g.call_method("narrow", (x, dim, 0, 1)),))
+    padded = g.call_function(torch.cat, ([x, zero], dim))
+    y = g.call_module("inner", (g.call_method("index_select", (padded, dim,
+                                                                g.get_attr("gather"))),
+                                *extras), kw)
+    y = g.call_method("index_select", (y, dim, g.get_attr("kept")))
+    for name, op in (("weight", operator.mul), ("bias", operator.add)):
+        param = module._parameters.get(name)
+        if param is not None:
+            root.register_parameter(name, param)
+            y = g.call_function(op, (y, g.call_method("view", (g.get_attr(name),
+                                                                 [-1, *trailing]))))
+    g.output(y)
+    twin = fx.GraphModule(root, g, class_name=f"Pruned{type(module).__name__}")
+    twin.train(module.training)
+    return twin
+
+
+def _full_width(module: nn.Module) -> int:
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[0])
+    return int(getattr(module, "in_channels"))  # noqa: B009 (torch-geometric's LayerNorm)
+
+
+def lower_stat_norm(module: nn.Module, node: fx.Node) -> nn.Module | None:
     """After slicing: the norm's plain-torch twin when its statistics span gated channels."""
     stat = node.meta.get(STAT_INPUT)
     if stat is None:
         return None
     kept, scale, dim = stat
-    twin = _FullWidthNorm(module, kept, scale, dim)
-    traced = fx.symbolic_trace(twin)
-    traced.train(module.training)
-    return traced
+    return full_width_twin(module, node, kept, scale, dim)
 
 
 def _layer_norm_function(
