@@ -163,6 +163,15 @@ def test_a_loss_non_finite_before_any_update_does_not_advise_a_lower_lr():
     assert "lower lr" not in str(caught.value)
 
 
+def test_float16_overflow_gets_precision_advice_not_a_lower_lr():
+    """A float16 model whose squared error passes 65504: a lower learning rate cannot help."""
+    x, y = _data()
+    model = _mlp().half()
+    with pytest.raises(NonFiniteError, match=r"float16 \(largest finite value 65504\)") as caught:
+        train(model, (x.half(), (y * 1000).half()), epochs=1, batch_size=8)
+    assert "lower lr" not in str(caught.value) and "bfloat16" in str(caught.value)
+
+
 # -- 5. several processes whose data disagree --
 def _worker(out: Path) -> None:
     torch.set_num_threads(1)

@@ -341,6 +341,12 @@ class _Run:
             pos.seconds = time.perf_counter() - epoch_start
             self.save()
 
+    def _half_precision(self, pred) -> str | None:
+        """``"float16"`` when the model's weights or predictions are float16, else None."""
+        dtypes = {p.dtype for p in self.net.parameters()}
+        dtypes |= {t.dtype for t in _tensors(pred)}
+        return "float16" if torch.float16 in dtypes else None
+
     def _refuse_non_finite(self, inputs, targets, pred, total: Tensor) -> None:
         """NaN/Inf in the batch (InputError) or the loss (NonFiniteError) stop the run before
         the step spreads it into weights and gates. One synchronisation per step (one small
@@ -363,6 +369,16 @@ class _Run:
                     "torch.nan_to_num), or impute missing values."
                 )
         value = float(total.detach())
+        half = self._half_precision(pred)
+        if half:  # lower lr or clipping cannot help a value past the dtype's range
+            raise NonFiniteError(
+                f"the loss is {value} at {where} (step {self.pos.step}) and the model computes "
+                f"in {half} (largest finite value {torch.finfo(getattr(torch, half)).max:g}): "
+                "an activation, a logit or a squared error overflowed. Train in float32 or "
+                "bfloat16 (model.float() / model.bfloat16()), or under "
+                "torch.autocast(device_type, dtype=torch.float16) with a "
+                "torch.amp.GradScaler, which keeps the weights in float32."
+            )
         if self.updates == 0 and self.pos.step == 0:
             predicted = bool(all_finite(pred))
             raise NonFiniteError(
@@ -426,3 +442,14 @@ class _Run:
         self.model.set_progress(self.span(1.0))
         if not self.model.gates.frozen:
             recalibrate_batchnorm(self.model, data, batch_size=batch_size, device=self.device)
+
+
+def _tensors(value) -> list[Tensor]:
+    """The tensors in a (nested) prediction: a tensor, tuple/list or dict of them."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
