@@ -265,3 +265,32 @@ def test_a_chmod_read_only_run_directory(tmp_path, cache, capsys):
     finally:
         for folder in (out, out / "plots"):
             folder.chmod(0o755)
+
+
+def test_a_plot_that_fails_half_way_leaves_the_previous_image(tmp_path, monkeypatch):
+    """Plots are written like the other final files: a temporary file, then a rename."""
+    pytest.importorskip("matplotlib")
+    from lumos import plots
+
+    path = tmp_path / "gates.png"
+    trajectories = {"epochs": [0, 1, 2], "features": {"a": [0.9, 0.8, 0.1], "b": [0.5, 0.6, 0.9]},
+                    "groups": {"h": {"size": 4, "kind": "neuron", "open": [4, 3, 2]}}}
+    plots.plot_gate_trajectories(trajectories, ["b"], path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, mode="r", *args, **kwargs):
+        fh = real_fdopen(fd, mode, *args, **kwargs)
+        if "w" in mode:
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            fh.write = write
+        return fh
+
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        plots.plot_gate_trajectories(trajectories, ["a"], path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))

@@ -7,6 +7,10 @@ heads) are visible at a glance.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import tempfile
 from pathlib import Path
 
 from torch import fx
@@ -148,9 +152,25 @@ def plot_groups(sm, path: str | Path, title: str | None = None) -> Path:
                  fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=130)
+    _savefig_atomic(fig, path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _savefig_atomic(fig, path: Path, dpi: int) -> None:
+    """Draw into memory, then write a temporary file beside ``path`` and rename it: a crash
+    or a full disk leaves the previous plot or none, never a truncated image."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # ---- run plots (drawn from metrics.json, so `lumos report` can redraw them) -------------------
@@ -161,7 +181,7 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _savefig_atomic(fig, path, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
