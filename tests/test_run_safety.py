@@ -209,6 +209,23 @@ def test_resume_with_another_budget_is_refused_even_without_config_yaml(tmp_path
     assert "cannot be checked" in capsys.readouterr().err
 
 
+def test_resume_may_move_the_run_but_not_change_what_it_trains(tmp_path, cache, capsys):
+    """Another cache folder, device, thread count or checkpoint policy resumes (the run moved
+    machines); the budget may not change."""
+    out = tmp_path / "run"
+    assert _fit(_config(tmp_path, cache), out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(f"workload: burgers\nsize: smoke\nepochs: 2\nbudget: 0.3\nthreads: 2\n"
+                     f"checkpoint_every: 0\nkeep_checkpoints: 3\nplots: false\ndevice: cpu\n"
+                     f"cache_dir: {tmp_path / 'other-cache'}\n")
+    assert _fit(str(moved), out, "--resume") == 0, capsys.readouterr().err
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["final"] == metrics["final"]  # the same finished run, its files written again
+    assert _fit(_config(tmp_path, cache, budget=0.5), out, "--resume") == 2
+    assert "differs in: budget" in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_another_configuration_is_refused_naming_the_keys(tmp_path):
     from lumos.training.state import run_config
 

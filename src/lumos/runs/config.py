@@ -126,6 +126,17 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+#: keys ``--resume`` may change: where and how the run computes and keeps its files, never
+#: what it trains (moving a run to another machine, another cache, more threads)
+RESUME_MAY_CHANGE = frozenset({"cache_dir", "device", "threads", "plots", "keep_checkpoints",
+                               "checkpoint_every"})
+
+
+def resume_compared(config: dict) -> dict:
+    """The part of a configuration a resumed run must share with the run it continues."""
+    return {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE}
+
+
 #: keys of a run configuration: name -> (accepted type, help text), in file order; read off
 #: :class:`RunConfig`'s fields (``"float|None"`` from the annotation ``float | None``)
 SCHEMA: dict[str, tuple[str, str]] = {

@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint import save_file, write_atomic
 from ..errors import ConfigurationError, LumosWarning
-from .config import RunConfig, read_config_file, validate_config
+from .config import RunConfig, read_config_file, resume_compared, validate_config
 
 #: the free space a run directory needs at least (checkpoints and the model)
 MIN_FREE_BYTES = 50 * 1024 * 1024
@@ -43,6 +43,7 @@ def config_sha256(config: dict) -> str:
 
 
 def _config_diff(saved: dict, config: dict) -> list[str]:
+    saved, config = resume_compared(saved), resume_compared(config)
     return [k for k in dict.fromkeys([*config, *saved]) if saved.get(k) != config.get(k)]
 
 
@@ -239,8 +240,8 @@ def check_resume_config(out: Path, config: RunConfig) -> None:
     if not (saved_path.exists() and has_run(out)):
         return
     saved = validate_config(read_config_file(saved_path), f"config file {saved_path}")
-    if saved.to_dict() != config.to_dict():
-        diff = [k for k in config.to_dict() if getattr(saved, k) != getattr(config, k)]
+    diff = _config_diff(saved.to_dict(), config.to_dict())
+    if diff:
         raise ConfigurationError(
             f"--resume with a different configuration than the run in {out} "
             f"(differs in: {', '.join(diff)}); resume with the same settings, or start a new "

@@ -18,7 +18,7 @@ import torch
 from .. import distributed
 from ..errors import ConfigurationError
 from .catalog import resolve_workload
-from .config import RunConfig, recipe_of, resolved, write_config
+from .config import RunConfig, recipe_of, resolved, resume_compared, write_config
 from .directory import RunLock, prepare_run_dir, write_metrics_csv
 from .results import RunResult, finish_run, validation_metrics
 
@@ -138,7 +138,8 @@ def _fit_budget(run: _Setup, out: Path, resume) -> RunResult | None:
             write_metrics_csv(out / "metrics.csv", history, workload.primary)
 
     start = time.perf_counter()
-    with run_config(config.to_dict()):  # recorded in, and checked against, every checkpoint
+    # recorded in, and checked against, every checkpoint (the keys --resume may not change)
+    with run_config(resume_compared(config.to_dict())):
         history = train_recipe(
             sm, workload, data, recipe_of(config), seed=config.seed, gate_lr=config.gate_lr,
             val_data=data.loader("val", 256, shuffle=False), metrics=workload.metrics,

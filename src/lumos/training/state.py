@@ -116,8 +116,7 @@ def restore_checkpoint(state: dict, model: nn.Module, optimizer, run_shape: dict
             )
     config, saved_config = _RUN_CONFIG.get(), state.get("config")
     if config is not None and isinstance(saved_config, dict):
-        diff = sorted(k for k in set(config) | set(saved_config)
-                      if config.get(k) != saved_config.get(k))
+        diff = sorted(k for k in config if config.get(k) != saved_config.get(k))
         if diff:
             shown = ", ".join(f"{k}={saved_config.get(k)!r} there, {config.get(k)!r} here"
                               for k in diff)
