@@ -45,6 +45,7 @@ if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single 
         GATv2Conv,
         GCNConv,
         GINConv,
+        PNAConv,
         SAGEConv,
         global_add_pool,
         global_max_pool,
@@ -1132,6 +1133,17 @@ GRAPH_LAYERS = {
     "edge": (lambda: EdgeConv(nn.Sequential(nn.Linear(2 * H, 5), nn.ReLU(), nn.Linear(5, 5)),
                               aggr="max"), 5),
 }
+#: PNA with every aggregator and scaler PyG has for it (a degree histogram of small graphs)
+PNA_AGGREGATORS = ["mean", "min", "max", "std", "var", "sum"]
+PNA_SCALERS = ["identity", "amplification", "attenuation", "linear", "inverse_linear"]
+if HAS_PYG:
+    GRAPH_LAYERS.update({
+        "pna": (lambda: PNAConv(H, 5, PNA_AGGREGATORS, PNA_SCALERS,
+                                deg=torch.tensor([1, 4, 6, 3, 2])), 5),
+        "pna-towers": (lambda: PNAConv(H, 6, ["mean", "max"], ["identity"],
+                                       deg=torch.tensor([0, 5, 5]), towers=2,
+                                       divide_input=False, pre_layers=2, post_layers=2), 6),
+    })
 #: norms over node features, called with the batch vector
 GRAPH_NORMS = {"graph-norm", "graph-instance-norm", "graph-layer-norm", "node-layer-norm"}
 if HAS_PYG:
@@ -1205,6 +1217,8 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "GATv2Conv": ("gatv2", ("GATv2Conv",), ()),
     "GATv2Conv-shared-residual": ("gatv2-shared-residual", ("GATv2Conv",), ()),
     "GINConv": ("gin", ("index_add",), ("GINConv",)),
+    "PNAConv": ("pna", ("scatter",), ("PNAConv",)),
+    "PNAConv-towers": ("pna-towers", ("scatter",), ("PNAConv",)),
     "GraphNorm": ("graph-norm", ("GraphNorm",), ()),
     "pyg-InstanceNorm": ("graph-instance-norm", ("GraphInstanceNorm",), ()),
     "pyg-LayerNorm-graph": ("graph-layer-norm", ("GraphLayerNorm",), ()),

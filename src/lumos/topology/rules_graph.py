@@ -19,6 +19,7 @@ from torch_geometric.nn import (
     GATv2Conv,
     GCNConv,
     GINConv,
+    PNAConv,
     SAGEConv,
     global_add_pool,
     global_max_pool,
@@ -29,7 +30,7 @@ from torch_geometric.nn.dense.linear import Linear as GeometricLinear
 from torch_geometric.nn.norm import GraphNorm
 from torch_geometric.nn.norm import InstanceNorm as GraphInstanceNorm
 from torch_geometric.nn.norm import LayerNorm as GraphLayerNorm
-from torch_geometric.utils import scatter
+from torch_geometric.utils import degree, scatter
 
 from .context import RuleContext, describe
 from .infos import TensorInfo
@@ -318,6 +319,80 @@ def _edge_conv_forward(self: EdgeConv, x, edge_index):
 
 
 register_trace_forward(EdgeConv, _edge_conv_forward)
+
+
+# PNA: the aggregators and degree scalers written with PyG's own scatter, so the towers' MLPs,
+# the message channels and their aggregates are gated by the generic rules
+_PNA_REDUCE = {"MeanAggregation": "mean", "SumAggregation": "sum", "MinAggregation": "min",
+               "MaxAggregation": "max"}
+
+
+def _pna_aggregate(aggr: nn.Module, msg, index, n):
+    name = type(aggr).__name__
+    if name in _PNA_REDUCE:
+        return scatter(msg, index, dim=0, dim_size=n, reduce=_PNA_REDUCE[name])
+    var_aggr = aggr if name == "VarAggregation" else getattr(aggr, "var_aggr", None)
+    if name in ("VarAggregation", "StdAggregation") and not var_aggr.semi_grad:
+        mean = scatter(msg, index, dim=0, dim_size=n, reduce="mean")
+        var = scatter(msg * msg, index, dim=0, dim_size=n, reduce="mean") - mean * mean
+        if name == "VarAggregation":
+            return var
+        out = var.clamp(min=1e-5).sqrt()
+        return out.masked_fill(out <= math.sqrt(1e-5), 0.0)
+    raise TypeError(f"LUMOS reads PNAConv with the aggregators mean, sum, min, max, var and std; "
+                    f"{name} is not one of them: keep this layer whole (keep=)")
+
+
+def _pna_forward(self: PNAConv, x, edge_index, edge_attr=None):
+    """``PNAConv.forward`` in plain torch: messages ``pre_nn([x_i, x_j, e])`` per tower,
+    aggregated per channel by each aggregator and scaled by each degree scaler (PyG's
+    ``DegreeScalerAggregation``), then ``post_nn([x, aggregates])`` per tower and ``lin``."""
+    module = self.aggr_module
+    inner = getattr(module, "aggr", None)
+    aggrs = list(inner.aggrs) if type(inner).__name__ == "MultiAggregation" else [inner]
+    if (self.flow != "source_to_target" or isinstance(x, (tuple, list))
+            or type(module).__name__ != "DegreeScalerAggregation"
+            or (type(inner).__name__ == "MultiAggregation" and inner.mode != "cat")):
+        raise TypeError("LUMOS reads PNAConv with one node feature tensor, an edge_index, "
+                        "source-to-target flow and concatenated aggregators; keep this layer "
+                        "whole (keep=) otherwise")
+    if self.divide_input:
+        x = x.view(-1, self.towers, self.F_in)
+    else:
+        x = x.view(-1, 1, self.F_in).repeat(1, self.towers, 1)
+    n = x.size(0)
+    x_j, x_i = x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])
+    if edge_attr is not None:
+        e = self.edge_encoder(edge_attr).view(-1, 1, self.F_in).repeat(1, self.towers, 1)
+        h = torch.cat([x_i, x_j, e], dim=-1)
+    else:
+        h = torch.cat([x_i, x_j], dim=-1)
+    msg = torch.stack([mlp(h[:, i]) for i, mlp in enumerate(self.pre_nns)], dim=1)
+    index = edge_index[1]
+    out = torch.cat([_pna_aggregate(a, msg, index, n) for a in aggrs], dim=-1) \
+        if len(aggrs) > 1 else _pna_aggregate(aggrs[0], msg, index, n)
+    deg = degree(index, num_nodes=n, dtype=out.dtype).view(-1, 1, 1)
+    scaled = []
+    for scaler in module.scaler:
+        if scaler == "identity":
+            scaled.append(out)
+        elif scaler == "amplification":
+            scaled.append(out * (torch.log(deg + 1) / module.avg_deg_log))
+        elif scaler == "attenuation":
+            scaled.append(out * (module.avg_deg_log / torch.log(deg.clamp(min=1) + 1)))
+        elif scaler == "linear":
+            scaled.append(out * (deg / module.avg_deg_lin))
+        elif scaler == "inverse_linear":
+            scaled.append(out * (module.avg_deg_lin / deg.clamp(min=1)))
+        else:
+            raise TypeError(f"unknown PNA scaler {scaler!r}: keep this layer whole (keep=)")
+    out = torch.cat(scaled, dim=-1) if len(scaled) > 1 else scaled[0]
+    out = torch.cat([x, out], dim=-1)
+    out = torch.cat([mlp(out[:, i]) for i, mlp in enumerate(self.post_nns)], dim=1)
+    return self.lin(out)
+
+
+register_trace_forward(PNAConv, _pna_forward)
 
 
 
