@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import lumos
+from lumos.testing import assert_compacts_exactly
 
 
 class Sequence(nn.Module):
@@ -59,3 +60,49 @@ def test_recurrent_layer_with_a_projection_is_kept_whole_and_listed():
     sm = lumos.sparsify(Wrap(), torch.randn(2, 5, 4), budget=0.5)
     assert "proj_size" in sm.report()
     lumos.testing.assert_compacts_exactly(sm, torch.randn(2, 5, 4))
+
+
+class CellLoop(nn.Module):
+    """A cell unrolled in Python over a fixed number of steps (the state starts as None)."""
+
+    def __init__(self, kind: str, given_state: str | None = None, steps: int = 4) -> None:
+        super().__init__()
+        self.kind, self.given_state, self.steps = kind, given_state, steps
+        self.inp = nn.Linear(3, 5)
+        self.cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[kind](5, 7)
+        self.head = nn.Linear(7, 2)
+
+    def forward(self, x, h0):
+        if self.given_state == "input":  # a model input: its features are the hidden units
+            state = (h0, h0) if self.kind == "lstm" else h0
+        elif self.given_state == "made":  # made here, with a literal width
+            state = torch.full((x.shape[1], 7), 0.5)
+        else:
+            state = None
+        for t in range(self.steps):
+            state = self.cell(torch.relu(self.inp(x[t])), state)
+        return self.head(state[0] if self.kind == "lstm" else state)
+
+
+@pytest.mark.parametrize("state", [None, "input"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_a_cell_in_a_loop_is_gated_per_hidden_unit_and_compacts_exactly(kind, state):
+    torch.manual_seed(0)
+    x, h0 = torch.randn(4, 6, 3), torch.randn(6, 7)
+    check = assert_compacts_exactly(CellLoop(kind, state), (x, h0), batch_sizes=None)
+    sm = check.sparse_model
+    names = {g.name for g in sm.graph_info.groups}
+    assert "inp" in names and ("cell" in names or state == "input"), sm.report()
+    if state == "input":  # the state's features are the cell's hidden units
+        assert "h0" in names and "cell" not in names
+    # the cell's weight_hh is gated once per forward, not once per time step
+    assert len(sm.graph_info.records.param_sites) == 1
+
+
+def test_a_cell_given_a_state_of_its_own_is_kept_whole_and_says_so():
+    torch.manual_seed(0)
+    x, h0 = torch.randn(4, 6, 3), torch.randn(6, 7)
+    sm = lumos.sparsify(CellLoop("gru", given_state="made"), (x, h0), budget=0.5)
+    assert "cell" not in {g.name for g in sm.graph_info.groups}
+    assert "state LUMOS does not track" in sm.report()
+    assert_compacts_exactly(sm, (x, h0), batch_sizes=None)

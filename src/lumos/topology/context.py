@@ -166,9 +166,12 @@ class RuleContext:
     def param_site(self, owner: str, param: str, dim: int, layout: Layout) -> None:
         """Gate ``layout``'s channels inside leaf ``owner`` by scaling ``owner.param`` on ``dim``;
         compaction folds the gate values into the same parameter."""
-        self.records.param_sites.append(ParamSite(owner, param, dim, layout))
         mod_path, _, name = f"{owner}.{param}".rpartition(".")
-        self.role(mod_path, name, dim, layout, fold=True)
+        self.role(mod_path, name, dim, layout, fold=True)  # a second call: layouts tied
+        if any((s.owner, s.param, s.dim) == (owner, param, dim)
+               for s in self.records.param_sites):
+            return  # one layer called twice (a cell in a loop): its parameter is gated once
+        self.records.param_sites.append(ParamSite(owner, param, dim, layout))
 
     def cost(self, kind: str, coeff: float, factors: tuple[Layout, ...], label: str) -> None:
         """``coeff * prod(live(layout))`` parameters or FLOPs (``kind``); FLOPs follow torch's

@@ -10,6 +10,7 @@ gated like any other. Other message-passing layers are kept whole (listed in ``r
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -327,11 +328,11 @@ _PNA_REDUCE = {"MeanAggregation": "mean", "SumAggregation": "sum", "MinAggregati
                "MaxAggregation": "max"}
 
 
-def _pna_aggregate(aggr: nn.Module, msg, index, n):
+def _pna_aggregate(aggr: Any, msg, index, n):
     name = type(aggr).__name__
     if name in _PNA_REDUCE:
         return scatter(msg, index, dim=0, dim_size=n, reduce=_PNA_REDUCE[name])
-    var_aggr = aggr if name == "VarAggregation" else getattr(aggr, "var_aggr", None)
+    var_aggr: Any = aggr if name == "VarAggregation" else getattr(aggr, "var_aggr", None)
     if name in ("VarAggregation", "StdAggregation") and not var_aggr.semi_grad:
         mean = scatter(msg, index, dim=0, dim_size=n, reduce="mean")
         var = scatter(msg * msg, index, dim=0, dim_size=n, reduce="mean") - mean * mean
@@ -347,8 +348,8 @@ def _pna_forward(self: PNAConv, x, edge_index, edge_attr=None):
     """``PNAConv.forward`` in plain torch: messages ``pre_nn([x_i, x_j, e])`` per tower,
     aggregated per channel by each aggregator and scaled by each degree scaler (PyG's
     ``DegreeScalerAggregation``), then ``post_nn([x, aggregates])`` per tower and ``lin``."""
-    module = self.aggr_module
-    inner = getattr(module, "aggr", None)
+    module: Any = self.aggr_module
+    inner: Any = getattr(module, "aggr", None)
     aggrs = list(inner.aggrs) if type(inner).__name__ == "MultiAggregation" else [inner]
     if (self.flow != "source_to_target" or isinstance(x, (tuple, list))
             or type(module).__name__ != "DegreeScalerAggregation"
