@@ -242,6 +242,8 @@ UNARY_FUNCTIONS = [
     F.softsign, F.tanhshrink, F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid,
     F.sigmoid, F.tanh, F.dropout, F.alpha_dropout, F.feature_alpha_dropout,
     operator.neg, operator.pos, torch.clamp, torch.clip,
+    F.relu_, F.elu_, F.selu_, F.celu_, F.leaky_relu_, F.hardtanh_, F.rrelu_,
+    getattr(F, "threshold_"), torch.sigmoid_, torch.tanh_, torch.exp_, torch.clamp_,  # noqa: B009
 ]
 BINARY_FUNCTIONS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.pow,
@@ -271,7 +273,9 @@ UNARY_MODULES = [
 ]
 UNARY_FUNCTION_ARGS = {
     torch.clamp: (-0.5, 0.5), torch.clip: (-0.5, 0.5), F.leaky_relu: (0.1,),
-    F.hardtanh: (-0.5, 0.5), F.elu: (0.7,), F.celu: (0.7,),
+    F.hardtanh: (-0.5, 0.5), F.elu: (0.7,), F.celu: (0.7,), F.leaky_relu_: (0.1,),
+    F.hardtanh_: (-0.5, 0.5), F.elu_: (0.7,), F.celu_: (0.7,), torch.clamp_: (-0.5, 0.5),
+    getattr(F, "threshold_"): (0.1, 0.0),  # noqa: B009
 }
 UNARY_FUNCTION_KWARGS = {
     F.dropout: {"p": 0.3, "training": False}, F.alpha_dropout: {"p": 0.3, "training": False},
@@ -1079,6 +1083,18 @@ for _cls in (nn.LSTM, nn.GRU, nn.RNN):
         _with_final_state, lead=(2, 4), out_width=5, m=c(H, 5, batch_first=True)), _cls)
 
 
+def _cell_loop(s, h):  # three steps of a cell on the same input, the state starting as None
+    state = None
+    for _ in range(3):
+        state = s.m(h, state)
+    return state[0] if isinstance(s.m, nn.LSTMCell) else state
+
+
+for _cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell):
+    add(f"recurrent-{label(_cls)}-loop", lambda c=_cls: mlp(_cell_loop, out_width=5,
+                                                            m=c(H, 5)), _cls)
+
+
 class Embed(nn.Module):
     def __init__(self, **options) -> None:
         super().__init__()
@@ -1236,6 +1252,32 @@ for _id, (_kind_name, _names, _traced) in _GRAPH_ROWS.items():
                      if HAS_PYG or n == "index_add")
     add(f"graph-{_id}", _graph_row(_kind_name), *_targets, pyg=True, batch_sizes=None,
         traces=tuple(globals()[n] for n in _traced) if HAS_PYG else ())
+
+
+if HAS_PYG:
+    from torch_geometric.nn.models.attentive_fp import GATEConv
+
+    class _Readout(nn.Module):
+        """AttentiveFP's pattern: GATEConv with edge features, then a bipartite GATConv from
+        the nodes to their pooled graph (one shared ``lin`` reads both node sets)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(D, H)
+            self.gate = GATEConv(H, H, edge_dim=3)
+            self.mol = GATConv(H, H, heads=2, add_self_loops=False, concat=True)
+            self.last = nn.Linear(2 * H, O)
+
+        def forward(self, x, edge_index, batch):
+            h = torch.relu(self.first(x))
+            edge_attr = torch.ones(edge_index.shape[1], 3)
+            h = torch.relu(self.gate(h, edge_index, edge_attr)) + h
+            pooled = global_add_pool(h, batch)
+            to_graph = torch.stack([torch.arange(batch.shape[0]), batch])
+            return self.last(self.mol((h, pooled), to_graph))
+
+    add("graph-GATEConv-bipartite-GATConv", lambda: (_Readout(), graphs()), GATConv,
+        global_add_pool, pyg=True, batch_sizes=None, traces=(GATEConv,))
 
 
 # ---- third-party layers and functions (registered once their package is imported) -------------

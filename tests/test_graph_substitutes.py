@@ -8,7 +8,11 @@ import pytest
 import torch
 
 pyg_nn = pytest.importorskip("torch_geometric.nn")
-from lumos.topology.rules_graph import _edge_conv_forward, _pna_forward  # noqa: E402
+from lumos.topology.rules_graph import (  # noqa: E402
+    _edge_conv_forward,
+    _gate_conv_forward,
+    _pna_forward,
+)
 
 
 def _graph(n: int = 9, d: int = 6, seed: int = 0):
@@ -48,3 +52,13 @@ def test_edge_conv_substitute_equals_the_layer(aggr):
     x, edge_index, _ = _graph()
     conv = pyg_nn.EdgeConv(torch.nn.Sequential(torch.nn.Linear(12, 5), torch.nn.ReLU()), aggr)
     torch.testing.assert_close(_edge_conv_forward(conv, x, edge_index), conv(x, edge_index))
+
+
+def test_gate_conv_substitute_equals_the_layer():
+    from torch_geometric.nn.models.attentive_fp import GATEConv
+
+    torch.manual_seed(0)
+    x, edge_index, edge_attr = _graph()
+    conv = GATEConv(6, 6, edge_dim=3).eval()
+    torch.testing.assert_close(_gate_conv_forward(conv, x, edge_index, edge_attr),
+                               conv(x, edge_index, edge_attr), rtol=1e-6, atol=1e-6)

@@ -245,3 +245,28 @@ def test_as_tensor_of_a_traced_tensor_is_that_tensor():
     check = lumos.testing.assert_compacts_exactly(Net(), x, batch_sizes=(1, 3))
     assert "a" in {g.name for g in check.sparse_model.graph_info.groups}
     assert torch.as_tensor([1, 2]).tolist() == [1, 2]  # torch's own function is back
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: torch.zeros(x.shape[0], 8), lambda x: torch.ones(x.size(0), 8) * 0.5,
+    lambda x: torch.randn(x.shape[0], 8) * 0, lambda x: torch.empty(x.size(0), 8).fill_(1.0)])
+def test_a_tensor_made_with_a_size_read_off_the_input_follows_the_batch(make):
+    """``torch.zeros(x.shape[0], 8)``: torch would not hand the call to fx (it asks the size
+    for an int first); LUMOS traces it with the size as a graph value."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)) + make(x))
+
+    torch.manual_seed(0)
+    model = Net()
+    sm = lumos.sparsify(model, torch.randn(6, 4), budget=0.5).eval()
+    x = torch.randn(11, 4)  # another batch size than the example's
+    with torch.no_grad():
+        if make(x).abs().sum() == 0 or make(x).std() == 0:
+            torch.testing.assert_close(sm(x), model.eval()(x))
+        assert sm(x).shape == (11, 1)

@@ -288,7 +288,8 @@ def jit_isinstance_patched(tracer: KnownValueTracer) -> Iterator[None]:
 def tensor_conversions_patched() -> Iterator[None]:
     """``torch.as_tensor(proxy)`` / ``torch.asarray(proxy)`` of a traced tensor are the tensor
     itself (or ``.to(dtype, device)`` of it): torch does not dispatch them to fx, which would
-    then probe the proxy as an array or a sequence and fail (MONAI's HighResNet)."""
+    then probe the proxy as an array or a sequence and fail (MONAI's HighResNet). And
+    ``torch.zeros(n, 4)`` with ``n`` read off a tensor is called with one size tuple."""
     originals = {name: getattr(torch, name) for name in ("as_tensor", "asarray")}
 
     def make(original):
@@ -304,10 +305,25 @@ def tensor_conversions_patched() -> Iterator[None]:
 
         return patched
 
+    def sizes_as_tuple(original):
+        # ``torch.zeros(x.shape[0], 4)``: torch's parser asks each vararg size for __index__,
+        # which a size read off a tensor refuses (it must stay a graph value), and then gives
+        # up instead of handing the call to fx; the same sizes as one tuple trace.
+        def patched(*args, **kwargs):  # noqa: ANN002, ANN003
+            if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+                return original(tuple(args), **kwargs)
+            return original(*args, **kwargs)
+
+        return patched
+
+    factories = {name: getattr(torch, name) for name in ("zeros", "ones", "empty", "rand",
+                                                         "randn")}
     for name, original in originals.items():
         setattr(torch, name, make(original))
+    for name, original in factories.items():
+        setattr(torch, name, sizes_as_tuple(original))
     try:
         yield
     finally:
-        for name, original in originals.items():
+        for name, original in {**originals, **factories}.items():
             setattr(torch, name, original)

@@ -130,7 +130,8 @@ UNARY_FUNCTIONS: list[Callable[..., Any]] = [
     F.sigmoid, F.tanh, F.dropout, F.alpha_dropout, F.feature_alpha_dropout,
     operator.neg, operator.pos, torch.clamp, torch.clip,
     # in-place variants (``F.elu_`` and friends are torch's C functions, distinct objects)
-    F.relu_, F.elu_, F.selu_, F.celu_, F.leaky_relu_, F.hardtanh_, F.rrelu_, F.threshold_,
+    F.relu_, F.elu_, F.selu_, F.celu_, F.leaky_relu_, F.hardtanh_, F.rrelu_,
+    getattr(F, "threshold_"),  # noqa: B009 (not in torch's type stubs)
     torch.sigmoid_, torch.tanh_, torch.exp_, torch.clamp_,  # (torch.relu_ is F.relu_)
 ]
 BINARY_FUNCTIONS: list[Callable[..., Any]] = [

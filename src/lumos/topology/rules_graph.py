@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch_geometric.nn import (
     EdgeConv,
@@ -28,10 +29,12 @@ from torch_geometric.nn import (
 )
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear as GeometricLinear
+from torch_geometric.nn.models.attentive_fp import GATEConv
 from torch_geometric.nn.norm import GraphNorm
 from torch_geometric.nn.norm import InstanceNorm as GraphInstanceNorm
 from torch_geometric.nn.norm import LayerNorm as GraphLayerNorm
 from torch_geometric.utils import degree, scatter
+from torch_geometric.utils import softmax as graph_softmax
 
 from .context import RuleContext, describe
 from .infos import TensorInfo
@@ -39,7 +42,7 @@ from .registry import REGISTRY, register_leaf_function, register_rule, register_
 from .rule_helpers import node_arg, positive_dim, target_path
 from .rules_linear import _linear_module
 from .rules_norm import lower_stat_norm, stat_norm
-from .spaces import Layout
+from .spaces import Layout, unify
 
 
 def _node_input(ctx: RuleContext, node: fx.Node, owner: str, width: int) -> Layout:
@@ -113,19 +116,47 @@ def _sage(ctx: RuleContext, node: fx.Node, module: SAGEConv) -> object:
     return TensorInfo(-1, out)
 
 
+def _bipartite_input(ctx: RuleContext, node: fx.Node, x) -> Layout | None:
+    """``(x_src, x_dst)`` read by one shared ``lin`` (an int ``in_channels``): both carry the
+    same channels, gated by scaling ``lin``'s columns (one gate for both reads); None when
+    either is untracked."""
+    infos = [ctx.tensor_info(t) for t in x if t is not None]
+    if len(infos) != sum(t is not None for t in x) or any(
+            i is None or i.dim != -1 for i in infos):
+        return None
+    layout = infos[0].layout  # type: ignore[union-attr]
+    for other in infos[1:]:
+        unify(layout, other.layout, f"{describe(node)} reads both node sets with one lin")  # type: ignore[union-attr]
+    layout.require_nonempty()
+    return layout
+
+
 def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("x")
-    if module.lin is None or isinstance(x, (tuple, list)):
-        return _keep_whole(ctx, node, "bipartite input", _gat_width(module))
+    bipartite = isinstance(x, (tuple, list))
+    in_layout = _bipartite_input(ctx, node, x) if bipartite and module.lin is not None else None
+    if module.lin is None or (bipartite and in_layout is None):
+        return _keep_whole(ctx, node, "bipartite input with separate or untracked node sets",
+                           _gat_width(module))
     H, C = module.heads, module.out_channels
-    in_layout = _node_input(ctx, node, owner, module.in_channels)
-    rows = _rows(ctx, node)
+    if in_layout is None:
+        in_layout = _node_input(ctx, node, owner, module.in_channels)
+    # lin reads both node sets of a bipartite input
+    parts: list = list(x) if isinstance(x, (tuple, list)) else []
+    rows = sum(_rows_of(ctx, t) for t in parts if t is not None) if bipartite else _rows(
+        ctx, node)
     head_space = ctx.new_space(H, "head", owner)
     heads = Layout.of(head_space, block=C)  # the H*C projected channels, C per head
     heads.require_nonempty()
     per_head = Layout.of(head_space)  # dim 1 of att_src/att_dst (1, H, C)
-    _lin(ctx, owner, "lin", in_layout, heads, rows)
+    if bipartite:  # the gate scales lin's columns: both node sets are read through them
+        ctx.param_site(owner, "lin.weight", 1, in_layout)
+        ctx.role(f"{owner}.lin", "weight", 0, heads)
+        ctx.param_cost(f"{owner}.lin", "weight", (heads, in_layout))
+        ctx.cost("flops", 2 * rows, (in_layout, heads), f"{owner}.lin")
+    else:
+        _lin(ctx, owner, "lin", in_layout, heads, rows)
     for name in ("att_src", "att_dst"):
         ctx.role(owner, name, 1, per_head)
         ctx.param_cost(owner, name, (per_head,))
@@ -145,12 +176,21 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     else:  # mean over heads: heads stay whole, the output channels are shared by all heads
         head_space.pin(f"{describe(node)} averages its heads (concat=False)")
         out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
-    if module.res is not None:
+    if module.res is not None and bipartite:
+        ctx.param_site(owner, "res.weight", 1, in_layout)
+        ctx.role(f"{owner}.res", "weight", 0, out)
+        ctx.param_cost(f"{owner}.res", "weight", (out, in_layout))
+    elif module.res is not None:
         _lin(ctx, owner, "res", in_layout, out, rows)
     if module.bias is not None:
         ctx.role(owner, "bias", 0, out)
         ctx.param_cost(owner, "bias", (out,))
     return TensorInfo(-1, out)
+
+
+def _rows_of(ctx: RuleContext, x) -> int:
+    shape = ctx.shape(x)
+    return math.prod(shape[:-1]) if shape else 0
 
 
 def _gatv2(ctx: RuleContext, node: fx.Node, module: GATv2Conv) -> object:
@@ -394,6 +434,25 @@ def _pna_forward(self: PNAConv, x, edge_index, edge_attr=None):
 
 
 register_trace_forward(PNAConv, _pna_forward)
+
+
+def _gate_conv_forward(self: GATEConv, x, edge_index, edge_attr):
+    """AttentiveFP's ``GATEConv.forward`` in plain torch: the attention logits of edge
+    ``j -> i`` are ``att_l . leaky_relu(lin1([x_j, e]))`` plus ``att_r . x_i`` (written as
+    ``F.linear``, which the Linear rule reads), softmax over each node's incoming edges,
+    messages ``lin2(x_j)`` weighted by them and summed."""
+    n = x.size(0)
+    x_j, x_i = x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])
+    h = F.leaky_relu(self.lin1(torch.cat([x_j, edge_attr], dim=-1)))
+    alpha = F.linear(h, self.att_l).squeeze(-1) + F.linear(x_i, self.att_r).squeeze(-1)
+    alpha = graph_softmax(F.leaky_relu(alpha), edge_index[1], None, n)
+    alpha = F.dropout(alpha, p=self.dropout, training=self.training)
+    out = scatter(self.lin2(x_j) * alpha.unsqueeze(-1), edge_index[1], dim=0, dim_size=n,
+                  reduce="sum")
+    return out + self.bias
+
+
+register_trace_forward(GATEConv, _gate_conv_forward)
 
 
 
