@@ -342,8 +342,9 @@ class SparseModel(nn.Module):
         if budget is None:
             return 0
         kept = self.kept_mask()
+        protected = self._keep_a_path_open(kept)
         parts = (self.gates, self.cost, self.dense_params, self._nonempty_groups, kept,
-                 self.feature_mask, budget)
+                 self.feature_mask | protected, budget)
         if projection.kept_fraction(self.cost, kept, self.dense_params) <= budget:
             if not fill:
                 return 0
@@ -359,6 +360,34 @@ class SparseModel(nn.Module):
             warnings.warn(self.unreachable_message(budget, reached), LumosWarning, stacklevel=2)
         return int(shut.sum())
 
+    def _essential_groups(self) -> list:
+        return [g for g in self.graph_info.groups
+                if getattr(g, "essential", False) and g.kind != "feature"]
+
+    def _keep_a_path_open(self, kept: Tensor) -> Tensor:
+        """One gate of every group that is the only way from the inputs to the output, never
+        shut by the projection (its strongest kept gate; reopened if training closed them
+        all): closing them all would leave a model whose output ignores its inputs."""
+        protected = torch.zeros_like(kept)
+        log_alpha = self.gates.log_alpha.detach()
+        # open, not just kept: a conv keeps one inert channel (gate 0) when all close
+        is_open = (self.gates.deterministic().detach() > 0) & kept
+        for group in self._essential_groups():
+            sl = slice(group.offset, group.offset + group.size)
+            open_here = torch.nonzero(is_open[sl]).flatten()
+            if len(open_here):
+                best = group.offset + int(open_here[torch.argmax(log_alpha[sl][open_here])])
+            else:
+                best = group.offset + int(torch.argmax(log_alpha[sl]))
+                with torch.no_grad():
+                    self.gates.log_alpha[best] = projection.log_alpha_for_keep_probability(
+                        projection.REOPEN_KEEP_PROBABILITY, self.gates.cfg)
+                    self.gates.shut[best] = False
+                kept[best] = True
+                self._realized = None
+            protected[best] = True
+        return protected
+
     def unreachable_message(self, budget: float, reached: float) -> str:
         """Why ``budget`` cannot be met: what is kept whole, and which layers hold the size."""
         pinned = [s for s in self.graph_info.pinned_spaces()
@@ -367,7 +396,8 @@ class SparseModel(nn.Module):
         if pinned:
             origins[0] += f": {pinned[0].pinned}"
         with torch.no_grad():
-            floor = self._keep_alive(self.kept_mask() & self.feature_mask).double()
+            floor = self._keep_alive(
+                self._with_a_path(self.kept_mask() & self.feature_mask)).double()
             sizes = self.cost.by_label(floor, "params")
         dense = max(self.dense_params, 1.0)
         largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
@@ -410,8 +440,20 @@ class SparseModel(nn.Module):
     def smallest_fraction(self) -> float:
         """The smallest kept-parameter fraction the budget can reach: every neuron/channel/head
         gate closed (one inert channel where torch needs one), the current features kept."""
-        keep = self._keep_alive(self.kept_mask() & self.feature_mask)
+        keep = self._keep_alive(self._with_a_path(self.kept_mask() & self.feature_mask))
         return projection.kept_fraction(self.cost, keep, self.dense_params)
+
+    def _with_a_path(self, kept: Tensor) -> Tensor:
+        """``kept`` plus the strongest gate of every essential group left without one (what
+        the projection keeps open, see :meth:`_keep_a_path_open`)."""
+        kept = kept.clone()
+        log_alpha = self.gates.log_alpha.detach()
+        is_open = (self.gates.deterministic().detach() > 0) & kept
+        for group in self._essential_groups():
+            sl = slice(group.offset, group.offset + group.size)
+            if not bool(is_open[sl].any()):
+                kept[group.offset + int(torch.argmax(log_alpha[sl]))] = True
+        return kept
 
     def gate_values(self) -> Tensor:
         """Deterministic gate values as compaction folds them (1 for ungated positions)."""
@@ -524,6 +566,13 @@ class SparseModel(nn.Module):
 
     def _warn_if_an_input_closed(self) -> None:
         open_ = self.gates.deterministic().detach() > 0
+        for group in self._essential_groups():
+            if not bool(open_[group.offset:group.offset + group.size].any()):
+                warnings.warn(
+                    f"every channel of '{group.name}' closed, and every path from the inputs "
+                    "to the output goes through it: the compacted model's output no longer "
+                    "depends on its inputs. Use budget= (LUMOS then keeps one open), a smaller "
+                    "lam, or train longer.", LumosWarning, stacklevel=3)
         for name, (_, gates) in self._feature_gates().items():
             if gates is not None and not bool(open_[gates].any()):
                 warnings.warn(

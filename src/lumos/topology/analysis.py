@@ -43,6 +43,9 @@ class Group:
     kind: str
     size: int
     offset: int = 0
+    #: every path from the model's inputs to its output reads these channels: closing all
+    #: of them would leave an output that no longer depends on the inputs
+    essential: bool = False
 
     @property
     def nonempty(self) -> bool:
@@ -98,6 +101,45 @@ class ChannelGraph:
         self._count_unclaimed_params()
         self._count_measured_flops(example_args)
         self.groups = self._collect_groups()
+        self._mark_essential(self.groups)
+
+    def _mark_essential(self, groups: list[Group]) -> None:
+        """Flag the groups that are the only way from the inputs to the output.
+
+        A read of a tensor whose channels all belong to a group (a gate site over it only, or
+        units inside a layer gated by it) carries nothing once all its gates are closed; if
+        every path from an input to the output crosses such a read, the group is essential.
+        Over-flagging is harmless (one gate is kept open); missing one is not.
+        """
+        graph = self.gm.graph
+        # the data: floating inputs (an edge_index or a batch vector steers, it is no path)
+        inputs = [n for n in graph.nodes if n.op == "placeholder"
+                  and getattr(n.meta.get("tensor_meta"), "dtype", None) is not None
+                  and n.meta["tensor_meta"].dtype.is_floating_point]
+        output = next((n for n in graph.nodes if n.op == "output"), None)
+        if output is None or not inputs:
+            return
+        cuts: dict[int, set[tuple[fx.Node, fx.Node]]] = {}
+        for site in self.records.sites:
+            roots = {id(seg.space.find()) for seg in site.layout.segments}
+            value = site.node.args[site.arg] if isinstance(site.arg, int) \
+                else site.node.kwargs.get(site.arg)
+            if len(roots) == 1 and isinstance(value, fx.Node):
+                cuts.setdefault(roots.pop(), set()).add((site.node, value))
+        calls: dict[str, list[fx.Node]] = {}
+        for n in graph.nodes:
+            if n.op == "call_module":
+                calls.setdefault(str(n.target), []).append(n)
+        for psite in self.records.param_sites:  # units inside a layer: all its reads cut
+            roots = {id(seg.space.find()) for seg in psite.layout.segments}
+            if len(roots) == 1:
+                cut = cuts.setdefault(roots.pop(), set())
+                for n in calls.get(psite.owner, []):
+                    cut.update((n, a) for a in n.all_input_nodes)
+        for group in groups:
+            group_cut = cuts.get(id(group.root))
+            if group_cut and not _reaches(inputs, output, group_cut):
+                group.essential = True
 
     def _run_rules(self, feature_inputs: dict[str, int], strict: bool) -> None:
         self.ctx = RuleContext(self.gm, strict)
@@ -348,3 +390,38 @@ class ChannelGraph:
             if root.pinned is not None and root.kind != "opaque":
                 seen.setdefault(id(root), root)
         return list(seen.values())
+
+
+#: ops whose result depends on their input's shape, dtype or device only: no data flows on
+_SHAPE_ONLY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+                         torch.rand_like, torch.randn_like}
+_SHAPE_ONLY_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "layout", "is_cuda", "training"}
+_SHAPE_ONLY_METHODS = {"size", "dim", "new_zeros", "new_ones", "new_empty", "new_full",
+                       "new_tensor", "numel"}
+
+
+def _carries_data(user: fx.Node) -> bool:
+    if user.op == "call_function" and user.target is getattr:
+        return not (len(user.args) > 1 and user.args[1] in _SHAPE_ONLY_ATTRIBUTES)
+    if user.op == "call_function":
+        return user.target not in _SHAPE_ONLY_FUNCTIONS
+    if user.op == "call_method":
+        return user.target not in _SHAPE_ONLY_METHODS
+    return True
+
+
+def _reaches(sources: list[fx.Node], target: fx.Node, cut: set) -> bool:
+    """Whether ``target`` depends on a source's values through edges (user, producer) not in
+    ``cut`` (a ``zeros_like(x)`` reads x's shape only)."""
+    seen = set(sources)
+    stack = list(sources)
+    while stack:
+        node = stack.pop()
+        for user in node.users:
+            if user in seen or (user, node) in cut or not _carries_data(user):
+                continue
+            if user is target:
+                return True
+            seen.add(user)
+            stack.append(user)
+    return False
