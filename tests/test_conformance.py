@@ -1298,6 +1298,12 @@ if importlib.util.find_spec("monai") is not None:
     add("monai-drop_connect", lambda: (_MBConv(), torch.randn(4, 2, 6, 6)),
         _efficientnet.drop_connect)
 
+    from monai.networks.blocks.selfattention import SABlock as _SABlock
+
+    add("monai-SABlock", lambda: (Chain(nn.Linear(D, 8), _apply, nn.Linear(8, O),
+                                        m=_SABlock(8, 2, qkv_bias=True)), _randn(2, 5, D)),
+        _SABlock)
+
 if importlib.util.find_spec("neuralop") is not None and importlib.util.find_spec("tltorch"):
     if "wandb" not in sys.modules and importlib.util.find_spec("wandb") is None:
         sys.modules["wandb"] = types.ModuleType("wandb")  # neuraloperator 0.3.0 imports it

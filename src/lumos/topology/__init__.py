@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (importing a rule module registers its rules)
     rules_conv,
     rules_elementwise,
     rules_linear,
+    rules_monai,
     rules_neuralop,
     rules_norm,
     rules_recurrent,
