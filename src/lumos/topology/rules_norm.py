@@ -10,8 +10,10 @@ into the original width with zeros elsewhere, normalise without affine, take the
 back, apply the sliced weight and bias. The norm's output channels follow its input's, and its
 consumers gate them as for any channel-wise layer.
 
-The cost is one full-width normalisation per norm layer, which is small next to the matmuls or
-convolutions around it; the parameters are those of the kept channels.
+The cost is one padded normalisation per norm layer (for ``nn.LayerNorm`` one ``F.pad`` and the
+fused kernel, affine included), small next to the matmuls or convolutions around it; the
+parameters are those of the kept channels. A norm that keeps every channel at gate value 1
+stays as it is.
 """
 
 from __future__ import annotations
@@ -116,40 +118,64 @@ def full_width_inner(module: nn.Module) -> nn.Module:
 def full_width_twin(module: nn.Module, node: fx.Node, kept: torch.Tensor, scale: torch.Tensor,
                     dim: int) -> fx.GraphModule:
     """A GraphModule equal to ``module`` (weight and bias already sliced to ``kept``) on the
-    kept channels of an input whose closed channels were zeros: scale by the gate values, put
-    the zeros back, normalise at full width (``inner``), take the kept channels, apply the
-    affine. Built node by node, taking the same arguments as ``node``'s call (the batch
-    vector of a graph norm, ...), so it needs nothing of LUMOS to run or reload."""
+    kept channels of an input whose closed channels were zeros: scale by the gate values (when
+    one is not 1), put the zeros back, normalise at full width, take the kept channels, apply
+    the affine. Built node by node, taking the same arguments as ``node``'s call (the batch
+    vector of a graph norm, ...), so it needs nothing of LUMOS to run or reload.
+
+    LayerNorms (statistics over the whole last dim, blind to the order of its channels) get
+    the zeros appended by one ``F.pad`` and keep the first channels by a view; a plain
+    ``nn.LayerNorm`` also keeps its fused affine (the sliced weight and bias padded with zeros).
+    GroupNorm puts each zero back in its own group with one ``index_select``.
+    """
     root = nn.Module()
-    inner = full_width_inner(module)
-    inner.train(module.training)
-    root.inner = inner
-    weight = module._parameters.get("weight")
-    full = torch.full((_full_width(module),), len(kept), dtype=torch.long, device=kept.device)
-    full[kept] = torch.arange(len(kept), device=kept.device)
+    width = _full_width(module)
+    closed = width - len(kept)
+    weight, bias = module._parameters.get("weight"), module._parameters.get("bias")
     trailing = [1] * (-dim - 1)
     dtype = weight.dtype if weight is not None else torch.get_default_dtype()
-    root.register_buffer("gather", full)
-    root.register_buffer("kept", kept.clone())
-    root.register_buffer("scale", scale.to(dtype).view(-1, *trailing).clone())
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None:
+            root.register_parameter(name, param)
     g = fx.Graph()
     x = g.placeholder("x")
     extras = [g.placeholder(f"arg{i}") for i in range(1, len(node.args))]
     kw: dict[str, fx.node.Argument] = {k: g.placeholder(k) for k in node.kwargs}
-    x = g.call_function(operator.mul, (x, g.get_attr("scale")))
-    zero = g.call_function(torch.zeros_like, (g.call_method("narrow", (x, dim, 0, 1)),))
-    padded = g.call_function(torch.cat, ([x, zero], dim))
-    y = g.call_module("inner", (g.call_method("index_select", (padded, dim,
-                                                                g.get_attr("gather"))),
-                                *extras), kw)
-    y = g.call_method("index_select", (y, dim, g.get_attr("kept")))
-    for name, op in (("weight", operator.mul), ("bias", operator.add)):
-        param = module._parameters.get(name)
+    if not bool((scale == 1).all()):
+        root.register_buffer("scale", scale.to(dtype).view(-1, *trailing).clone())
+        x = g.call_function(operator.mul, (x, g.get_attr("scale")))
+    if isinstance(module, nn.LayerNorm):  # one fused kernel, affine included
+        padded = g.call_function(F.pad, (x, (0, closed)))
+        affine = [g.call_function(F.pad, (g.get_attr(name), (0, closed))) if p is not None
+                  else None for name, p in (("weight", weight), ("bias", bias))]
+        y = g.call_function(F.layer_norm, (padded, (width,), *affine, module.eps))
+        g.output(g.call_method("narrow", (y, -1, 0, len(kept))))
+        return _graph_module(root, g, module)
+    root.inner = full_width_inner(module)
+    root.inner.train(module.training)
+    if isinstance(module, nn.GroupNorm):  # each zero back in its own group
+        gather = torch.full((width,), len(kept), dtype=torch.long, device=kept.device)
+        gather[kept] = torch.arange(len(kept), device=kept.device)
+        root.register_buffer("gather", gather)
+        root.register_buffer("kept", kept.clone())
+        zero = g.call_function(torch.zeros_like, (g.call_method("narrow", (x, dim, 0, 1)),))
+        padded = g.call_method("index_select", (g.call_function(torch.cat, ([x, zero], dim)),
+                                                dim, g.get_attr("gather")))
+        y = g.call_module("inner", (padded, *extras), kw)
+        y = g.call_method("index_select", (y, dim, g.get_attr("kept")))
+    else:  # statistics over the last dim, in any order: zeros appended
+        padded = g.call_function(F.pad, (x, (0, closed)))
+        y = g.call_module("inner", (padded, *extras), kw)
+        y = g.call_method("narrow", (y, -1, 0, len(kept)))
+    for name, op, param in (("weight", operator.mul, weight), ("bias", operator.add, bias)):
         if param is not None:
-            root.register_parameter(name, param)
             y = g.call_function(op, (y, g.call_method("view", (g.get_attr(name),
                                                                  [-1, *trailing]))))
     g.output(y)
+    return _graph_module(root, g, module)
+
+
+def _graph_module(root: nn.Module, g: fx.Graph, module: nn.Module) -> fx.GraphModule:
     twin = fx.GraphModule(root, g, class_name=f"Pruned{type(module).__name__}")
     twin.train(module.training)
     return twin
@@ -169,6 +195,8 @@ def lower_stat_norm(module: nn.Module, node: fx.Node) -> nn.Module | None:
     if stat is None:
         return None
     kept, scale, dim = stat
+    if len(kept) == _full_width(module) and bool((scale == 1).all()):
+        return None  # every channel kept at gate value 1: the layer as it is
     return full_width_twin(module, node, kept, scale, dim)
 
 
