@@ -34,7 +34,9 @@ def test_recurrent_hidden_units_and_embedding_dims_are_gated_and_exact(cell, lay
     tokens, x = torch.randint(0, 20, (4, 7)), torch.randn(4, 7, 5)
     sm = lumos.sparsify(Sequence(cell, layers, bidirectional), (tokens, x), budget=0.3)
     assert {g.name for g in sm.graph_info.groups} == {"x", "emb", "rnn"}
-    assert sm.smallest_fraction() < 0.05  # nearly every parameter depends on a gate
+    # nearly every parameter depends on a gate (one unit of the stream and one hidden unit
+    # stay open: each is the only path from the inputs to the output)
+    assert sm.smallest_fraction() < 0.1
     lumos.testing.assert_compacts_exactly(sm, (tokens, x))
     with torch.no_grad():
         sm.gates.log_alpha[:] = 10.0
