@@ -270,3 +270,26 @@ def test_a_tensor_made_with_a_size_read_off_the_input_follows_the_batch(make):
         if make(x).abs().sum() == 0 or make(x).std() == 0:
             torch.testing.assert_close(sm(x), model.eval()(x))
         assert sm(x).shape == (11, 1)
+
+
+def test_shape_dependent_python_after_a_mode_dependent_dropout_traces():
+    """``F.dropout(h, p, self.training)`` reads the mode at run time; what follows it still
+    has the example's shapes while tracing (MONAI's FlexibleUNet: a drop-connect encoder, then
+    ``len(x.shape)`` in its decoder)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = F.dropout(torch.relu(self.a(x)), 0.5, self.training)
+            if len(h.shape) == 2 and h.shape[-1] == 8:
+                h = h * 2
+            return self.b(h)
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    check = lumos.testing.assert_compacts_exactly(Net(), x, batch_sizes=(1, 3))
+    sm = check.sparse_model.train()
+    assert not torch.equal(sm(torch.randn(64, 4)), sm(torch.randn(64, 4)))

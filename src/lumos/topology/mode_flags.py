@@ -121,6 +121,10 @@ def flag_node(tracer: fx.Tracer, name: str) -> fx.Node:
     args = (probe, "training", placeholders[0]) if placeholders else (probe, "training")
     node = tracer.create_node("call_function", builtins.getattr, args, {})
     node.meta["is_wrapped"] = True
+    values = getattr(tracer, "values", None)
+    if isinstance(values, dict):  # known-value tracing: the example runs in eval mode, so
+        values[probe] = None      # what follows a dropout still has values (not static: the
+        values[node] = False      # mode is read at run time)
     return node
 
 
