@@ -848,6 +848,8 @@ add("norm-nn.GroupNorm-groups", with_module(conv, lambda: randomized(nn.GroupNor
     nn.GroupNorm)
 add("norm-nn.LayerNorm-channels", with_module(mlp, lambda: randomized(nn.LayerNorm(H))),
     nn.LayerNorm)
+add("norm-nn.RMSNorm-channels", with_module(mlp, lambda: randomized(nn.RMSNorm(H))),
+    nn.RMSNorm)
 add("norm-nn.LayerNorm-spatial",
     with_module(conv, lambda: randomized(nn.LayerNorm((SIZE[2], SIZE[2])))), nn.LayerNorm)
 

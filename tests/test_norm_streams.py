@@ -19,11 +19,12 @@ from lumos.testing import assert_compacts_exactly
 class PreNormMLP(nn.Module):
     """A pre-norm residual stream: x + fc2(act(fc1(LN(x)))), twice, then LN and a head."""
 
-    def __init__(self, d: int, hidden: int, affine: bool, bias: bool) -> None:
+    def __init__(self, d: int, hidden: int, affine: bool, bias: bool, rms: bool = False) -> None:
         super().__init__()
         self.inp = nn.Linear(5, d)
         self.norms = nn.ModuleList(
-            [nn.LayerNorm(d, elementwise_affine=affine, bias=bias) for _ in range(3)])
+            [nn.RMSNorm(d, elementwise_affine=affine) if rms
+             else nn.LayerNorm(d, elementwise_affine=affine, bias=bias) for _ in range(3)])
         self.fc1 = nn.ModuleList([nn.Linear(d, hidden) for _ in range(2)])
         self.fc2 = nn.ModuleList([nn.Linear(hidden, d) for _ in range(2)])
         self.head = nn.Linear(d, 2)
@@ -81,11 +82,19 @@ def _stream_gated(sm: lumos.SparseModel, layer: str) -> bool:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.integers(3, 12), hidden=st.integers(2, 9), affine=st.booleans(),
-       bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_layernorm_stream_is_gated_and_compacts_exactly(d, hidden, affine, bias, seed):
+       bias=st.booleans(), rms=st.booleans(), seed=st.integers(0, 2**16))
+def test_layernorm_and_rmsnorm_streams_are_gated_and_compact_exactly(d, hidden, affine, bias,
+                                                                      rms, seed):
     torch.manual_seed(seed)
-    model = PreNormMLP(d, hidden, affine, bias)
+    model = PreNormMLP(d, hidden, affine, bias, rms)
     check = assert_compacts_exactly(model, torch.randn(7, 5), seed=seed, batch_sizes=(1, 3))
+    assert _stream_gated(check.sparse_model, "inp"), check.sparse_model.report()
+
+
+def test_an_rmsnorm_stream_is_gated_and_compacts_exactly():
+    torch.manual_seed(0)
+    check = assert_compacts_exactly(PreNormMLP(10, 6, True, False, rms=True), torch.randn(7, 5),
+                                    batch_sizes=(1,))
     assert _stream_gated(check.sparse_model, "inp"), check.sparse_model.report()
 
 

@@ -1,4 +1,4 @@
-"""Channel rules for norms whose statistics span the channels: LayerNorm and GroupNorm.
+"""Channel rules for norms whose statistics span the channels: LayerNorm, RMSNorm, GroupNorm.
 
 A channel removed from a LayerNorm or a GroupNorm group changes the mean and variance every
 other channel is normalised with, so plain slicing is not exact. What *is* exact: in the gated
@@ -49,7 +49,7 @@ def stat_norm(ctx: RuleContext, node: fx.Node, module: nn.Module, info: TensorIn
             ctx.param_cost(owner, name, (layout,))
 
 
-def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm) -> object:
+def _layernorm(ctx: RuleContext, node: fx.Node, module: nn.LayerNorm | nn.RMSNorm) -> object:
     """Over the last dim only: channel statistics, exact through :func:`full_width_twin`.
     Channels tracked outside the normalised dims pass through; inside a multi-dim
     ``normalized_shape`` they are kept whole."""
@@ -144,11 +144,14 @@ def full_width_twin(module: nn.Module, node: fx.Node, kept: torch.Tensor, scale:
     if not bool((scale == 1).all()):
         root.register_buffer("scale", scale.to(dtype).view(-1, *trailing).clone())
         x = g.call_function(operator.mul, (x, g.get_attr("scale")))
-    if isinstance(module, nn.LayerNorm):  # one fused kernel, affine included
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # one fused kernel, affine included
         padded = g.call_function(F.pad, (x, (0, closed)))
         affine = [g.call_function(F.pad, (g.get_attr(name), (0, closed))) if p is not None
                   else None for name, p in (("weight", weight), ("bias", bias))]
-        y = g.call_function(F.layer_norm, (padded, (width,), *affine, module.eps))
+        if isinstance(module, nn.RMSNorm):
+            y = g.call_function(F.rms_norm, (padded, (width,), affine[0], module.eps))
+        else:
+            y = g.call_function(F.layer_norm, (padded, (width,), *affine, module.eps))
         g.output(g.call_method("narrow", (y, -1, 0, len(kept))))
         return _graph_module(root, g, module)
     root.inner = full_width_inner(module)
@@ -184,7 +187,7 @@ def _graph_module(root: nn.Module, g: fx.Graph, module: nn.Module) -> fx.GraphMo
 def _full_width(module: nn.Module) -> int:
     if isinstance(module, nn.GroupNorm):
         return module.num_channels
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return int(module.normalized_shape[0])
     return int(getattr(module, "in_channels"))  # noqa: B009 (torch-geometric's LayerNorm)
 
@@ -220,4 +223,5 @@ def _layer_norm_function(
 
 register_rule(nn.GroupNorm, _groupnorm, resize=_resize_groupnorm, lower=lower_stat_norm)
 register_rule(nn.LayerNorm, _layernorm, lower=lower_stat_norm)
+register_rule(nn.RMSNorm, _layernorm, lower=lower_stat_norm)
 REGISTRY.register(F.layer_norm, _layer_norm_function)
