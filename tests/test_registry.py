@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -425,3 +426,41 @@ def test_a_rule_for_a_package_lumos_does_not_import_waits_until_the_package_is_i
         finally:
             del sys.modules[package.__name__]
     assert REGISTRY.entry("function", drop_sample) is None
+
+
+def test_import_lumos_leaves_the_heavy_packages_alone():
+    """Rules for torch-geometric, MONAI and neuraloperator wait until the user imports them,
+    and dynamo is imported only when a gate bank is made: ``import lumos`` and ``lumos --help``
+    stay close to ``import torch``."""
+    code = ("import sys, lumos, lumos.cli; heavy = [m for m in ('torch_geometric', 'monai', "
+            "'neuralop', 'torch._dynamo') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_graph_rules_load_when_torch_geometric_is_imported_after_lumos():
+    pytest.importorskip("torch_geometric")
+    code = textwrap.dedent("""
+        import torch, lumos
+        from lumos.rules import REGISTRY
+        from torch import nn
+        import torch_geometric.nn as g
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.out = g.GCNConv(3, 8), nn.Linear(8, 1)
+            def forward(self, x, edge_index):
+                return self.out(torch.relu(self.conv(x, edge_index)))
+        x, ei = torch.randn(6, 3), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+        with REGISTRY.scoped():  # loaded inside a scope, undone by it ...
+            assert "conv" in {gr.name for gr in lumos.sparsify(Net(), (x, ei)).graph_info.groups}
+        assert REGISTRY.entry("module", g.GCNConv) is None
+        sm = lumos.sparsify(Net(), (x, ei))  # ... and loaded again when needed
+        assert "conv" in {gr.name for gr in sm.graph_info.groups}
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

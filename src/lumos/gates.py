@@ -143,6 +143,7 @@ class GateBank(nn.Module):
         self.frozen = False
         self._open_mask_key: tuple | None = None
         self._any_shut_key: tuple | None = None
+        _run_eagerly_when_compiled()
 
     @property
     def num_gates(self) -> int:
@@ -159,9 +160,13 @@ class GateBank(nn.Module):
             mask[self.group_slice(g)] = True
         return mask
 
-    @torch.compiler.disable  # the draw counter is Python state: eager, so no recompiles
     def forward(self) -> Tensor:
-        """Gate values for this forward pass: a sample in training, deterministic in eval."""
+        """Gate values for this forward pass: a sample in training, deterministic in eval.
+
+        Run eagerly under ``torch.compile`` (the draw counter is Python state, a guard that
+        would recompile every step): ``__init__`` wraps it in ``torch.compiler.disable`` once,
+        when the first gate bank is made, so ``import lumos`` does not import dynamo (~1 s).
+        """
         if self.training and not self.frozen:
             return self._apply_open_mask(
                 sample_gates(self.log_alpha, self.cfg, self.draw_uniform()))
@@ -246,3 +251,11 @@ class GateBank(nn.Module):
     def shut_gates(self, index: Tensor) -> None:
         """Close these gates for good: they stay 0 whatever log alpha does next."""
         self.shut[index] = True
+
+
+def _run_eagerly_when_compiled() -> None:
+    """Wrap ``GateBank.forward`` in ``torch.compiler.disable``, once (see its docstring)."""
+    if not getattr(GateBank.forward, "_lumos_eager", False):
+        eager = torch.compiler.disable(GateBank.forward)
+        eager._lumos_eager = True  # type: ignore[attr-defined]
+        GateBank.forward = eager  # type: ignore[method-assign]

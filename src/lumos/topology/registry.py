@@ -110,6 +110,9 @@ class RuleRegistry:
         #: timm costs seconds): ``(module, attribute, rule, leaf)``, resolved once the user's
         #: code has imported the module
         self._pending: list[tuple[str, str, AnyRule, dict[str, Any]]] = []
+        #: ``(module, loader)``: call ``loader()`` once ``module`` is imported (a family of
+        #: rules for one package, e.g. torch-geometric's)
+        self._loaders: list[tuple[str, Callable[[], None]]] = []
 
     # ---- adding ----------------------------------------------------------------------------
     def register(
@@ -180,7 +183,24 @@ class RuleRegistry:
         """
         self._pending.append((module, attribute, propagate, options))
 
+    def load_when_imported(self, module: str, loader: Callable[[], None]) -> None:
+        """Call ``loader()`` (which registers a package's rules) once ``module`` is imported.
+
+        ``import lumos`` then stays fast for users of other packages; ``loader`` must skip what
+        is registered already, since it runs again after :meth:`scoped` undid it.
+        """
+        self._loaders.append((module, loader))
+
     def _resolve_pending(self) -> None:
+        if self._loaders:
+            later: list[tuple[str, Callable[[], None]]] = []
+            for module, loader in list(self._loaders):
+                if module in sys.modules:
+                    self._loaders = [e for e in self._loaders if e[1] is not loader]
+                    loader()
+                else:
+                    later.append((module, loader))
+            self._loaders = later
         if not self._pending:
             return
         waiting = []
@@ -284,6 +304,7 @@ class RuleRegistry:
         return None
 
     def trace_forward(self, module: nn.Module) -> Callable | None:
+        self._resolve_pending()
         return self._trace_forwards.get(type(module))
 
     def is_leaf(self, module: nn.Module) -> bool:
@@ -303,9 +324,11 @@ class RuleRegistry:
 
     def entries(self, kind: Kind | None = None) -> list[RuleEntry]:
         """Every registered entry (of one kind), in registration order."""
+        self._resolve_pending()
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
 
     def trace_forwards(self) -> dict[type, Callable]:
+        self._resolve_pending()
         return dict(self._trace_forwards)
 
     # ---- scoping ---------------------------------------------------------------------------
@@ -327,11 +350,12 @@ class RuleRegistry:
             True
         """
         saved = (dict(self._entries), dict(self._trace_forwards), list(self._opaque_bases),
-                 list(self._pending))
+                 list(self._pending), list(self._loaders))
         try:
             yield self
         finally:
-            self._entries, self._trace_forwards, self._opaque_bases, self._pending = saved
+            (self._entries, self._trace_forwards, self._opaque_bases, self._pending,
+             self._loaders) = saved
 
     def __copy__(self) -> RuleRegistry:
         new = RuleRegistry()
@@ -339,6 +363,7 @@ class RuleRegistry:
         new._trace_forwards = dict(self._trace_forwards)
         new._opaque_bases = list(self._opaque_bases)
         new._pending = list(self._pending)
+        new._loaders = list(self._loaders)
         return new
 
     def copy(self) -> RuleRegistry:

@@ -319,15 +319,6 @@ def _resize_geometric_linear(module: GeometricLinear) -> None:
     module.out_channels, module.in_channels = module.weight.shape
 
 
-register_rule(GCNConv, _gcn, resize=_resize_gcn, input_dim=-1)
-register_rule(SAGEConv, _sage, resize=_resize_sage, input_dim=-1)
-register_rule(GATConv, _gat, resize=_resize_gat, input_dim=-1)
-register_rule(GATv2Conv, _gatv2, resize=_resize_gatv2, input_dim=-1)
-register_rule(GeometricLinear, _linear_module, resize=_resize_geometric_linear, input_dim=-1)
-register_rule(GraphNorm, _graph_channelwise, resize=_resize_graph_norm, input_dim=-1)
-register_rule(GraphInstanceNorm, _graph_channelwise, resize=_resize_graph_norm, input_dim=-1)
-register_rule(GraphLayerNorm, _graph_layer_norm, lower=lower_stat_norm, input_dim=-1)
-REGISTRY.register_opaque_base(MessagePassing)
 
 
 # ---- GIN: sum aggregation in plain torch, then its own MLP -------------------------------------
@@ -340,7 +331,6 @@ def _gin_forward(self: GINConv, x, edge_index, size=None):
     return self.nn(out)
 
 
-register_trace_forward(GINConv, _gin_forward)
 
 
 # ---- EdgeConv: nn([x_i, x_j - x_i]) per edge, aggregated per node, in plain torch -----------
@@ -359,7 +349,6 @@ def _edge_conv_forward(self: EdgeConv, x, edge_index):
     return scatter(messages, edge_index[dst], dim=0, dim_size=x.size(0), reduce=self.aggr)
 
 
-register_trace_forward(EdgeConv, _edge_conv_forward)
 
 
 # PNA: the aggregators and degree scalers written with PyG's own scatter, so the towers' MLPs,
@@ -433,7 +422,6 @@ def _pna_forward(self: PNAConv, x, edge_index, edge_attr=None):
     return self.lin(out)
 
 
-register_trace_forward(PNAConv, _pna_forward)
 
 
 def _gate_conv_forward(self: GATEConv, x, edge_index, edge_attr):
@@ -452,7 +440,6 @@ def _gate_conv_forward(self: GATEConv, x, edge_index, edge_attr):
     return out + self.bias
 
 
-register_trace_forward(GATEConv, _gate_conv_forward)
 
 
 
@@ -483,6 +470,36 @@ def _scatter(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -
     return TensorInfo(info.dim, info.layout)
 
 
-for _fn in (global_mean_pool, global_add_pool, global_max_pool):
-    register_leaf_function(_fn, _node_pool)
-register_leaf_function(scatter, _scatter)
+# ---- registration ----------------------------------------------------------------------------
+def register_all() -> None:
+    """Register the torch-geometric rules that are not registered yet.
+
+    LUMOS calls this once the user's code has imported torch-geometric
+    (``REGISTRY.load_when_imported``): importing it costs seconds. It skips what is already
+    registered (a user's own rule for one of these layers wins), so it may run again after
+    ``lumos.rules.scoped()`` undid it.
+    """
+    modules: list[tuple[type[nn.Module], Any, dict]] = [
+        (GCNConv, _gcn, {"resize": _resize_gcn}),
+        (SAGEConv, _sage, {"resize": _resize_sage}),
+        (GATConv, _gat, {"resize": _resize_gat}),
+        (GATv2Conv, _gatv2, {"resize": _resize_gatv2}),
+        (GeometricLinear, _linear_module, {"resize": _resize_geometric_linear}),
+        (GraphNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
+        (GraphInstanceNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
+        (GraphLayerNorm, _graph_layer_norm, {"lower": lower_stat_norm}),
+    ]
+    for layer, rule, options in modules:
+        if REGISTRY.entry("module", layer) is None:
+            register_rule(layer, rule, input_dim=-1, **options)
+    REGISTRY.register_opaque_base(MessagePassing)
+    forwards = REGISTRY.trace_forwards()
+    for layer, forward in ((GINConv, _gin_forward), (EdgeConv, _edge_conv_forward),
+                           (PNAConv, _pna_forward), (GATEConv, _gate_conv_forward)):
+        if layer not in forwards:
+            register_trace_forward(layer, forward)
+    functions: list[tuple[Any, Any]] = [(fn, _node_pool) for fn in (
+        global_mean_pool, global_add_pool, global_max_pool)] + [(scatter, _scatter)]
+    for fn, rule in functions:
+        if REGISTRY.entry("function", fn) is None:
+            register_leaf_function(fn, rule)
