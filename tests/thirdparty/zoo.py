@@ -170,6 +170,25 @@ class GraphHead(nn.Module):
         return global_mean_pool(self.gnn(x, edge_index), batch)
 
 
+class RMSNormBlocks(nn.Module):
+    """Pre-norm residual MLP blocks with ``nn.RMSNorm`` (the LLaMA-style block), as a user
+    writes it: ``x + fc2(silu(fc1(norm(x))))``, then a final norm and a head."""
+
+    def __init__(self, d_in: int = 6, d: int = 16, hidden: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, d)
+        self.norms = nn.ModuleList([nn.RMSNorm(d) for _ in range(blocks + 1)])
+        self.fc1 = nn.ModuleList([nn.Linear(d, hidden) for _ in range(blocks)])
+        self.fc2 = nn.ModuleList([nn.Linear(hidden, d) for _ in range(blocks)])
+        self.head = nn.Linear(d, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for norm, a, b in zip(self.norms, self.fc1, self.fc2):
+            h = h + b(nn.functional.silu(a(norm(h))))
+        return self.head(self.norms[-1](h))
+
+
 class DenseRadiusGraph(nn.Module):
     """Radius graph in plain torch for SchNet's ``interaction_graph`` (PyG's default needs the
     compiled pyg-lib / torch-cluster, which have no wheels for this torch)."""
@@ -412,6 +431,8 @@ def _build_table() -> list[Entry]:
             nn.GRU(6, 12, batch_first=True, bidirectional=True), 24), 7, 6))
     add("nn_embedding", "torch", "token embedding + MLP", torch_)(
         lambda: _tokens(TokenModel()))
+    add("nn_rmsnorm_blocks", "torch", "pre-norm residual blocks (RMSNorm, SiLU)", torch_)(
+        lambda: tensor_case(RMSNormBlocks(), 7, 6))
 
     # -- torch_geometric ---------------------------------------------------------------------
     add("pyg_gcn", "torch-geometric", "GNN (GCN)", pyg)(
@@ -430,6 +451,10 @@ def _build_table() -> list[Entry]:
         lambda: graph_case(_pyg().GCN(6, 16, 2, 2, norm="graph_norm")))
     add("pyg_gin", "torch-geometric", "GNN (GIN)", pyg)(
         lambda: graph_case(_pyg().GIN(6, 16, 2, 2)))
+    add("pyg_gin_jk_cat", "torch-geometric", "GNN (GIN, jumping knowledge cat)", pyg)(
+        lambda: graph_case(_pyg().GIN(6, 16, 3, 2, jk="cat")))
+    add("pyg_graphsage_jk_lstm", "torch-geometric", "GNN (GraphSAGE, jumping knowledge LSTM)",
+        pyg)(lambda: graph_case(_pyg().GraphSAGE(6, 16, 2, 2, jk="lstm")))
     add("pyg_gat", "torch-geometric", "GNN (GAT, 2 heads)", pyg)(
         lambda: graph_case(_pyg().GAT(6, 16, 2, 2, heads=2)))
     add("pyg_gatv2", "torch-geometric", "GNN (GATv2)", pyg)(
@@ -527,6 +552,17 @@ def _build_table() -> list[Entry]:
     add("monai_unetr", "monai", "UNETR (ViT encoder + conv decoder)", monai)(
         lambda: _monai_2d(_monai().UNETR(1, 1, (32, 32), feature_size=4, hidden_size=32,
                                          mlp_dim=64, num_heads=4, spatial_dims=2), side=32))
+    add("monai_flexible_unet", "monai", "FlexibleUNet (EfficientNet-B0 encoder, drop-connect)",
+        monai)(lambda: _monai_2d(_monai().FlexibleUNet(
+            1, 1, "efficientnet-b0", pretrained=False, spatial_dims=2,
+            decoder_channels=(8, 8, 8, 8, 8)), side=32))
+    add("monai_vnet", "monai", "VNet (residual down/up blocks, PReLU)", monai)(
+        lambda: _monai_2d(_monai().VNet(spatial_dims=2, in_channels=1, out_channels=1,
+                                        dropout_prob_down=0.0, dropout_prob_up=(0.0, 0.0)),
+                          side=32))
+    add("monai_segresnet_ds", "monai", "SegResNetDS (group norm, deep supervision off)", monai)(
+        lambda: _monai_2d(_monai().SegResNetDS(spatial_dims=2, init_filters=4, in_channels=1,
+                                               out_channels=1, blocks_down=(1, 1, 1))))
     add("monai_swin_unetr", "monai", "Swin-UNETR (shifted windows)", monai)(
         lambda: _monai_2d(_monai().SwinUNETR(1, 1, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
                                              feature_size=12, window_size=4, spatial_dims=2),
