@@ -209,8 +209,15 @@ class KnownValueTracer(fx.Tracer):
         if value is _MISSING:
             return super().to_bool(obj)
         truth = bool(value)
-        self.guard(self.wrapped_call(operator.truth, obj), truth,
-                   f"the condition '{obj.node.name}'")
+        # a bool (``x.dim() == 3``) is guarded as it is and a number as ``!= 0``, so the
+        # compacted graph stays scriptable (TorchScript has no ``operator.truth``)
+        if isinstance(value, bool):
+            condition = obj
+        elif isinstance(value, (int, float)):
+            condition = self.create_proxy("call_function", operator.ne, (obj, 0), {})
+        else:
+            condition = self.wrapped_call(operator.truth, obj)
+        self.guard(condition, truth, f"the condition '{obj.node.name}'")
         return truth
 
     def iter(self, obj: fx.Proxy) -> Iterator:
