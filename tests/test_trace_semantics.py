@@ -295,10 +295,10 @@ def test_shape_dependent_python_after_a_mode_dependent_dropout_traces():
     assert not torch.equal(sm(torch.randn(64, 4)), sm(torch.randn(64, 4)))
 
 
-def test_guards_on_static_conditions_script_and_still_fire():
-    """``if x.dim() == 3`` and ``if x.shape[-1]`` steer the trace; their guards are plain
-    comparisons, so the compacted model scripts (TorchScript has no ``operator.truth``) and
-    refuses an input of another layout, compacted and scripted alike."""
+def test_guards_on_static_conditions_script_trace_and_still_fire():
+    """``if x.dim() == 2 and x.shape[-1] > 0`` steers the trace; a condition that held is
+    asserted as it is, so the compacted model scripts (TorchScript has no ``operator.truth``),
+    traces, and refuses an input of another layout, compacted and scripted alike."""
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -306,7 +306,7 @@ def test_guards_on_static_conditions_script_and_still_fire():
             self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
 
         def forward(self, x):
-            if x.dim() == 2 and x.shape[-1]:
+            if x.dim() == 2 and x.shape[-1] > 0:
                 x = x * 1.5
             return self.b(torch.relu(self.a(x)))
 
@@ -315,8 +315,10 @@ def test_guards_on_static_conditions_script_and_still_fire():
     small = sm.eval().compact()
     scripted = torch.jit.script(small)
     x = torch.randn(5, 4)
+    traced = torch.jit.trace(small, (x,), check_trace=False)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), small(x))
+        torch.testing.assert_close(traced(x), small(x))
     for model in (small, scripted):
         with pytest.raises(Exception, match="traced by LUMOS"):
             model(torch.randn(2, 5, 4))

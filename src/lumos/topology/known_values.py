@@ -197,27 +197,23 @@ class KnownValueTracer(fx.Tracer):
         if not hasattr(self, "values"):
             return
         check = self.create_proxy("call_function", operator.eq, (proxy, value), {})
-        self.create_proxy(
-            "call_function", torch._assert,
-            (check, f"the model was traced by LUMOS for inputs where {what} is {value!r} "
-                    f"(Python at {_code_location()} decided on it); call it with inputs of the "
-                    "same layout, or sparsify it with example inputs of this layout"),
-            {})
+        self.create_proxy("call_function", torch._assert, (check, _guard_message(what, value)),
+                          {})
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         value = self.static_value(obj)
         if value is _MISSING:
             return super().to_bool(obj)
         truth = bool(value)
-        # a bool (``x.dim() == 3``) is guarded as it is and a number as ``!= 0``, so the
-        # compacted graph stays scriptable (TorchScript has no ``operator.truth``)
-        if isinstance(value, bool):
-            condition = obj
-        elif isinstance(value, (int, float)):
-            condition = self.create_proxy("call_function", operator.ne, (obj, 0), {})
-        else:
-            condition = self.wrapped_call(operator.truth, obj)
-        self.guard(condition, truth, f"the condition '{obj.node.name}'")
+        what = f"the condition '{obj.node.name}'"
+        if value is True and hasattr(self, "values"):
+            # a condition that held is asserted as it is: the compacted graph then scripts
+            # (TorchScript has no ``operator.truth``) and traces (under ``torch.jit.trace``
+            # a size comparison is a tensor, which ``== True`` would not take)
+            self.create_proxy("call_function", torch._assert, (obj, _guard_message(what, True)),
+                              {})
+            return truth
+        self.guard(self.wrapped_call(operator.truth, obj), truth, what)
         return truth
 
     def iter(self, obj: fx.Proxy) -> Iterator:
@@ -240,6 +236,12 @@ def _code_location() -> str:
         if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
             return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
     return "an unknown line"
+
+
+def _guard_message(what: str, value: Any) -> str:
+    return (f"the model was traced by LUMOS for inputs where {what} is {value!r} (Python at "
+            f"{_code_location()} decided on it); call it with inputs of the same layout, or "
+            "sparsify it with example inputs of this layout")
 
 
 def _is_rank(node: fx.Node) -> bool:
