@@ -16,13 +16,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import replace_atomically
 from .errors import CheckpointError, LumosWarning, NonFiniteError
 
 FORMAT = 1
@@ -36,21 +36,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Run ``write(file_object)`` into a temporary file next to ``path``, then rename it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _disk_error(path: Path, exc: OSError) -> CheckpointError:
@@ -75,7 +60,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else bytes(data)
     try:
-        _write_atomic(path, lambda fh: fh.write(raw))
+        replace_atomically(path, lambda fh: fh.write(raw))
     except OSError as exc:
         raise _disk_error(path, exc) from None
 
@@ -84,7 +69,7 @@ def save_file(path: str | os.PathLike, state: dict) -> str:
     """Write ``state`` atomically to ``path``; returns the file's SHA-256."""
     path = Path(path)
     try:
-        _write_atomic(path, lambda fh: torch.save(state, fh))
+        replace_atomically(path, lambda fh: torch.save(state, fh))
     except OSError as exc:
         raise _disk_error(path, exc) from None
     return _sha256(path)
@@ -250,7 +235,7 @@ class CheckpointManager:
         path = self.directory / INDEX
         data = json.dumps(index, indent=1).encode()
         try:
-            _write_atomic(path, lambda fh: fh.write(data))
+            replace_atomically(path, lambda fh: fh.write(data))
         except OSError as exc:
             raise _disk_error(path, exc) from None
 

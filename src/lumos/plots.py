@@ -7,14 +7,12 @@ heads) are visible at a glance.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from torch import fx
 
+from .atomic import replace_atomically
 from .topology.infos import TensorInfo, TupleInfo
 
 _SKIP_FUNCTIONS = {"getattr", "getitem", "size", "dim"}
@@ -162,15 +160,7 @@ def _savefig_atomic(fig, path: Path, dpi: int) -> None:
     or a full disk leaves the previous plot or none, never a truncated image."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    replace_atomically(path, lambda fh: fh.write(buffer.getvalue()))
 
 
 # ---- run plots (drawn from metrics.json, so `lumos report` can redraw them) -------------------

@@ -202,6 +202,17 @@ class RuleContext:
         kept whole, whose maths no rule describes)."""
         self.records.measured.append(node)
 
+    def kept_whole(self, node: fx.Node, infos, problems: list[str], width: int,
+                   dim: int = -1) -> TensorInfo:
+        """A layer not gated because of ``problems``: pin the channels ``infos`` carry in,
+        list it in ``report()``, count its FLOPs as measured, and return its output: ``width``
+        untracked channels on ``dim``."""
+        reason = f"{describe(node)} uses {', '.join(problems)}: kept whole"
+        self.pin(infos, reason)
+        self.ungated(describe(node), reason)
+        self.measure_flops(node)
+        return TensorInfo(dim, self.opaque(width, reason, f"{target_path(node)}.out"))
+
     def ungated(self, where: str, reason: str) -> None:
         self.records.ungated.append(Ungated(where, reason))
 

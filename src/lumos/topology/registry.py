@@ -193,14 +193,10 @@ class RuleRegistry:
 
     def _resolve_pending(self) -> None:
         if self._loaders:
-            later: list[tuple[str, Callable[[], None]]] = []
-            for module, loader in list(self._loaders):
-                if module in sys.modules:
-                    self._loaders = [e for e in self._loaders if e[1] is not loader]
-                    loader()
-                else:
-                    later.append((module, loader))
-            self._loaders = later
+            ready = [loader for module, loader in self._loaders if module in sys.modules]
+            self._loaders = [e for e in self._loaders if e[0] not in sys.modules]
+            for loader in ready:  # after the list is updated: a loader's lookups do not recurse
+                loader()
         if not self._pending:
             return
         waiting = []

@@ -40,12 +40,7 @@ def _sablock(ctx: RuleContext, node: fx.Node, module: Any) -> object:
         info = None
     width_out = module.out_proj.out_features if module.include_fc else module.inner_dim
     if problems:
-        reason = f"{describe(node)} uses {', '.join(problems)}: kept whole"
-        if info is not None:
-            ctx.pin(info, reason)
-        ctx.ungated(describe(node), reason)
-        ctx.measure_flops(node)
-        return TensorInfo(-1, ctx.opaque(width_out, reason, f"{owner}.out"))
+        return ctx.kept_whole(node, info, problems, width_out)
     assert shape is not None
     batch, tokens = shape[0], shape[1]
     H, D = module.num_heads, module.dim_head

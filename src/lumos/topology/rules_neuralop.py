@@ -64,13 +64,7 @@ def _spectral_conv(ctx: RuleContext, node: fx.Node, module: Any) -> object:
     if not isinstance(index, int):
         problems.append("a layer index computed at run time")
     if problems:
-        reason = f"{describe(node)} uses {', '.join(problems)}: kept whole"
-        if info is not None:
-            ctx.pin(info, reason)
-        ctx.ungated(describe(node), reason)
-        ctx.measure_flops(node)
-        return TensorInfo(cdim, ctx.opaque(module.out_channels, "spectral conv kept whole",
-                                           f"{owner}.out"))
+        return ctx.kept_whole(node, info, problems, module.out_channels, cdim)
     if info is not None:
         in_layout = info.layout
         ctx.site(node, 0, cdim, in_layout)
