@@ -195,3 +195,92 @@ def test_sizes_read_off_a_tensor_stay_run_time_values():
     sm = lumos.sparsify(PositionFromLength(), torch.randn(2, 5, 4), budget=0.5)
     assert sm.eval()(torch.randn(2, 9, 4)).shape == (2, 9, 1)
     assert sm.compact()(torch.randn(3, 11, 4)).shape == (3, 11, 1)
+
+
+# ---- Swin-style code: numpy of a shape, int() of a channel count, masks built in place, a
+# buffer sliced by a size read off the input, a branch on a buffer ----------------------------
+class WindowCode(nn.Module):
+    """What MONAI's Swin does on the way to its window attention, in a few lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 2, 1)
+        self.register_buffer("table", torch.randn(64, 64))
+        self.register_buffer("ready", torch.tensor(True))
+
+    def forward(self, x):
+        import numpy as np
+
+        spatial = np.array(x.shape[2:])  # numpy of a static shape
+        if (spatial % 2).any():
+            raise ValueError("even sizes only")
+        h = torch.relu(self.a(x))
+        ch = int(h.shape[1])  # "force a constant" (MONAI's proj_out)
+        assert h.shape[1] == ch  # the model's own check on a gated channel count
+        n = h.shape[2] * h.shape[3] // 8
+        mask = torch.zeros((1, h.shape[2], h.shape[3], 1))  # built in place from the shape
+        for i, rows in enumerate((slice(0, 2), slice(2, None))):
+            mask[:, rows, :, :] = i
+        bias = self.table.clone()[:n, :n].sum() * 1e-3  # a buffer sliced by an input size
+        if self.ready:  # a branch on the model's state
+            h = h + mask.permute(0, 3, 1, 2) + bias
+        return self.b(h)
+
+
+def test_swin_style_shape_code_traces_compacts_exactly_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    sm = lumos.sparsify(WindowCode(), x, budget=0.5)
+    assert "a" in [g.name for g in sm.graph_info.groups]  # the checked channel count is gated
+    lumos.testing.assert_compacts_exactly(sm, x)
+    group = next(g for g in sm.graph_info.groups if g.name == "a")
+    with torch.no_grad():
+        sm.gates.log_alpha[group.offset:group.offset + 6] = -10.0
+    small = sm.eval().compact()
+    assert small.get_submodule("a").out_channels == 6
+    torch.save(small, tmp_path / "small.pt")
+    torch.save(sm, tmp_path / "sm.pt")
+    with torch.no_grad():
+        for other in (x, torch.randn(5, 3, 8, 8)):
+            expected = sm(other)
+            torch.testing.assert_close(small(other), expected)
+            torch.testing.assert_close(
+                torch.load(tmp_path / "small.pt", weights_only=False)(other), expected)
+            torch.testing.assert_close(
+                torch.load(tmp_path / "sm.pt", weights_only=False).eval()(other), expected)
+    sm.model.get_buffer("ready").fill_(False)  # the state the trace branched on changed
+    with pytest.raises(lumos.InputError, match="buffers"):
+        sm(x)
+
+
+def test_einops_rearrange_moves_the_channels_or_keeps_them_whole():
+    einops = pytest.importorskip("einops")
+
+    class Tokens(nn.Module):
+        def __init__(self, pattern: str):
+            super().__init__()
+            self.pattern = pattern
+            self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = einops.rearrange(torch.relu(self.conv(x)), self.pattern)
+            return self.out(h)
+
+    x = torch.randn(2, 3, 4, 4)
+    for pattern in ("b c h w -> b h w c", "b c ... -> b ... c"):
+        sm = lumos.sparsify(Tokens(pattern), x, budget=0.5)
+        assert "conv" in [g.name for g in sm.graph_info.groups], pattern
+        lumos.testing.assert_compacts_exactly(sm, x)
+    grouped = lumos.sparsify(Tokens("b c h w -> b (h w) c"), x, budget=0.5)
+    assert "conv" in [g.name for g in grouped.graph_info.groups]
+    lumos.testing.assert_compacts_exactly(grouped, x)
+
+    class Split(Tokens):  # the channel axis split into groups: kept whole, named
+        def forward(self, x):
+            h = einops.rearrange(torch.relu(self.conv(x)), "b (g c) h w -> b h w g c", g=2)
+            return h.sum((-1, -2))
+
+    with pytest.warns(lumos.LumosWarning, match="regroups the tracked axis"):
+        sm = lumos.sparsify(Split(""), x, budget=0.5)
+    assert "conv" not in [g.name for g in sm.graph_info.groups]
+    assert "regroups the tracked axis" in sm.report()

@@ -159,6 +159,64 @@ def test_gatebank_groups_and_kinds():
         GateBank([3], ["feature", "neuron"])
 
 
+def _bank_at(log_alpha: list[float], essential: list[bool] | None, sizes=(3, 2)) -> GateBank:
+    bank = GateBank(list(sizes), ["neuron"] * len(sizes), essential=essential)
+    with torch.no_grad():
+        bank.log_alpha.copy_(torch.tensor(log_alpha))
+    return bank.train()
+
+
+def test_an_essential_group_never_draws_all_closed_and_the_redraw_is_the_open_conditional():
+    """The strongest gate of an essential group whose draw closed it all is redrawn from its
+    distribution given open (checked against rejection sampling); nothing else changes."""
+    log_alpha = [-3.0, -2.0, -4.0, -3.0, -3.0]
+    plain, kept = _bank_at(log_alpha, None), _bank_at(log_alpha, [True, False])
+    draws = 4000
+    a = torch.stack([plain().detach() for _ in range(draws)])
+    b = torch.stack([kept().detach() for _ in range(draws)])
+    assert bool((a[:, :3].amax(1) == 0).float().mean() > 0.3)  # often all closed...
+    assert bool((b[:, :3].amax(1) > 0).all())  # ...never, with the group marked essential
+    assert torch.equal(a[:, 3:], b[:, 3:])  # the other group draws exactly as before
+    had_one = a[:, :3].amax(1) > 0
+    assert torch.equal(a[had_one], b[had_one])  # a draw with an open gate is left alone
+    redrawn = b[~had_one, 1]  # the strongest gate (log alpha -2)
+    reference = sample_gates(torch.full((400_000,), -2.0), DEFAULT)
+    reference = reference[reference > 0]
+    assert abs(float(redrawn.mean() - reference.mean())) < 5 * float(reference.std()) / math.sqrt(
+        len(redrawn)) + 1e-3
+    assert abs(float(redrawn.median() - reference.median())) < 0.05
+
+
+def test_the_redrawn_gate_carries_a_gradient_and_shut_gates_stay_shut():
+    bank = _bank_at([-8.0, -8.0, -9.0, 0.0, 0.0], [True, False])
+    z = bank()
+    assert float(z.detach()[:3].max()) > 0
+    z[:3].sum().backward()
+    assert float(bank.log_alpha.grad[:2].abs().max()) > 0  # the redrawn one is -8 (index 0/1)
+    bank.shut_gates(torch.tensor([0, 1]))  # the projection shut the strongest: the next one
+    for _ in range(50):
+        z = bank().detach()
+        assert float(z[0]) == float(z[1]) == 0.0 and float(z[2]) > 0
+    bank.shut_gates(torch.tensor([2]))  # all shut: nothing is reopened by the draw
+    assert float(bank().detach()[:3].max()) == 0.0
+
+
+def test_a_one_channel_essential_group_is_not_gated():
+    """A single input channel every path reads (a grey-scale image) has nothing to select:
+    its gate could only scale it or cut the output off, and behind BatchNorm a near-closed
+    draw overflowed the gradients (MONAI DenseNet-121). It is kept whole and says so."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+    sm = lumos.sparsify(model, torch.randn(4, 1, 8, 8), budget=0.5)
+    assert all(g.kind != "feature" for g in sm.graph_info.groups)
+    assert sm.selected_features()["input"] == [0]
+    assert "every path from the inputs to the output" in sm.report()
+    wide = lumos.sparsify(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                              torch.nn.Conv2d(8, 2, 1)),
+                          torch.randn(4, 3, 8, 8), budget=0.5)
+    assert any(g.kind == "feature" for g in wide.graph_info.groups)  # three: still selected
+
+
 def test_gatebank_default_init_starts_fully_open():
     bank = GateBank([500], ["neuron"])
     assert bool((bank.deterministic() == 1).all())

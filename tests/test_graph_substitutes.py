@@ -62,3 +62,60 @@ def test_gate_conv_substitute_equals_the_layer():
     conv = GATEConv(6, 6, edge_dim=3).eval()
     torch.testing.assert_close(_gate_conv_forward(conv, x, edge_index, edge_attr),
                                conv(x, edge_index, edge_attr), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("flow", ["source_to_target", "target_to_source"])
+def test_cfconv_substitute_equals_the_layer(flow):
+    from torch_geometric.nn.models.schnet import CFConv
+
+    from lumos.topology.rules_graph import _cfconv_forward
+
+    torch.manual_seed(0)
+    x, edge_index, edge_attr = _graph()
+    filters = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5))
+    conv = CFConv(6, 4, 5, filters, cutoff=2.0)
+    conv.flow = flow
+    weight = torch.rand(edge_index.shape[1])
+    torch.testing.assert_close(_cfconv_forward(conv, x, edge_index, weight, edge_attr),
+                               conv(x, edge_index, weight, edge_attr), rtol=1e-6, atol=1e-6)
+
+
+class _Readout(torch.nn.Module):
+    """An aggregation module as the readout: its class overrides ``__call__`` (data-dependent
+    ``int(index.max()) + 1``), which fx cannot trace and ``torch.load`` re-traces."""
+
+    def __init__(self, aggr: str) -> None:
+        super().__init__()
+        self.lin1, self.lin2 = torch.nn.Linear(6, 16), torch.nn.Linear(16, 3)
+        self.readout = pyg_nn.aggr.SumAggregation() if aggr == "sum" else \
+            pyg_nn.aggr.MaxAggregation()
+
+    def forward(self, x, batch):
+        return self.lin2(self.readout(torch.relu(self.lin1(x)), batch, dim=0))
+
+
+@pytest.mark.parametrize("aggr", ["sum", "max"])
+def test_an_aggregation_module_is_one_gated_layer_and_the_results_reload(aggr, tmp_path):
+    import lumos
+
+    torch.manual_seed(0)
+    x, batch = torch.randn(9, 6), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    sm = lumos.sparsify(_Readout(aggr), (x, batch), budget=0.5)
+    (hidden,) = [g for g in sm.graph_info.groups if g.kind == "neuron"]
+    assert hidden.name == "lin1" and hidden.size == 16
+    with torch.no_grad():
+        sm.gates.log_alpha[hidden.offset:hidden.offset + 8] = -10.0
+    sm.eval()
+    small = sm.compact()
+    assert small.get_submodule("lin1").out_features == 8
+    with torch.no_grad():
+        torch.testing.assert_close(small(x, batch), sm(x, batch))
+        other = torch.tensor([0, 1, 1, 1, 1, 1, 1, 1, 1])  # another batch: two graphs
+        torch.testing.assert_close(small(x, other), sm(x, other))
+    torch.save(small, tmp_path / "small.pt")
+    torch.save(sm, tmp_path / "sm.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "small.pt", weights_only=False)(x, batch),
+                                   small(x, batch))
+        torch.testing.assert_close(torch.load(tmp_path / "sm.pt", weights_only=False)(x, batch),
+                                   sm(x, batch))

@@ -196,6 +196,12 @@ def _worker(out: Path) -> None:
     report["same"] = [str(w.message) for w in caught if w.category is LumosWarning]
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(report))
     distributed.shutdown()
+    # gloo's worker threads may still hold tensors of the refused run; torn down during
+    # interpreter finalization they can abort the process (exit -6, "terminate called without
+    # an active exception", pytorch/pytorch#179291). The report is written: leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ without LUMOS. Fractional deterministic gates are folded into the reading layer'
 from __future__ import annotations
 
 import copy
+import operator
 from collections import defaultdict
 
 import torch
@@ -126,6 +127,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
                 selected = g.call_method("index_select", (node, dim, idx_node))
             for user in users:
                 user.replace_input_with(node, selected)
+    _reloadable_calls(gm)
     g.lint()
     gm.recompile()
     # fx remembers the tracer class and pickles a reference to it: the result must load
@@ -134,6 +136,35 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     g._tracer_cls = None
     gm.eval()
     return gm
+
+
+def _reloadable_calls(gm: fx.GraphModule) -> None:
+    """Calls of layers whose class overrides ``__call__`` become ``operator.call(layer, ...)``
+    nodes that fx keeps whole when it re-traces the saved code on ``torch.load``.
+
+    ``torch.load`` of a GraphModule traces its code again with every module a leaf, but a
+    class's own ``__call__`` (torch-geometric's aggregations: ``int(index.max()) + 1``) runs
+    before fx sees the module call and cannot run on proxies. (``operator.call`` is Python
+    3.11+; on 3.10 such a model still runs but does not reload.)
+    """
+    call = getattr(operator, "call", None)
+    if call is None:
+        return
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op != "call_module":
+            continue
+        layer = gm.get_submodule(node.target)
+        owner = next(c for c in type(layer).__mro__ if "__call__" in vars(c))
+        if owner is nn.Module or isinstance(layer, fx.GraphModule):  # fx's own call: plain
+            continue
+        with g.inserting_before(node):
+            attr = g.get_attr(node.target)
+            direct = g.call_function(call, (attr, *node.args), dict(node.kwargs))
+        direct.meta = dict(node.meta)
+        direct.meta["is_wrapped"] = True
+        node.replace_all_uses_with(direct)
+        g.erase_node(node)
 
 
 def kept_feature_indices(sm) -> dict[str, torch.Tensor]:

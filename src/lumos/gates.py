@@ -102,6 +102,8 @@ class GateBank(nn.Module):
     # buffers (registered in __init__), typed for readers
     shut: Tensor
     frozen_values: Tensor
+    path_index: Tensor
+    path_valid: Tensor
 
     def __init__(
         self,
@@ -109,10 +111,13 @@ class GateBank(nn.Module):
         kinds: list[str],
         cfg: HardConcreteConfig | None = None,
         init_keep_probability: float | dict[str, float] = 0.99,
+        essential: list[bool] | None = None,
     ) -> None:
         super().__init__()
         if len(sizes) != len(kinds):
             raise ValueError("one kind per group is required")
+        if essential is not None and len(essential) != len(sizes):
+            raise ValueError("one essential flag per group is required")
         self.cfg = cfg or HardConcreteConfig()
         total = int(sum(sizes))
         init = torch.cat([
@@ -143,7 +148,22 @@ class GateBank(nn.Module):
         self.frozen = False
         self._open_mask_key: tuple | None = None
         self._any_shut_key: tuple | None = None
+        self._register_paths([
+            slice(offsets[g], offsets[g + 1]) for g, flag in enumerate(essential or []) if flag
+            and sizes[g] > 0])
         _run_eagerly_when_compiled()
+
+    def _register_paths(self, groups: list[slice]) -> None:
+        """Index the essential groups (every input-to-output path reads them) as a padded
+        matrix, one row per group, so the training draw can keep a path open without a loop."""
+        width = max((g.stop - g.start for g in groups), default=0)
+        index = torch.zeros(len(groups), width, dtype=torch.long)
+        valid = torch.zeros(len(groups), width, dtype=torch.bool)
+        for row, g in enumerate(groups):
+            index[row, : g.stop - g.start] = torch.arange(g.start, g.stop)
+            valid[row, : g.stop - g.start] = True
+        self.register_buffer("path_index", index, persistent=False)
+        self.register_buffer("path_valid", valid, persistent=False)
 
     @property
     def num_gates(self) -> int:
@@ -168,14 +188,44 @@ class GateBank(nn.Module):
         when the first gate bank is made, so ``import lumos`` does not import dynamo (~1 s).
         """
         if self.training and not self.frozen:
-            return self._apply_open_mask(
-                sample_gates(self.log_alpha, self.cfg, self.draw_uniform()))
+            u = self.draw_uniform()
+            z = sample_gates(self.log_alpha, self.cfg, u)
+            if self.path_index.numel():
+                z = self._keep_a_path_open(z, u)
+            return self._apply_open_mask(z)
         if self.frozen and self.training:
             # a zero gradient, not none: DistributedDataParallel fills zeros for parameters a
             # step did not use, so one process must see the same, or the optimiser's momentum
             # would move log alpha on the ranks and not in a single process
             return self.frozen_values + 0.0 * self.log_alpha
         return self.deterministic()
+
+    def _keep_a_path_open(self, z: Tensor, u: Tensor) -> Tensor:
+        """Redraw, from the gate's distribution *given that it is open*, the strongest gate of
+        every essential group whose draw closed all of it.
+
+        A draw that closes a group every path crosses gives a step whose output ignores the
+        input: wasted at best, and behind BatchNorm (batch statistics of a constant are 0, its
+        backward multiplies by 1/sqrt(eps) per layer) gradients overflow to NaN within a step
+        (MONAI's DenseNet-121 did). The deployed model keeps such a path too (the projection
+        keeps one gate of each open), so training draws from the same condition. No extra
+        random number: given closed, ``u / u0`` is uniform, where ``u0`` is the draw below
+        which the gate closes; ``u0 + (1 - u0) * u / u0`` is then uniform over the open draws.
+        No host sync: groups that kept a gate open are written back unchanged.
+        """
+        index, valid = self.path_index, self.path_valid
+        usable = valid & ~self.shut[index]
+        drawn = torch.where(usable, z[index], torch.zeros((), dtype=z.dtype, device=z.device))
+        empty = (drawn.amax(dim=1) <= 0) & usable.any(dim=1)
+        score = self.log_alpha.detach()[index].masked_fill(~usable, float("-inf"))
+        best = index.gather(1, score.argmax(dim=1, keepdim=True)).squeeze(1)
+        log_alpha = self.log_alpha[best]
+        cfg = self.cfg
+        closed_below = torch.sigmoid(
+            cfg.beta * math.log(-cfg.gamma / cfg.zeta) - log_alpha.detach())  # z = 0 iff u <= it
+        redrawn_u = closed_below + (1.0 - closed_below) * (u[best] / closed_below).clamp(0, 1)
+        redrawn = sample_gates(log_alpha, cfg, redrawn_u)
+        return z.scatter(0, best, torch.where(empty, redrawn, z[best]))
 
     def freeze(self, kept: Tensor) -> None:
         """Fix every gate where it is: closed where not ``kept``, else at its deterministic

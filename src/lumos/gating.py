@@ -26,7 +26,7 @@ from torch import Tensor, fx, nn
 
 from .topology.analysis import ChannelGraph
 from .topology.infos import GateSite
-from .topology.rule_helpers import plain_attributes, target_path
+from .topology.rule_helpers import plain_attributes, stored_tensor, target_path
 
 #: name of the placeholder that carries the gate vector into the gated graph
 GATES_PLACEHOLDER = "lumos_gates"
@@ -60,7 +60,8 @@ def call_with_gated_params(module: nn.Module, gates: Tensor, specs: tuple, *args
     """
     params: dict[str, Tensor] = {}
     for name, dim, index in specs:
-        p = params.get(name, module.get_parameter(name))
+        owner, _, attr = name.rpartition(".")
+        p = params.get(name, stored_tensor(module.get_submodule(owner), attr))  # as stored
         shape = [1] * p.dim()
         shape[dim] = -1
         params[name] = p * gates.index_select(0, index).view(shape).to(p.dtype)

@@ -82,6 +82,7 @@ class SparseModel(nn.Module):
             [g.kind for g in graph.groups],
             gate_options.hard_concrete(),
             gate_options.init_keep_probability,
+            essential=[bool(getattr(g, "essential", False)) for g in graph.groups],
         )
         self.cost = CostModel(graph)
         self.dense_params = self.cost.dense("params")

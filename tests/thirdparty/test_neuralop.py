@@ -59,3 +59,30 @@ def test_a_tensor_train_weight_keeps_the_layer_whole_and_says_why():
     assert "ComplexTTTensor weight: kept whole" in sm.report()
     assert "lift" not in {g.name for g in sm.graph_info.groups}
     assert_compacts_exactly(sm, torch.randn(2, 2, 8, 8), check_counts=False)
+
+
+@pytest.mark.parametrize("factorization", ["tucker", "cp"])
+def test_factorized_ranks_are_units_cut_from_the_core_and_the_factors(factorization):
+    """Most of a factorized layer is its core (CP: its rank-wide factors): the ranks are
+    gated, and compaction cuts them from the core and the factors' columns."""
+    torch.manual_seed(0)
+    sm = lumos.sparsify(Operator(factorization, False), torch.randn(3, 2, 8, 8), budget=0.5)
+    ranks = [g for g in sm.graph_info.groups if g.kind == "rank"]
+    assert len(ranks) == (8 if factorization == "tucker" else 2)  # 4 (1) per layer, 2 layers
+    with torch.no_grad():
+        for group in ranks:  # close half of every rank
+            sm.gates.log_alpha[group.offset:group.offset + group.size // 2] = -10.0
+    small = sm.eval().compact()
+    x = torch.randn(4, 2, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x), rtol=1e-4, atol=1e-5)
+    for before, after in zip(sm.model.get_submodule("conv").weight, small.conv.weight):
+        if factorization == "tucker":
+            assert after.rank == tuple(r - r // 2 for r in before.rank)
+            assert tuple(after.core.shape) == after.rank
+        else:
+            assert after.rank == before.rank - before.rank // 2 == after.weights.shape[0]
+        assert [f.shape[1] for f in after.factors] == (
+            list(after.rank) if factorization == "tucker" else [after.rank] * 4)
+    assert lumos.count_params(small) == sm.compacted_counts()["params"]
+    assert lumos.count_params(small) < lumos.count_params(sm.model) * 0.7

@@ -492,6 +492,11 @@ def _build_table() -> list[Entry]:
                                              lifting_channels=16, projection_channels=16,
                                              n_layers=2, factorization="tucker", rank=0.5),
                             3, 16, 16))
+    add("neuralop_tfno2d_cp", "neuraloperator", "neural operator (CP-factorised FNO)", nop)(
+        lambda: tensor_case(_neuralop().TFNO((6, 6), 8, in_channels=3, out_channels=1,
+                                             lifting_channels=16, projection_channels=16,
+                                             n_layers=2, factorization="cp", rank=0.5),
+                            3, 16, 16))
     add("neuralop_fno1d", "neuraloperator", "neural operator (FNO 1D, MLP skip)", nop)(
         lambda: tensor_case(_neuralop().FNO1d(8, 8, in_channels=2, out_channels=1,
                                               lifting_channels=16, projection_channels=16,
@@ -608,13 +613,7 @@ def _build_table() -> list[Entry]:
 
 #: models on which LUMOS is wrong today: name -> what happens (the tests mark them
 #: xfail(strict=True); the benchmark prints the diagnosis)
-KNOWN_DEFECTS: dict[str, str] = {
-    "monai_densenet121": (
-        "training diverges: NaN weights at step 3 (the same recipe without LUMOS stays "
-        "finite); gradients reach 1e38 in the BatchNorm layers of the last dense block, which "
-        "runs at 1x1 spatial size, as soon as gates start to close. compact() now refuses "
-        "with NonFiniteError instead of returning the NaN model, but the divergence is LUMOS's"),
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 TABLE: list[Entry] = _build_table()
 BY_NAME: dict[str, Entry] = {e.name: e for e in TABLE}

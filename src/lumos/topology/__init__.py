@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (importing a rule module registers its rules)
     rules_attention,
     rules_conv,
+    rules_einops,
     rules_elementwise,
     rules_linear,
     rules_monai,

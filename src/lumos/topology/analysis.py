@@ -102,6 +102,13 @@ class ChannelGraph:
         self._count_measured_flops(example_args)
         self.groups = self._collect_groups()
         self._mark_essential(self.groups)
+        lone = [g for g in self.groups if g.essential and g.size == 1]
+        if lone:  # its gate could only scale it, or cut the output off the inputs
+            for group in lone:
+                group.root.pin("one channel that every path from the inputs to the output "
+                               "reads: closing it would cut the output off, so it is not gated")
+            self.groups = self._collect_groups()
+            self._mark_essential(self.groups)
 
     def _mark_essential(self, groups: list[Group]) -> None:
         """Flag the groups that are the only way from the inputs to the output.

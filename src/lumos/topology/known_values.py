@@ -52,7 +52,38 @@ class KnownProxy(fx.Proxy):
 
     def __getattr__(self, k: str) -> KnownAttribute:
         # ``x.shape`` is fx's lazy Attribute proxy; ours knows its value too
+        if k.startswith("__array_"):  # numpy's probes: ``__array__`` below answers it
+            raise AttributeError(k)
         return KnownAttribute(self, k)
+
+    def __setitem__(self, key, value) -> None:  # noqa: ANN001
+        """``mask[:, h, w, :] = cnt`` on a tensor the forward built (MONAI's Swin window masks).
+
+        A basic index (ints, slices, None, ...) is what it means in torch, a view filled in
+        place: ``mask[key].fill_(cnt)`` or ``.copy_(value)``, which fx can trace again when a
+        saved model is loaded (fx prints ``operator.setitem`` back as ``a[k] = v``, which
+        plain proxies cannot take). Other keys become an ``operator.setitem`` node. The
+        example's value changes the same way.
+        """
+        if _basic_index(key) and isinstance(value, (fx.Proxy, int, float, bool)):
+            view = self[key]  # type: ignore[index]  # Proxy.__getitem__
+            if isinstance(value, fx.Proxy):
+                view.copy_(value)
+            else:
+                view.fill_(value)
+            return
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001, ANN204 - numpy's protocol
+        """``np.array(x.shape[2:])``: a static value as an array, guarded like a condition."""
+        import numpy as np
+
+        value = self.tracer.static_value(self)
+        if value is _MISSING or isinstance(value, torch.Tensor):
+            raise TypeError(f"'{self.node.name}' is not a known static value while tracing: "
+                            "numpy cannot take a traced tensor")
+        self.tracer.guard(self, value, self.node.name)
+        return np.asarray(value, dtype=dtype)
 
     def __hash__(self) -> int:
         # a static value may be a dict key (``recipes[x.ndim]``); the lookup's ``==`` is then
@@ -92,7 +123,15 @@ class KnownProxy(fx.Proxy):
         self.tracer.guard(self, value, self.node.name)
         return value
 
-    __int__ = __index__
+    def __int__(self) -> int:
+        # ``int(x.shape[1])`` is the model's own request for a constant ("force trace() to
+        # generate a constant", MONAI's Swin): granted with a guard, even off a tensor's shape
+        value = self.tracer.static_value(self)
+        if value is _MISSING or isinstance(value, torch.Tensor) or not isinstance(
+                value, (int, float, bool)):
+            raise TypeError(f"'{self.node.name}' is not a known integer while tracing")
+        self.tracer.guard(self, value, self.node.name)
+        return int(value)
 
 
 class KnownAttribute(fx.proxy.Attribute, KnownProxy):
@@ -100,6 +139,13 @@ class KnownAttribute(fx.proxy.Attribute, KnownProxy):
 
 
 _MISSING = object()
+
+
+def _basic_index(key: Any) -> bool:
+    """Ints, slices, None and ``...``, alone or in a tuple: indexing that gives a view."""
+    items = key if isinstance(key, tuple) else (key,)
+    return all(item is None or item is Ellipsis or isinstance(item, slice)
+               or (isinstance(item, int) and not isinstance(item, bool)) for item in items)
 
 
 class KnownValueTracer(fx.Tracer):
@@ -111,6 +157,9 @@ class KnownValueTracer(fx.Tracer):
         self.static: set[fx.Node] = set()
         #: static values that depend on a tensor's shape (they may differ between batches)
         self.shaped: set[fx.Node] = set()
+        #: values computed from the inputs (the rest comes from parameters, buffers and
+        #: constants: the model's state, the same for every batch)
+        self.data: set[fx.Node] = set()
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return KnownProxy(node, self)
@@ -133,12 +182,15 @@ class KnownValueTracer(fx.Tracer):
         except Exception:  # the op fails on the example's values: no value, fx decides
             return proxy
         self.values[node] = value
+        if node.op == "placeholder" or any(a in self.data for a in node.all_input_nodes):
+            self.data.add(node)
         if static:
             self.static.add(node)
             if not _is_rank(node) and (any(a in self.shaped for a in node.all_input_nodes) or (
                     node.op in ("call_method", "call_function") and node.all_input_nodes
-                    and any(a not in self.static for a in node.all_input_nodes))):
-                self.shaped.add(node)  # read off a tensor (x.shape, x.size(1), ...)
+                    and any(a not in self.static and a in self.data
+                            for a in node.all_input_nodes))):
+                self.shaped.add(node)  # read off an input's tensor (x.shape, x.size(1), ...)
         return proxy
 
     def _evaluate(self, node: fx.Node) -> tuple[Any, bool]:
@@ -154,6 +206,10 @@ class KnownValueTracer(fx.Tracer):
         if mode_flags.is_flag_node(node):
             return False, False  # example values are computed in eval mode
         arg_nodes = [a for a in node.all_input_nodes]
+        for a in arg_nodes:  # fx makes tensor constants (``_tensor_constant0``) without a proxy
+            if a not in self.values and a.op == "get_attr":
+                with contextlib.suppress(AttributeError):
+                    self.values[a] = self._evaluate(a)[0]
         if any(a not in self.values for a in arg_nodes):
             raise _Unknown
         args = map_aggregate(node.args, self._value_of)
@@ -180,9 +236,20 @@ class KnownValueTracer(fx.Tracer):
     def _value_of(self, a):
         return self.values[a] if isinstance(a, fx.Node) else a
 
+    def state_value(self, proxy: fx.Proxy):
+        """The value of a one-element tensor computed from parameters, buffers and constants
+        only (never from the inputs), else ``_MISSING``."""
+        node = proxy.node
+        values, data = getattr(self, "values", {}), getattr(self, "data", ())
+        value = values.get(node, _MISSING)
+        if node in data or not isinstance(value, torch.Tensor) or value.numel() != 1:
+            return _MISSING
+        return value
+
     def static_value(self, proxy: fx.Proxy):
         node = proxy.node
-        return self.values[node] if node in self.static else _MISSING
+        static = getattr(self, "static", ())  # none when fx re-traces saved code on load
+        return self.values[node] if node in static else _MISSING
 
     # ---- Python control flow on known values -----------------------------------------------
     def wrapped_call(self, fn, proxy: fx.Proxy) -> fx.Proxy:
@@ -203,7 +270,13 @@ class KnownValueTracer(fx.Tracer):
     def to_bool(self, obj: fx.Proxy) -> bool:
         value = self.static_value(obj)
         if value is _MISSING:
-            return super().to_bool(obj)
+            value = self.state_value(obj)
+            if value is _MISSING:
+                return super().to_bool(obj)
+            truth = bool(value)  # the model's state steers (``if self.initialized:``): guarded
+            self.guard(self.wrapped_call(operator.truth, obj), truth,
+                       f"the condition '{obj.node.name}' on the model's buffers")
+            return truth
         truth = bool(value)
         what = f"the condition '{obj.node.name}'"
         if value is True and hasattr(self, "values"):

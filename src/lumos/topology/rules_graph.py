@@ -27,9 +27,20 @@ from torch_geometric.nn import (
     global_max_pool,
     global_mean_pool,
 )
+from torch_geometric.nn.aggr import (
+    MaxAggregation,
+    MeanAggregation,
+    MedianAggregation,
+    MinAggregation,
+    MulAggregation,
+    StdAggregation,
+    SumAggregation,
+    VarAggregation,
+)
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear as GeometricLinear
 from torch_geometric.nn.models.attentive_fp import GATEConv
+from torch_geometric.nn.models.schnet import CFConv
 from torch_geometric.nn.norm import GraphNorm
 from torch_geometric.nn.norm import InstanceNorm as GraphInstanceNorm
 from torch_geometric.nn.norm import LayerNorm as GraphLayerNorm
@@ -444,6 +455,23 @@ def _gate_conv_forward(self: GATEConv, x, edge_index, edge_attr):
 
 
 
+# ---- SchNet's continuous-filter convolution, in plain torch ----------------------------------
+def _cfconv_forward(self: CFConv, x, edge_index, edge_weight, edge_attr):
+    """``CFConv.forward``: ``lin2(sum_j lin1(x)_j * W_ij)`` with the filter
+    ``W = nn(edge_attr) * cosine cutoff``; the filters of ``lin1`` and ``nn`` are one set of
+    channels (they multiply), gated together like any elementwise product."""
+    if self.aggr != "add":
+        raise TypeError("LUMOS reads SchNet's CFConv with its sum aggregation; keep this layer "
+                        "whole (keep=) for other configurations")
+    cutoff = 0.5 * (torch.cos(edge_weight * math.pi / self.cutoff) + 1.0)
+    filters = self.nn(edge_attr) * cutoff.view(-1, 1)
+    x = self.lin1(x)
+    src, dst = (0, 1) if self.flow == "source_to_target" else (1, 0)
+    messages = x.index_select(0, edge_index[src]) * filters
+    return self.lin2(scatter(messages, edge_index[dst], dim=0, dim_size=x.size(0),
+                             reduce="sum"))
+
+
 # ---- pooling and scatter: channel-wise over nodes ---------------------------------------------
 def _node_pool(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
     info = ctx.tensor_info(node.args[0] if node.args else node.kwargs.get("x"))
@@ -453,6 +481,26 @@ def _node_pool(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None)
         info.layout.pin(f"{describe(node)} pools over the tracked dim")
         return None
     return TensorInfo(-1, info.layout)
+
+
+#: torch-geometric aggregation modules that reduce each channel on its own, without parameters
+_CHANNELWISE_AGGREGATIONS = (SumAggregation, MeanAggregation, MaxAggregation, MinAggregation,
+                             MulAggregation, VarAggregation, StdAggregation, MedianAggregation)
+
+
+def _aggregation(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``aggr(x, index, ptr, dim_size, dim=-2)``: each channel reduced over ``dim`` alone."""
+    x = node.args[0] if node.args else node.kwargs.get("x")
+    info = ctx.tensor_info(x)
+    if info is None:
+        return None
+    dim = node_arg(node, 4, "dim", -2)
+    shape = ctx.shape(x)
+    if not isinstance(dim, int) or shape is None or \
+            positive_dim(dim, len(shape)) == positive_dim(info.dim, len(shape)):
+        info.layout.pin(f"{describe(node)} aggregates along the tracked dim")
+        return None
+    return TensorInfo(info.dim, info.layout)
 
 
 def _scatter(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
@@ -488,6 +536,7 @@ def register_all() -> None:
         (GraphNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
         (GraphInstanceNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
         (GraphLayerNorm, _graph_layer_norm, {"lower": lower_stat_norm}),
+        *[(aggregation, _aggregation, {}) for aggregation in _CHANNELWISE_AGGREGATIONS],
     ]
     for layer, rule, options in modules:
         if REGISTRY.entry("module", layer) is None:
@@ -495,7 +544,8 @@ def register_all() -> None:
     REGISTRY.register_opaque_base(MessagePassing)
     forwards = REGISTRY.trace_forwards()
     for layer, forward in ((GINConv, _gin_forward), (EdgeConv, _edge_conv_forward),
-                           (PNAConv, _pna_forward), (GATEConv, _gate_conv_forward)):
+                           (PNAConv, _pna_forward), (GATEConv, _gate_conv_forward),
+                           (CFConv, _cfconv_forward)):
         if layer not in forwards:
             register_trace_forward(layer, forward)
     functions: list[tuple[Any, Any]] = [(fn, _node_pool) for fn in (

@@ -7,8 +7,12 @@ dim of 2:
 
 - dense (``ComplexDenseTensor``): ``weight.{i}.tensor`` of shape ``(in, out, *modes, 2)``;
 - Tucker and CP (``ComplexTuckerTensor``, ``ComplexCPTensor``): the rows of
-  ``weight.{i}.factors.factor_0`` are the input channels, of ``factor_1`` the output channels
-  (the core and the other factors hold no channel);
+  ``weight.{i}.factors.factor_0`` are the input channels, of ``factor_1`` the output channels.
+  Their *ranks* are units too, most of such a layer's size: Tucker's rank ``k`` is a column
+  of ``factor_k`` and a slice of the core along dim ``k`` (one space per factor), CP's rank a
+  column of every factor and an entry of ``weights`` (one space). The gate scales the core
+  (the CP weights), compaction cuts the closed slices and columns, and tltorch's ``rank``
+  follows;
 
 Input channels are read (gated, folded into the rows that read them: the gate is real, the
 contraction linear), output channels are a new space shared by every layer of the module (one
@@ -28,7 +32,7 @@ from torch import fx, nn
 from .context import RuleContext, describe
 from .infos import TensorInfo
 from .registry import REGISTRY
-from .rule_helpers import node_arg, positive_dim, target_path
+from .rule_helpers import node_arg, positive_dim, stored_tensor, target_path
 from .spaces import Layout
 
 
@@ -84,8 +88,7 @@ def _spectral_conv(ctx: RuleContext, node: fx.Node, module: Any) -> object:
         else:
             ctx.role(path, rows_in, 0, in_layout, fold=True)
             ctx.role(path, rows_out, 0, out_layout)
-            ctx.param_cost(path, rows_in, (in_layout,))
-            ctx.param_cost(path, rows_out, (out_layout,))
+            _rank_units(ctx, owner, i, weight, path, in_layout, out_layout)
     if getattr(module, "bias", None) is not None:
         ctx.role(owner, "bias", 1, out_layout)
         ctx.param_cost(owner, "bias", (out_layout,))
@@ -99,6 +102,36 @@ def _spectral_conv(ctx: RuleContext, node: fx.Node, module: Any) -> object:
     else:
         ctx.measure_flops(node)
     return TensorInfo(cdim, out_layout)
+
+
+def _rank_units(ctx: RuleContext, owner: str, i: int, weight: Any, factors_path: str,
+                in_layout: Layout, out_layout: Layout) -> None:
+    """The ranks of one factorized layer: gated on the core (CP: ``weights``), cut from it and
+    from the factors' columns (see the module docstring)."""
+    layer = f"{owner}.weight.{i}"
+    factors = sorted((n for n, _ in weight.factors.named_parameters()), key=lambda n: int(
+        n.rpartition("_")[2]))
+    rows = {0: in_layout, 1: out_layout}
+    if hasattr(weight, "core"):  # Tucker: one rank space per factor
+        core_ranks = []
+        for k, name in enumerate(factors):
+            size = stored_tensor(weight.factors, name).shape[1]
+            rank = Layout.of(ctx.new_space(size, "rank", f"{layer}.rank{k}"))
+            rank.require_nonempty()
+            ctx.param_site(owner, f"weight.{i}.core", k, rank)
+            ctx.role(factors_path, name, 1, rank)
+            ctx.param_cost(factors_path, name, (rows[k], rank) if k in rows else (rank,))
+            core_ranks.append(rank)
+        ctx.param_cost(layer, "core", tuple(core_ranks))
+        return
+    size = stored_tensor(weight.factors, factors[0]).shape[1]  # CP: one rank for all factors
+    rank = Layout.of(ctx.new_space(size, "rank", f"{layer}.rank"))
+    rank.require_nonempty()
+    ctx.param_site(owner, f"weight.{i}.weights", 0, rank)
+    for k, name in enumerate(factors):
+        ctx.role(factors_path, name, 1, rank)
+        ctx.param_cost(factors_path, name, (rows[k], rank) if k in rows else (rank,))
+    ctx.param_cost(layer, "weights", (rank,))
 
 
 def _resize_spectral_conv(module: Any) -> None:
@@ -119,6 +152,12 @@ def _resize_spectral_conv(module: Any) -> None:
         shape = tuple(getattr(weight, "shape", ()))
         if shape:
             setattr(weight, "shape", (n_in, n_out) + shape[2:])  # noqa: B010 (typed as Tensor)
+        core: Any = getattr(weight, "core", None)
+        cp_weights: Any = getattr(weight, "weights", None)
+        if sub and core is not None:  # ... and its ranks, which compaction cut
+            setattr(weight, "rank", tuple(core.shape))  # noqa: B010
+        elif sub and cp_weights is not None:
+            setattr(weight, "rank", int(cp_weights.shape[0]))  # noqa: B010
 
 
 REGISTRY.register_when_imported("neuralop.layers.spectral_convolution", "SpectralConv",

@@ -449,6 +449,39 @@ def _rank(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> o
     return None
 
 
+def _length(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``len(x.shape)`` is a rank (pruning never changes it); ``len(x)`` is dim 0's size."""
+    info = ctx.info(node.args[0]) if node.args else None
+    if isinstance(info, TensorInfo):
+        shape = ctx.shape(node.args[0])
+        if shape is not None and positive_dim(info.dim, len(shape)) == 0:
+            return ShapeInfo(None, info.layout)
+    return None
+
+
+def _size_comparison(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``x.shape == (4, 12, 8, 8)``, ``x.size(1) != 12`` (the guards of known-value tracing,
+    or the model's own checks): the literal channel count follows compaction, as the literal
+    sizes of ``view`` do, so the check still holds on the compacted model."""
+    if len(node.args) != 2 or node.kwargs:
+        ctx.pin([ctx.info(a) for a in node.args], f"{describe(node)} compares channel counts")
+        return None
+    for side in (0, 1):
+        info, literal = ctx.info(node.args[side]), node.args[1 - side]
+        if not isinstance(info, ShapeInfo):
+            continue
+        if info.dim is None and isinstance(literal, int) and not isinstance(literal, bool):
+            ctx.rewrite(node, (1 - side,), info.layout)
+        elif info.dim is not None and isinstance(literal, (tuple, list)) and \
+                info.dim < len(literal) and isinstance(literal[info.dim], int):
+            ctx.rewrite(node, (1 - side, info.dim), info.layout)
+        else:
+            info.layout.pin(f"{describe(node)} compares a channel count with a computed value")
+        return None
+    ctx.pin([ctx.info(a) for a in node.args], f"{describe(node)} compares channel values")
+    return None
+
+
 # ---- registration -----------------------------------------------------------------------------
 _f: Callable[..., Any]
 REGISTRY.register("view", _view)
@@ -467,6 +500,9 @@ REGISTRY.register("expand_as", elementwise_pair)
 REGISTRY.register(operator.getitem, _getitem)
 REGISTRY.register(builtins.getattr, _getattr)
 REGISTRY.register("size", _size)
+REGISTRY.register(builtins.len, _length)
+for _f in (operator.eq, operator.ne):
+    REGISTRY.register(_f, _size_comparison)
 for _name in ("dim", "ndimension"):
     REGISTRY.register(_name, _rank)
 REGISTRY.register(torch.cat, _cat)

@@ -8,11 +8,14 @@ leaves stay single nodes (all read from :data:`~lumos.topology.registry.REGISTRY
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import operator
 import os
 import sys
 import traceback
 import warnings
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -29,6 +32,10 @@ _LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.se
 class LumosTracer(KnownValueTracer):
     """fx tracer that keeps registered layer classes as leaves, remembers where it is, and
     carries the example's values beside the proxies (shape-dependent Python traces)."""
+
+    #: buffers are graph values like parameters: ``self.index[:n]`` with ``n`` read off the
+    #: input must be a graph op, and a branch on a buffer is guarded instead of frozen
+    proxy_buffer_attributes = True
 
     def __init__(self) -> None:
         leaf_functions = REGISTRY.leaf_functions()
@@ -63,6 +70,12 @@ class LumosTracer(KnownValueTracer):
             # children are what the rules know, so read through it, torch.nn's included
             return False
         return super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:  # noqa: ANN001 - fx signature
+        # also when fx re-traces a saved gated model (its loader subclasses this tracer)
+        modules = root.modules() if isinstance(root, nn.Module) else ()
+        with _leaf_calls_direct(self, modules):
+            return super().trace(root, concrete_args)
 
     def create_arg(self, a):  # noqa: ANN001 - fx signature
         if isinstance(a, mode_flags.ModeFlag):  # self.training passed on: read it at run time
@@ -139,6 +152,7 @@ def trace(model: nn.Module, concrete_args: dict | None = None,
                 f"self.training at {branched[path]}; LUMOS keeps it as one layer (not gated "
                 "inside) so that train and eval mode behave as in the original model.",
                 LumosWarning, stacklevel=3)
+    _state_slices_as_narrow(graph, tracer)
     with mode_flags.probe_attached(model, tracer.probe_name):
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _drop_trace_internals(gm)
@@ -171,6 +185,85 @@ def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | Non
             "sparsify(..., concrete_args={...})."
         ) from exc
     return graph, mode_flags.branching_modules(flags)
+
+
+@contextlib.contextmanager
+def _leaf_calls_direct(tracer: LumosTracer, modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Leaves whose class overrides ``__call__`` are recorded as the user called them.
+
+    fx sees a module call in ``nn.Module.__call__``; a class that overrides ``__call__`` runs
+    its own Python first (torch-geometric's aggregations compute ``int(index.max()) + 1``,
+    data that cannot steer a trace). For a leaf that code belongs to the layer, not to the
+    graph: the node keeps the user's arguments and, at run time, the real ``__call__`` runs.
+    """
+    saved = {}
+    for m in modules:
+        owner = next((c for c in type(m).__mro__ if "__call__" in vars(c)), nn.Module)
+        if owner is not nn.Module and issubclass(owner, nn.Module) and not issubclass(
+                owner, fx.GraphModule):
+            saved[owner] = vars(owner)["__call__"]
+
+    def direct(original):
+        def __call__(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, N807
+            try:
+                path = tracer.path_of_module(self) if self is not tracer.root else ""
+            except NameError:  # not a submodule of the traced model
+                path = ""
+            if path and tracer.is_leaf_module(self, path):
+                return nn.Module.__call__(self, *args, **kwargs)  # fx's, while tracing
+            return original(self, *args, **kwargs)
+        return __call__
+
+    try:
+        for cls, original in saved.items():
+            cls.__call__ = direct(original)  # type: ignore[method-assign]
+        yield
+    finally:
+        for cls, original in saved.items():
+            cls.__call__ = original  # type: ignore[method-assign]
+
+
+def _state_slices_as_narrow(graph: fx.Graph, tracer: LumosTracer) -> None:
+    """``self.index[:n, :n]`` (a buffer sliced by a size read off the input) as ``narrow``.
+
+    ``torch.load`` traces a saved GraphModule again with buffers as real tensors, and a real
+    tensor cannot be sliced by a proxy (torch asks the bound for ``__index__``); ``narrow``
+    takes one. Only plain slices of the model's state whose bounds held on the example
+    (``narrow`` raises where slicing would clamp) are rewritten; the rest stays as written.
+    """
+    values: dict = getattr(tracer, "values", {})
+    data: set = getattr(tracer, "data", set())
+
+    def known(v):  # noqa: ANN001, ANN202
+        return values.get(v) if isinstance(v, fx.Node) else v
+
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not operator.getitem:
+            continue
+        base, key = node.args
+        value = values.get(base) if isinstance(base, fx.Node) and base not in data else None
+        items = key if isinstance(key, tuple) else (key,)
+        if not isinstance(value, torch.Tensor) or len(items) > value.dim() or not all(
+                isinstance(i, slice) and i.step in (None, 1) for i in items) or not any(
+                isinstance(b, fx.Node) for i in items for b in (i.start, i.stop)):
+            continue
+        bounds = [(known(i.start) or 0, value.shape[d] if i.stop is None else known(i.stop))
+                  for d, i in enumerate(items)]
+        if not all(isinstance(a, int) and isinstance(b, int) and 0 <= a <= b <= value.shape[d]
+                   for d, (a, b) in enumerate(bounds)):
+            continue
+        with graph.inserting_before(node):
+            current = base
+            for d, item in enumerate(items):
+                if item == slice(None):
+                    continue
+                start = 0 if item.start is None else item.start
+                stop = item.stop if item.stop is not None else graph.call_method(
+                    "size", (current, d))
+                length = stop if start == 0 else graph.call_function(operator.sub, (stop, start))
+                current = graph.call_method("narrow", (current, d, start, length))
+        node.replace_all_uses_with(current)
+        graph.erase_node(node)
 
 
 def _same_graph(a: fx.Graph, b: fx.Graph) -> bool:
