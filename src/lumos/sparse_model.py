@@ -102,6 +102,11 @@ class SparseModel(nn.Module):
         self._realized_calls = 0
         self._refreshed_at = -1
         self._pending_fraction: float | None = None
+        # the task loss's size, which the pressure is measured in (see ``penalty(loss)``)
+        self._pending_loss: Tensor | None = None
+        self._loss_sum: Tensor | None = None
+        self._loss_count = 0
+        self._loss_scale: float | None = None
         self._explicit_steps = False
         self._auto_stepped = False
         self._steps_taken = 0
@@ -149,7 +154,10 @@ class SparseModel(nn.Module):
         dense = self.dense_params if kind == "params" else self.dense_flops
         return self.cost.total(keep, kind) / max(dense, 1.0)
 
-    def penalty(self) -> Tensor:
+    #: optimiser steps whose task loss sets the unit of the pressure (then it is fixed)
+    LOSS_CALIBRATION_STEPS = 20
+
+    def penalty(self, loss: Tensor | float | None = None) -> Tensor:
         """Term to add to the task loss once per step: size pressure plus feature selection.
 
         With ``budget`` the size term is the Lagrangian of :class:`BudgetController`; with
@@ -157,10 +165,33 @@ class SparseModel(nn.Module):
         pressure, ``feature_penalty * mean P(feature kept)``, because an input column costs so
         few parameters that a size budget alone would never close it.
 
+        Pass the task ``loss`` (``loss + sm.penalty(loss)``) and both are measured in its units:
+        they are multiplied by the mean task loss of the first
+        ``LOSS_CALIBRATION_STEPS`` optimiser steps, so which features are kept and how the
+        budget is approached do not depend on the units of the target (a target in m or in
+        km, a loss summed or averaged). Without it the pressure is in absolute units, which
+        suit a loss of order 1 (standardised targets). The call is a pure query: the loss is
+        taken into the unit at the next :meth:`step`.
+
         The value and its gradient in log alpha are computed directly (the cost model's
         marginal, the sigmoid's slope) and handed to autograd as one node: the same gradient
         as differentiating the formula above, at a fraction of the per-step cost.
+
+        Args:
+            loss: the task loss of this step (a one-element tensor or a number), or None.
+
+        Returns:
+            A scalar tensor whose gradient reaches the gates' log alpha.
+
+        Raises:
+            InputError: ``loss`` is not a single number.
+
+        Example::
+
+            loss = F.mse_loss(sm(x), y)
+            (loss + sm.penalty(loss)).backward()
         """
+        scale = self._pressure_scale(loss)
         with torch.no_grad():
             keep = self.gates.prob_nonzero()
             value = keep.new_zeros(())
@@ -191,7 +222,32 @@ class SparseModel(nn.Module):
                 slope = slope + self.feature_penalty * weights
             # d keep / d log alpha: keep = sigmoid(log alpha - c), 0 where shut or frozen
             grad = slope * keep * (1.0 - keep) if not self.gates.frozen else None
+            if scale is not None:
+                value = value * scale
+                grad = None if grad is None else grad * scale
         return _Penalty.apply(self.gates.log_alpha, value, grad)
+
+    def _pressure_scale(self, loss: Tensor | float | None) -> Tensor | float | None:
+        """The unit of the pressure: the mean task loss of the first steps (see penalty)."""
+        if loss is None:
+            return self._loss_scale
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise InputError(
+                    f"penalty(loss) takes the task loss as one number, got a tensor of shape "
+                    f"{tuple(loss.shape)}. Reduce it first (loss.mean() or loss.sum()), as you "
+                    "would before backward().")
+            size = loss.detach().reshape(()).to(self.gates.log_alpha.dtype).abs()
+        else:
+            size = torch.tensor(abs(number(loss, "loss", "the task loss")),
+                                dtype=self.gates.log_alpha.dtype)
+        size = torch.nan_to_num(size.to(self.gates.log_alpha.device), nan=0.0, posinf=0.0)
+        if self.training:
+            self._pending_loss = size
+        if self._loss_scale is not None:
+            return self._loss_scale
+        total = size if self._loss_sum is None else self._loss_sum + size
+        return (total / (self._loss_count + 1)).clamp_min(torch.finfo(size.dtype).tiny)
 
     def _feature_weights(self, dtype: torch.dtype) -> Tensor:
         """1 / (number of feature gates) on feature gates, 0 elsewhere (their mean, as a dot)."""
@@ -269,6 +325,13 @@ class SparseModel(nn.Module):
         _register(self)
 
     def _advance(self) -> None:
+        if self._pending_loss is not None and self._loss_scale is None:
+            size, self._pending_loss = self._pending_loss, None
+            self._loss_sum = size if self._loss_sum is None else self._loss_sum + size
+            self._loss_count += 1
+            if self._loss_count >= self.LOSS_CALIBRATION_STEPS:  # one host read per run
+                self._loss_scale = max(float(self._loss_sum) / self._loss_count,
+                                       torch.finfo(torch.float32).tiny)
         pending = self._pending_fraction
         if pending is None:
             return  # no penalty was taken since the last step: nothing to ascend on
@@ -281,7 +344,9 @@ class SparseModel(nn.Module):
     def get_extra_state(self) -> dict:
         # the cached kept fraction and its refresh count travel with the weights, so a run
         # resumed from a checkpoint refreshes on the steps the uninterrupted run did
-        return {"realized": self._realized, "realized_calls": self._realized_calls}
+        return {"realized": self._realized, "realized_calls": self._realized_calls,
+                "loss_scale": self._loss_scale, "loss_count": self._loss_count,
+                "loss_sum": None if self._loss_sum is None else float(self._loss_sum)}
 
     def set_extra_state(self, state: dict) -> None:
         realized = state.get("realized")
@@ -289,6 +354,12 @@ class SparseModel(nn.Module):
         if realized is not None:
             self._realized_value = float(realized)
         self._realized_calls = int(state.get("realized_calls", 0))
+        scale, total = state.get("loss_scale"), state.get("loss_sum")
+        self._loss_scale = None if scale is None else float(scale)
+        self._loss_count = int(state.get("loss_count", 0))
+        self._loss_sum = None if total is None else torch.tensor(
+            float(total), dtype=self.gates.log_alpha.dtype, device=self.gates.log_alpha.device)
+        self._pending_loss = None
 
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""

@@ -317,7 +317,7 @@ class _Run:
         if self.sparse:
             # every rank adds the same penalty and DDP averages the gradients, so the
             # penalty counts once per step, as in a single process
-            pen = model.penalty()
+            pen = model.penalty(loss)  # measured in the task loss's units
             total = loss + pen
         self._refuse_non_finite(inputs, targets, pred, total)
         if pen is not None:
