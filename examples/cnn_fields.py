@@ -66,6 +66,10 @@ def main(smoke: bool = False) -> dict:
         r2 = lumos.metrics.r2(small(x_val), y_val)
     print(sm.report())
     print(f"validation R² {r2:.4f}; kept input channels: {sm.selected_features()['x']}")
+    if smoke:  # seconds of training on a few hundred samples: a check, not a result
+        print("(smoke size: this checks that the example runs; far too little data and "
+              "training for a meaningful R² or feature set. Run it without --smoke for the "
+              "documented result: docs/results/examples.md)")
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(small, Path(tmp) / "small.pt")  # reload: torch.load(..., weights_only=False)
         torch.jit.script(small).save(str(Path(tmp) / "small_ts.pt"))

@@ -33,6 +33,10 @@ def main(smoke: bool = False) -> dict:
         r2 = lumos.metrics.r2(small(x_val), y_val)
     print(sm.report())
     print(f"validation R² {r2:.4f}; kept features: {sm.selected_features()['input']}")
+    if smoke:  # seconds of training on a few hundred samples: a check, not a result
+        print("(smoke size: this checks that the example runs; far too little data and "
+              "training for a meaningful R² or feature set. Run it without --smoke for the "
+              "documented result: docs/results/examples.md)")
     print(f"parameters {lumos.count_params(model):,} -> {lumos.count_params(small):,}")
     return {"r2": r2, "features": sm.selected_features()["input"], "small": small}
 

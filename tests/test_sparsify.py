@@ -90,7 +90,13 @@ def test_penalty_value_and_gradient_equal_the_differentiated_formula(mode):
     la = sm.gates.log_alpha
     keep = sm.gates.prob_nonzero()
     fraction = sm.cost.total(keep, "params") / sm.dense_params
-    reference = 0.2 * keep[sm.feature_mask].mean()
+    ramp = min(1.0, (0.6 if mode == "budget_over" else 0.0 if mode != "lam" else 1.0)
+               / sm.FEATURE_WARMUP)
+    if mode in ("budget_under", "frozen"):  # progress 0: the feature pressure is ramped off
+        assert sm._feature_ramp() == 0.0
+        sm.FEATURE_WARMUP = 0.0  # (this instance) so that the formula is checked in full
+        ramp = 1.0
+    reference = 0.2 * ramp * keep[sm.feature_mask].mean()
     if mode == "lam":
         reference = reference + 1.7 * fraction
     else:
@@ -110,6 +116,20 @@ def test_penalty_value_and_gradient_equal_the_differentiated_formula(mode):
         assert (got[~sm.feature_mask] == 0).all() and (got[sm.feature_mask] != 0).any()
     else:
         assert (got[~sm.gates.shut] != 0).all()
+
+
+def test_the_feature_pressure_ramps_up_over_the_first_tenth_of_training():
+    """A column the network has not learned to use yet has no gradient to defend it."""
+    sm = lumos.sparsify(MLP(d=6, h=24), _x(), budget=None, feature_penalty=0.2)
+    sm.train()
+    slopes = []
+    for progress in (0.0, 0.05, 0.1, 0.5, 0.8):  # (gates freeze for the final fine-tune)
+        sm.set_progress(progress)
+        _, grad = sm.penalty_terms()
+        slopes.append(float(grad[sm.feature_mask].abs().sum()))
+    assert slopes[0] == 0.0
+    assert slopes[1] == pytest.approx(slopes[2] / 2, rel=1e-6)
+    assert slopes[2] == slopes[3] == slopes[4] > 0
 
 
 def test_penalty_gradient_reaches_every_gate():

@@ -405,8 +405,12 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Keep at most this fraction of the dense parameter count. ``None``: no size limit
         (features are still selected while ``feature_penalty > 0``; with ``feature_penalty=0``
         too, a plain dense MLP without gates is trained).
-    epochs : int, default=100
-        Passes over the training data (the budget warms up over the first half).
+    epochs : int or "auto", default="auto"
+        Passes over the training data (the budget and the feature pressure warm up over the
+        first half). ``"auto"``: a dense probe of the same network trains on 80% of the rows
+        until its validation loss has not improved for 10 epochs, and LUMOS trains 1.5 times
+        its best epoch count (15 to 100; tables under 50 rows: 100). The count used is
+        ``epochs_``.
     lr : float, default=1e-3
         Adam learning rate of the weights (gates learn at ``max(50 * lr, 0.05)``).
     batch_size : int, default=64
@@ -444,6 +448,8 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Per-epoch loss, penalty and kept fraction.
     n_iter_ : int
         Epochs run.
+    epochs_ : int
+        The epoch count trained (``epochs``, or what ``"auto"`` chose).
     n_features_in_, feature_names_in_
         As in scikit-learn.
 

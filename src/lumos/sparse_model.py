@@ -14,6 +14,7 @@ import math
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, fx, nn
 
 from . import budget as projection
@@ -107,6 +108,7 @@ class SparseModel(nn.Module):
         self._loss_sum: Tensor | None = None
         self._loss_count = 0
         self._loss_scale: float | None = None
+        self._progress: float | None = None  # the last set_progress (None: never called)
         self._explicit_steps = False
         self._auto_stepped = False
         self._steps_taken = 0
@@ -154,8 +156,11 @@ class SparseModel(nn.Module):
         dense = self.dense_params if kind == "params" else self.dense_flops
         return self.cost.total(keep, kind) / max(dense, 1.0)
 
-    #: optimiser steps whose task loss sets the unit of the pressure (then it is fixed)
-    LOSS_CALIBRATION_STEPS = 20
+    #: optimiser steps whose mean task loss sets the unit of the pressure (then it is fixed):
+    #: the first one, the loss of the untrained model (for a standardised target about 1,
+    #: the unit the defaults were tuned in; averaging 20 steps gave ~0.65 there, as the model
+    #: learns fast, and weakened the feature pressure enough to keep a noise column)
+    LOSS_CALIBRATION_STEPS = 1
 
     def penalty(self, loss: Tensor | float | None = None) -> Tensor:
         """Term to add to the task loss once per step: size pressure plus feature selection.
@@ -166,8 +171,8 @@ class SparseModel(nn.Module):
         few parameters that a size budget alone would never close it.
 
         Pass the task ``loss`` (``loss + sm.penalty(loss)``) and both are measured in its units:
-        they are multiplied by the mean task loss of the first
-        ``LOSS_CALIBRATION_STEPS`` optimiser steps, so which features are kept and how the
+        they are multiplied by the task loss of the first optimiser step
+        (``LOSS_CALIBRATION_STEPS``), so which features are kept and how the
         budget is approached do not depend on the units of the target (a target in m or in
         km, a loss summed or averaged). Without it the pressure is in absolute units, which
         suit a loss of order 1 (standardised targets). The call is a pure query: the loss is
@@ -190,6 +195,31 @@ class SparseModel(nn.Module):
 
             loss = F.mse_loss(sm(x), y)
             (loss + sm.penalty(loss)).backward()
+        """
+        value, grad = self.penalty_terms(loss)
+        return _Penalty.apply(self.gates.log_alpha, value, grad)
+
+    def penalty_terms(self, loss: Tensor | float | None = None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`penalty`'s value and its gradient in ``gates.log_alpha``, without autograd.
+
+        For trainers that add the pressure after their own backward (the Lightning callback,
+        :class:`lumos.integrations.lightning.LumosCallback`): adding ``grad`` to
+        ``log_alpha.grad`` is the same as ``(loss + penalty(loss)).backward()``.
+
+        Args:
+            loss: as for :meth:`penalty`.
+
+        Returns:
+            ``(value, grad)``: a scalar tensor, and a tensor shaped like ``gates.log_alpha``
+            (None while the gates are frozen).
+
+        Raises:
+            InputError: ``loss`` is not a single number.
+
+        Example::
+
+            value, grad = sm.penalty_terms(loss.detach())
+            sm.gates.log_alpha.grad += grad
         """
         scale = self._pressure_scale(loss)
         with torch.no_grad():
@@ -218,14 +248,30 @@ class SparseModel(nn.Module):
                     slope = self.cost.marginal(keep, "params").mul_(size_slope / dense)
             if self.feature_penalty > 0 and self._has_feature_gates:
                 weights = self._feature_weights(keep.dtype)
-                value = value + self.feature_penalty * torch.dot(keep, weights)
-                slope = slope + self.feature_penalty * weights
+                strength = self.feature_penalty * self._feature_ramp()
+                value = value + strength * torch.dot(keep, weights)
+                slope = slope + strength * weights
             # d keep / d log alpha: keep = sigmoid(log alpha - c), 0 where shut or frozen
             grad = slope * keep * (1.0 - keep) if not self.gates.frozen else None
             if scale is not None:
                 value = value * scale
                 grad = None if grad is None else grad * scale
-        return _Penalty.apply(self.gates.log_alpha, value, grad)
+        return value, grad
+
+    #: share of training over which the feature pressure ramps up from 0 (measured: see
+    #: docs/architecture.md, "Feature selection has its own pressure")
+    FEATURE_WARMUP = 0.1
+
+    def _feature_ramp(self) -> float:
+        """0 -> 1 over the first ``FEATURE_WARMUP`` of training: a column the network has not
+        learned to use yet has no gradient to defend it, and a closed gate gets none."""
+        if self.FEATURE_WARMUP <= 0:
+            return 1.0
+        if self.controller is not None:
+            progress = self.controller.current_progress()
+        else:
+            progress = self._progress if self._progress is not None else 1.0
+        return min(1.0, progress / self.FEATURE_WARMUP)
 
     def _pressure_scale(self, loss: Tensor | float | None) -> Tensor | float | None:
         """The unit of the pressure: the mean task loss of the first steps (see penalty)."""
@@ -330,7 +376,14 @@ class SparseModel(nn.Module):
             self._loss_sum = size if self._loss_sum is None else self._loss_sum + size
             self._loss_count += 1
             if self._loss_count >= self.LOSS_CALIBRATION_STEPS:  # one host read per run
-                self._loss_scale = max(float(self._loss_sum) / self._loss_count,
+                total = self._loss_sum
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    # one unit for every process (each saw its own batches): the gates take
+                    # the same steps, and a checkpoint (rank 0's) resumes every rank exactly
+                    total = total.clone()
+                    dist.all_reduce(total)
+                    total = total / dist.get_world_size()
+                self._loss_scale = max(float(total) / self._loss_count,
                                        torch.finfo(torch.float32).tiny)
         pending = self._pending_fraction
         if pending is None:
@@ -367,6 +420,7 @@ class SparseModel(nn.Module):
         if not 0.0 <= fraction <= 1.0 or not math.isfinite(fraction):
             raise ConfigurationError(f"progress must lie in [0, 1], got {fraction}.")
         opts = self.gate_options
+        self._progress = float(fraction)
         noise, temperature = self._schedules()
         self.gates.noise_interval = noise(fraction)
         if temperature is not None:
