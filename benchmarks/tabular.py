@@ -52,7 +52,7 @@ def _fit(name: str, X, y):
         model = make_pipeline(StandardScaler(), LassoCV())
     elif name == "MLPRegressor":
         model = TransformedTargetRegressor(
-            make_pipeline(StandardScaler(), MLPRegressor((128, 128), max_iter=500,
+            make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(128, 128), max_iter=500,
                                                          random_state=0)),
             transformer=StandardScaler())
     else:

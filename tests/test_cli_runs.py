@@ -124,6 +124,11 @@ def test_tolerance_runs_write_the_walk_and_export_like_budget_runs(run, capsys):
     walk = metrics["tolerance_result"]["walk"]
     assert len(walk) == 4 and [c["epoch"] for c in metrics["curve"]] == [1, 2, 3, 4]
     assert metrics["final"]["dense"]["r2"] == metrics["tolerance_result"]["reference"]
+    # the gate trajectories come from the walk, so `lumos report` draws gates.png as the docs say
+    assert len(metrics["gate_trajectories"]["epochs"]) == 4
+    pytest.importorskip("matplotlib")
+    assert main(["report", str(out)]) == 0
+    assert (out / "plots" / "gates.png").exists()
     assert main(["export", str(out), "--format", "state_dict"]) == 0
     assert (out / "export" / "state_dict" / "state_dict.pt").exists()
 

@@ -205,3 +205,18 @@ def test_export_of_an_unfinished_or_missing_run_says_what_to_do(tmp_path):
     with pytest.raises(lumos.ConfigurationError, match="not a LUMOS run directory"):
         export_run(tmp_path, "state_dict")
     assert Path(tmp_path).exists()
+
+
+def test_an_onnx_failure_says_torchs_reason_plainly(tmp_path):
+    """torch.onnx colours its message and buries the reason under three paragraphs of next
+    steps: the refusal quotes the reason alone, without terminal codes."""
+    pytest.importorskip("onnxscript")
+
+    from lumos.layers import SpectralConv2d
+
+    fno = nn.Sequential(nn.Conv2d(2, 4, 1), SpectralConv2d(4, 4, 4, 4))  # FFT mode slices
+    with pytest.raises(lumos.UnsupportedModelError) as caught:
+        export_model(fno, (torch.randn(2, 2, 16, 16),), tmp_path, "onnx")
+    message = str(caught.value)
+    assert "\x1b[" not in message and "Next steps" not in message
+    assert "--format torchscript" in message

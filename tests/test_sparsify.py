@@ -478,3 +478,20 @@ def test_train_names_batches_that_are_not_pairs_and_targets_of_another_shape():
     with pytest.raises(lumos.InputError, match=r"predicts shape \(16, 1\).*\(16,\).*view\(-1, 1\)"):
         train(sm, (x, y.view(-1)), epochs=1, batch_size=16, progress=False)
     train(sm, (x, y), epochs=1, batch_size=16, progress=False)  # the right shapes train
+
+
+def test_numpy_and_pandas_inputs_are_told_how_to_convert():
+    np = pytest.importorskip("numpy")
+    from lumos.training import train
+
+    array = np.random.default_rng(0).normal(size=(8, 6))
+    with pytest.raises(lumos.ConfigurationError, match=r"torch\.from_numpy\(x\)\.float\(\)"):
+        lumos.sparsify(MLP(d=6), array, budget=0.5)
+    sm = lumos.sparsify(MLP(d=6), _x(), budget=0.5)
+    with pytest.raises(lumos.InputError, match=r"torch\.from_numpy"):
+        sm(array)
+    with pytest.raises(lumos.ConfigurationError, match=r"ndarray.*torch\.from_numpy"):
+        train(sm, (array, array[:, :1]), epochs=1)
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(lumos.ConfigurationError, match=r"df\.to_numpy\(\)"):
+        lumos.sparsify(MLP(d=6), pd.DataFrame(array), budget=0.5)

@@ -57,3 +57,16 @@ class CompactionError(LumosError):
 class NonFiniteError(LumosError, ArithmeticError):
     """Weights, gates or outputs hold NaN/Inf (training diverged): there is no model to hand
     over, and LUMOS says so instead of returning one."""
+
+
+def conversion_hint(*values: object) -> str:
+    """A sentence on how to turn numpy arrays or pandas tables among ``values`` into tensors
+    (empty when there are none): the commonest way to hand LUMOS something not a tensor."""
+    kinds = {type(v).__module__.split(".")[0] for v in values}
+    if "pandas" in kinds:
+        return (" It is a pandas object: convert it with torch.tensor(df.to_numpy(), "
+                "dtype=torch.float32).")
+    if "numpy" in kinds:
+        return (" It is a numpy array: convert it with torch.from_numpy(x).float() (float32, "
+                "as torch layers are; from_numpy alone keeps numpy's float64).")
+    return ""

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import re
 import json
 import logging
 import os
@@ -60,8 +61,23 @@ def _torch_geometric_layers(model: nn.Module) -> list[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _plain(str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (torch.onnx colours its messages)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _onnx_reason(exc: BaseException) -> str:
+    """What torch.onnx says went wrong: its "Exception summary" (the error behind its three
+    paragraphs of next steps), else its first line, without colour codes."""
+    text = _plain(str(exc))
+    summary = re.search(r"## Exception summary\s*\n\s*(\S.*)", text)
+    if summary is None:
+        return _first_line(exc)
+    return re.sub(r"^<class '([\w.]+)'>:\s*", r"\1: ", summary.group(1).strip())[:300]
 
 
 def _max_diff(a, b) -> float:
@@ -161,22 +177,37 @@ def _onnx(model, inputs, names, expected, folder: Path) -> ExportResult:
     path = folder / "model.onnx"
     auto = torch.export.Dim.AUTO
     dynamic = tuple({d: auto for d in range(t.dim())} for t in inputs)
-    noise = io.StringIO()
+    fixed = False
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
-                contextlib.redirect_stderr(noise), _quiet_torch_logs():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, inputs, str(path), dynamo=True, input_names=names,
-                              output_names=["output"], dynamic_shapes=dynamic,
-                              external_data=False, verbose=False)
+        _export_onnx(model, inputs, path, names, dynamic)
     except Exception as exc:
-        raise UnsupportedModelError(
-            f"torch.onnx could not export this model ({_first_line(exc)}); use --format "
-            "torchscript or --format state_dict instead."
-        ) from None
+        # sizes that decide slices (an FNO's kept modes) cannot stay symbolic: the shapes of
+        # the example are then fixed in the file, which says so
+        try:
+            _export_onnx(model, inputs, path, names, None)
+            fixed = True
+        except Exception:
+            raise UnsupportedModelError(
+                f"torch.onnx could not export this model ({_onnx_reason(exc)}); use --format "
+                "torchscript or --format state_dict instead."
+            ) from None
     got, checker = run_onnx(path, dict(zip(names, inputs)))
     diff = _check(expected, torch.from_numpy(got[0]), "onnx")
+    if fixed:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, inputs))
+        checker += (f"; input shapes fixed to the example's ({shapes}): its sizes decide "
+                    "slices that ONNX cannot keep symbolic")
     return ExportResult("onnx", [path.name], names, diff, checker)
+
+
+def _export_onnx(model, inputs, path: Path, names, dynamic) -> None:
+    noise = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
+            contextlib.redirect_stderr(noise), _quiet_torch_logs():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), dynamo=True, input_names=names,
+                          output_names=["output"], dynamic_shapes=dynamic,
+                          external_data=False, verbose=False)
 
 
 @contextlib.contextmanager

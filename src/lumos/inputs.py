@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import ConfigurationError, InputError
+from .errors import ConfigurationError, InputError, conversion_hint
 
 
 def as_call(example_inputs) -> tuple[tuple, dict]:
@@ -28,7 +28,7 @@ def as_call(example_inputs) -> tuple[tuple, dict]:
         return tuple(example_inputs), {}
     raise ConfigurationError(
         f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
-        f"inputs, got {type(example_inputs).__name__}."
+        f"inputs, got {type(example_inputs).__name__}.{conversion_hint(example_inputs)}"
     )
 
 
@@ -193,7 +193,8 @@ class InputSpec:
         for name, (dim, size) in self.feature_dims.items():
             value = bound.arguments.get(name)
             if not isinstance(value, Tensor):
-                raise InputError(f"input '{name}' must be a tensor, got {type(value).__name__}.")
+                raise InputError(f"input '{name}' must be a tensor, got {type(value).__name__}."
+                                 + conversion_hint(value))
             if value.dim() < -dim or value.shape[dim] != size:
                 raise InputError(
                     f"input '{name}' has shape {tuple(value.shape)} but the model was sparsified "

@@ -185,11 +185,15 @@ def plot_gate_trajectories(trajectories: dict, kept: list[str], path: str | Path
     epochs = trajectories.get("epochs", [])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     kept_set = set(kept)
+    palette = plt.get_cmap("tab20" if len(kept_set) > 10 else "tab10")
+    shade = {name: palette(i % palette.N) for i, name in enumerate(
+        n for n in trajectories.get("features", {}) if n in kept_set)}  # one per kept feature
     for name, values in trajectories.get("features", {}).items():
         on = name in kept_set
-        left.plot(epochs, values, color=_KEPT if on else _DROPPED, lw=1.4 if on else 0.9,
+        left.plot(epochs, values, color=shade[name] if on else _DROPPED, lw=1.4 if on else 0.9,
                   zorder=2 if on else 1, label=name if on else None)
-    left.set_title("input features: P(kept)  (colour: kept at the end)", fontsize=9)
+    left.set_title("input features: P(kept)  (coloured: kept at the end; grey: dropped)",
+                   fontsize=9)
     left.set_xlabel("epoch")
     left.set_ylim(-0.02, 1.02)
     if kept_set and len(kept_set) <= 12:

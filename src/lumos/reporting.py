@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 def _fmt_count(n: float) -> str:
     n = float(n)
@@ -65,9 +67,12 @@ def report(sm) -> str:
         f"({100 * p['compacted'] / max(p['dense'], 1):.1f}%"
         + (f", budget {100 * s['budget']:.0f}%)" if s["budget"] is not None else ")")
     )
+    rows = next((int(t.shape[0]) for t in sm.example_args
+                 if isinstance(t, torch.Tensor) and t.dim()), None)
     lines.append(
         f"FLOPs:  {_fmt_count(fl['dense'])} -> {_fmt_count(fl['compacted'])} "
-        f"({100 * fl['compacted'] / max(fl['dense'], 1):.1f}%)"
+        f"({100 * fl['compacted'] / max(fl['dense'], 1):.1f}%; one call on the example "
+        f"inputs{f', {rows} rows' if rows is not None else ''}, not per sample)"
     )
     if s["ungated"]:
         lines.append("")

@@ -51,6 +51,8 @@ class ToleranceResult:
     kept_fraction: float
     within: bool
     walk: list[WalkPoint] = field(default_factory=list)
+    #: every gate's probability of being open after each epoch of the walk (for gates.png)
+    gate_probabilities: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -155,12 +157,14 @@ def fit_within_tolerance(
         seconds[0] = history.epoch_seconds[-1]
 
     walk: list[WalkPoint] = []
+    gate_probabilities: list[list[float]] = []
 
     def record(epoch: int, budget: float, phase: str) -> WalkPoint:
         point = WalkPoint(epoch, budget, sm.kept_fraction(), score(sm), False, phase,
                           seconds[0])
         point.within = within_tolerance(point.metric, reference, tolerance, higher_is_better)
         walk.append(point)
+        gate_probabilities.append(sm.gates.prob_nonzero().detach().cpu().tolist())
         if on_epoch is not None:
             on_epoch(point)
         return point
@@ -205,6 +209,7 @@ def fit_within_tolerance(
     return ToleranceResult(
         sm, reference, tolerance, metric, fraction,
         within_tolerance(metric, reference, tolerance, higher_is_better), walk,
+        gate_probabilities,
     )
 
 

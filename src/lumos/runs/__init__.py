@@ -9,8 +9,9 @@ A run directory holds everything needed to read, continue or ship the result::
                         feature ranking, per-group widths, gate trajectories
       report.txt        the human summary (``lumos report`` prints it)
       checkpoints/      resumable checkpoints (weights-only files + index.json with SHA-256)
-      model/            compacted.pt (the plain compacted module, a full pickle) and
-                        state_dict.pt (its weights, loadable with weights_only=True)
+      model/            compacted.pt (the plain compacted module, a full pickle),
+                        state_dict.pt (its weights, loadable with weights_only=True) and
+                        README.txt (how to load it; printed by lumos fit)
       plots/            gates.png, widths.png, features.png, metric_vs_params.png
 
 The same entry point runs under ``torchrun``: every rank trains, rank 0 writes the files.

@@ -282,9 +282,14 @@ def write_metrics_csv(path: Path, history, primary: str) -> None:
     write_atomic(path, text.getvalue())
 
 
-def save_model(folder: Path, small: torch.nn.Module) -> None:
+def save_model(folder: Path, small: torch.nn.Module) -> str:
     """``model/``: the compacted weights (weights-only loadable) and, where it pickles, the
-    compacted module itself (each file replaced atomically)."""
+    compacted module itself (each file replaced atomically).
+
+    Returns how to load it, in one line: also written to ``model/README.txt`` and printed by
+    ``lumos fit``, since a module holding LUMOS's own layers (``lumos.layers``' FNO convs)
+    needs LUMOS to unpickle, and one that cannot be pickled has only its weights.
+    """
     folder.mkdir(exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in small.state_dict().items()}
     save_file(folder / "state_dict.pt", state)
@@ -299,3 +304,16 @@ def save_model(folder: Path, small: torch.nn.Module) -> None:
                      "or state_dict.pt.\n")
     if pickle_ok:
         write_atomic(folder / "compacted.pt", buffer.getvalue())
+        (folder / "compacted.txt").unlink(missing_ok=True)  # a previous run's note
+        own = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in small.modules()
+                      if type(m).__module__.split(".")[0] == "lumos"})
+        note = ("model/compacted.pt: torch.load(path, weights_only=False) "
+                + (f"needs LUMOS installed (it holds {', '.join(own)}); `lumos export RUN "
+                   "--format torchscript` writes a file that loads without it"
+                   if own else "loads without LUMOS (plain torch and the model's own classes)"))
+    else:
+        note = ("model/compacted.pt: not written (the compacted module does not pickle, see "
+                "model/compacted.txt); use `lumos export RUN --format torchscript` or "
+                "model/state_dict.pt")
+    write_atomic(folder / "README.txt", note + "\n")
+    return note

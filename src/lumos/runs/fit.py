@@ -222,4 +222,5 @@ def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
               "metric": p.metric, "phase": p.phase, "within": p.within} for p in result.walk]
     dense = {"metrics": {workload.primary: result.reference}, "params": None}
     return finish_run(out, config, workload, data, sm, seconds, dense, run.device, 1,
-                      curve=curve, extra={"tolerance_result": result.to_dict()})
+                      curve=curve, extra={"tolerance_result": result.to_dict()},
+                      gate_history=result)

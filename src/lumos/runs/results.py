@@ -59,22 +59,25 @@ def gate_trajectories(sm, history, feature_arg: str, names: list[str]) -> dict:
 
 
 def finish_run(out: Path, config: RunConfig, workload, data, sm, seconds: float, dense,
-               device, world: int, *, history=None, curve=None, extra=None) -> RunResult:
+               device, world: int, *, history=None, curve=None, extra=None,
+               gate_history=None) -> RunResult:
     """Compact, measure and write every file of a finished run (rank 0 only).
 
     ``dense``: the dense baseline's ``{"metrics", "params"}`` (or None); ``curve``: metric vs.
     parameters (default: one point per epoch of ``history``); ``extra``: more metrics.json
-    entries.
+    entries; ``gate_history``: where the gate trajectories come from when not from
+    ``history`` (anything with ``gate_probabilities``: a tolerance walk).
     """
     from ..reporting import report
 
     sm.eval()
     small = sm.compact()
     metrics = _run_metrics(config, workload, data, sm, small, seconds, dense, device, world,
-                           history=history, curve=curve, extra=extra)
+                           history=history, curve=curve, extra=extra,
+                           gate_history=gate_history if gate_history is not None else history)
     # every file replaced atomically (a full disk leaves the previous one), metrics.json --
     # what marks the run finished -- last
-    save_model(out / "model", small)
+    metrics["model"] = save_model(out / "model", small)
     if history is not None:
         write_metrics_csv(out / "metrics.csv", history, workload.primary)
     write_atomic(out / "report.txt", report(sm) + "\n\n" + format_summary(metrics) + "\n")
@@ -87,7 +90,7 @@ def finish_run(out: Path, config: RunConfig, workload, data, sm, seconds: float,
 
 
 def _run_metrics(config: RunConfig, workload, data, sm, small, seconds: float, dense, device,
-                 world: int, *, history, curve, extra) -> dict:
+                 world: int, *, history, curve, extra, gate_history) -> dict:
     """The contents of ``metrics.json``."""
     from ..measure import count_flops, count_params
     from ..reporting import summary
@@ -139,8 +142,8 @@ def _run_metrics(config: RunConfig, workload, data, sm, small, seconds: float, d
         "groups": info["groups"],
         "ungated": info["ungated"],
         "curve": curve or [],
-        "gate_trajectories": (gate_trajectories(sm, history, arg, names)
-                              if history is not None else {}),
+        "gate_trajectories": (gate_trajectories(sm, gate_history, arg, names)
+                              if gate_history is not None else {}),
         **(extra or {}),
     }
 
@@ -174,4 +177,6 @@ def format_summary(m: dict) -> str:
             f"features kept {len(f['kept'])}/{len(f['names'])}: true kept "
             f"{true_kept}/{len(f['true'])}, irrelevant dropped {dropped}/{len(f['irrelevant'])}"
         )
+    if m.get("model"):
+        lines.append(m["model"])
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from torch.utils.data import (
 )
 
 from .. import distributed
-from ..errors import ConfigurationError, InputError, LumosWarning
+from ..errors import ConfigurationError, InputError, LumosWarning, conversion_hint
 
 
 def as_loader(data, batch_size: int = 128, shuffle: bool = True, seed: int = 0) -> DataLoader:
@@ -41,8 +41,12 @@ def as_loader(data, batch_size: int = 128, shuffle: bool = True, seed: int = 0) 
         return DataLoader(
             TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator
         )
+    parts = data if isinstance(data, (tuple, list)) else (data,)
     raise ConfigurationError(
-        "data must be a DataLoader yielding (inputs, targets) or a tuple (X, y) of tensors."
+        "data must be a DataLoader yielding (inputs, targets) or a tuple (X, y) of tensors, "
+        f"got {type(data).__name__}" + (f" of {', '.join(type(p).__name__ for p in parts)}"
+                                         if isinstance(data, (tuple, list)) else "")
+        + "." + conversion_hint(*parts)
     )
 
 
