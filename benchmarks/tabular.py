@@ -52,8 +52,9 @@ def _fit(name: str, X, y):
         model = make_pipeline(StandardScaler(), LassoCV())
     elif name == "MLPRegressor":
         model = TransformedTargetRegressor(
-            make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(128, 128), max_iter=500,
-                                                         random_state=0)),
+            make_pipeline(StandardScaler(),
+                          MLPRegressor(hidden_layer_sizes=(128, 128), max_iter=500,
+                                       random_state=0)),
             transformer=StandardScaler())
     else:
         model = LumosRegressor(random_state=0)

@@ -17,10 +17,10 @@ import contextlib
 import importlib.util
 import inspect
 import io
-import re
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
