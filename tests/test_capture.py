@@ -284,3 +284,19 @@ def test_einops_rearrange_moves_the_channels_or_keeps_them_whole():
         sm = lumos.sparsify(Split(""), x, budget=0.5)
     assert "conv" not in [g.name for g in sm.graph_info.groups]
     assert "regroups the tracked axis" in sm.report()
+
+
+def test_int_of_the_batch_size_is_still_refused_naming_the_line():
+    """int() of a channel count is a constant the model asks for; of the batch size it would
+    freeze the batch into the graph (the last, smaller batch of an epoch would then fail)."""
+
+    class FrozenBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc(x).view(int(x.shape[0]), 2, 2)
+
+    with pytest.raises(lumos.UntraceableModelError, match=r"int\(x.shape\[0\]\)"):
+        lumos.sparsify(FrozenBatch(), torch.randn(8, 6), budget=0.5)

@@ -128,7 +128,8 @@ class KnownProxy(fx.Proxy):
         # generate a constant", MONAI's Swin): granted with a guard, even off a tensor's shape
         value = self.tracer.static_value(self)
         if value is _MISSING or isinstance(value, torch.Tensor) or not isinstance(
-                value, (int, float, bool)):
+                value, (int, float, bool)) or self.node in getattr(self.tracer, "batch", ()):
+            # a batch size frozen into the graph would fail on the last, smaller batch
             raise TypeError(f"'{self.node.name}' is not a known integer while tracing")
         self.tracer.guard(self, value, self.node.name)
         return int(value)
@@ -160,6 +161,8 @@ class KnownValueTracer(fx.Tracer):
         #: values computed from the inputs (the rest comes from parameters, buffers and
         #: constants: the model's state, the same for every batch)
         self.data: set[fx.Node] = set()
+        #: static values read off an input's leading dim (the batch: it varies every epoch)
+        self.batch: set[fx.Node] = set()
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return KnownProxy(node, self)
@@ -191,6 +194,8 @@ class KnownValueTracer(fx.Tracer):
                     and any(a not in self.static and a in self.data
                             for a in node.all_input_nodes))):
                 self.shaped.add(node)  # read off an input's tensor (x.shape, x.size(1), ...)
+            if _reads_dim_zero(node) or any(a in self.batch for a in node.all_input_nodes):
+                self.batch.add(node)  # the batch size (or derived from it)
         return proxy
 
     def _evaluate(self, node: fx.Node) -> tuple[Any, bool]:
@@ -325,6 +330,19 @@ def _is_rank(node: fx.Node) -> bool:
         return node.target in ("dim", "ndimension")
     return (node.op == "call_function" and node.target is getattr and len(node.args) > 1
             and node.args[1] == "ndim")
+
+
+def _reads_dim_zero(node: fx.Node) -> bool:
+    """``x.size(0)``, ``x.shape[0]``, ``x.size()[0]``: a tensor's leading (batch) size."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dim == 0
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        src = node.args[0]
+        return isinstance(src, fx.Node) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
+    return False
 
 
 def _from_shape(node: fx.Node) -> bool:
