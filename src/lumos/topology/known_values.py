@@ -336,8 +336,9 @@ def _reads_dim_zero(node: fx.Node) -> bool:
     """``x.size(0)``, ``x.shape[0]``, ``x.size()[0]``: a tensor's leading (batch) size."""
     if node.op == "call_method" and node.target == "size":
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return dim == 0
-    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        return isinstance(dim, int) and dim == 0
+    if node.op == "call_function" and node.target is operator.getitem and \
+            isinstance(node.args[1], int) and node.args[1] == 0:
         src = node.args[0]
         return isinstance(src, fx.Node) and (
             (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
