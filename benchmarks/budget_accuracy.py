@@ -10,15 +10,13 @@ columns, 4096 samples, 40 epochs, default gates, only ``budget=`` given (the set
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 
 import torch
 
 import lumos
-from benchmarks.suite import RESULTS, machine_info
+from benchmarks.suite import results_header, results_record, write_results
 from lumos.demo import demo_mlp
 from lumos.training import train
 from lumos.workloads.laws import make_law_data
@@ -48,17 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                      "features_kept": sm.selected_features()["input"], "true_features": true,
                      "train_seconds": time.perf_counter() - start})
         print(f"{depth}x{width} budget {budget}: {fraction:.4f}", flush=True)
-    command = "python -m benchmarks.budget_accuracy " + " ".join(map(shlex.quote, sys.argv[1:]))
-    result = {"command": command.strip(), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "budget_accuracy.json").write_text(json.dumps(result, indent=2))
-    m = result["machine"]
-    lines = [
-        "# Budget accuracy (no lambda given)", "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, 1 torch thread, torch {m['torch']}; "
-        f"{result['date']}; code {m['code']}", "",
+    result = results_record("benchmarks.budget_accuracy", rows)
+    lines = results_header("Budget accuracy (no lambda given)", result) + [
         "Aerodynamic drag + 12 noise columns, 4096 samples, 40 epochs, default gates.", "",
         "| MLP | budget | compacted / dense params | error | features kept | true |",
         "|---|---|---|---|---|---|",
@@ -67,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['depth']} x {r['width']} | {r['budget']:.2f} | {r['kept']:.4f} | "
                      f"{r['error_pp']:+.2f} pp | {', '.join(r['features_kept'])} | "
                      f"{', '.join(r['true_features'])} |")
-    (RESULTS / "budget_accuracy.md").write_text("\n".join(lines) + "\n")
+    write_results("budget_accuracy", result, lines)
     return 0
 
 

@@ -13,15 +13,14 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.suite import RESULTS, machine_info
+import lumos
+from benchmarks.suite import results_header, results_record, write_results
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -54,20 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         last = [line for line in printed.getvalue().splitlines() if line.strip()][-1]
         rows.append({"example": path.name, "r2": float(out["r2"]),
                      "features": [str(f) for f in out["features"]], "seconds": seconds,
-                     "params": int(sum(p.numel() for p in out["small"].parameters())),
+                     "params": lumos.count_params(out["small"]),
                      "printed": last})
         print(f"{path.name}: R² {out['r2']:.4f}, {seconds:.0f} s", flush=True)
-    command = "python -m benchmarks.examples " + " ".join(map(shlex.quote, sys.argv[1:]))
-    result = {"command": command.strip(), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "examples.json").write_text(json.dumps(result, indent=2))
-    m = result["machine"]
-    lines = [
-        "# Examples at their documented size", "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, 1 torch thread, torch {m['torch']}; "
-        f"{result['date']}; code {m['code']}", "",
+    result = results_record("benchmarks.examples", rows)
+    lines = results_header("Examples at their documented size", result) + [
         "Each `examples/*.py` run as its docstring says (`python examples/NAME.py`, no "
         "`--smoke`).", "",
         "| example | validation R² | features kept | compacted params | wall s "
@@ -77,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| `{r['example']}` | {r['r2']:.4f} | {', '.join(r['features'])} | "
                      f"{r['params']} | {r['seconds']:.0f} | {r['printed']} |")
-    (RESULTS / "examples.md").write_text("\n".join(lines) + "\n")
+    write_results("examples", result, lines)
     return 0
 
 

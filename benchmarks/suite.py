@@ -80,6 +80,28 @@ def code_revision() -> str:
 CODE_REVISION = code_revision()
 
 
+def results_record(module: str, rows: list) -> dict:
+    """What a small benchmark writes: the exact command, the machine, the date, its rows."""
+    command = f"python -m {module} " + " ".join(map(shlex.quote, sys.argv[1:]))
+    return {"command": command.strip(), "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
+
+
+def results_header(title: str, result: dict) -> list[str]:
+    """The markdown title, command and machine lines of a ``results_record``."""
+    m = result["machine"]
+    return [f"# {title}", "", f"Command: `{result['command']}`  ",
+            f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, 1 torch thread, torch "
+            f"{m['torch']}; {result['date']}; code {m['code']}", ""]
+
+
+def write_results(name: str, result: dict, lines: list[str]) -> None:
+    """``docs/results/NAME.json`` (the record) and ``NAME.md`` (``lines``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
 def _cpu_count() -> int:
     import os
 

@@ -13,8 +13,6 @@ Friedman seed. Writes ``docs/results/tabular.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 import warnings
@@ -22,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from benchmarks.suite import RESULTS, machine_info
+from benchmarks.suite import results_header, results_record, write_results
 
 
 def _sets(quick: bool):
@@ -93,22 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{data} {seed}: " + ", ".join(f"{n} {row[n]['r2']:.3f}"
                                              for n in ("LUMOS", "LassoCV", "MLPRegressor")),
               flush=True)
-    command = "python -m benchmarks.tabular " + " ".join(map(shlex.quote, sys.argv[1:]))
-    result = {"command": command.strip(), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tabular.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "tabular.md").write_text(_markdown(result))
+    result = results_record("benchmarks.tabular", rows)
+    write_results("tabular", result, _markdown(result))
     return 0
 
 
-def _markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [
-        "# Small tables: LumosRegressor (defaults) against LassoCV and MLPRegressor", "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, 1 torch thread, torch {m['torch']}; "
-        f"{result['date']}; code {m['code']}", "",
+def _markdown(result: dict) -> list[str]:
+    lines = results_header(
+        "Small tables: LumosRegressor (defaults) against LassoCV and MLPRegressor", result) + [
         "`LumosRegressor(random_state=0)` with every default (`epochs=\"auto\"`, budget 0.25); "
         "`LassoCV` and `MLPRegressor((128, 128), max_iter=500)` on standardised inputs (the "
         "MLP's target too). Test R² on 25% held out.", "",
@@ -132,7 +122,7 @@ def _markdown(result: dict) -> str:
                      f"LassoCV {np.mean([r['LassoCV']['r2'] for r in part]):.3f}, "
                      f"MLPRegressor {np.mean([r['MLPRegressor']['r2'] for r in part]):.3f}; "
                      f"LUMOS − Lasso from {min(gap):+.3f} to {max(gap):+.3f}.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

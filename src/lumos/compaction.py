@@ -18,7 +18,7 @@ from torch import fx, nn
 from .errors import ConfigurationError
 from .gating import strip_gates
 from .topology.registry import REGISTRY
-from .topology.rule_helpers import store_tensor, stored_tensor
+from .topology.rule_helpers import call_override, store_tensor, stored_tensor
 from .topology.rules_norm import STAT_INPUT
 from .topology.spaces import Layout
 
@@ -154,9 +154,7 @@ def _reloadable_calls(gm: fx.GraphModule) -> None:
     for node in list(g.nodes):
         if node.op != "call_module":
             continue
-        layer = gm.get_submodule(node.target)
-        owner = next(c for c in type(layer).__mro__ if "__call__" in vars(c))
-        if owner is nn.Module or isinstance(layer, fx.GraphModule):  # fx's own call: plain
+        if call_override(gm.get_submodule(node.target)) is None:
             continue
         with g.inserting_before(node):
             attr = g.get_attr(node.target)

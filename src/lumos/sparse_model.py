@@ -274,15 +274,16 @@ class SparseModel(nn.Module):
         return min(1.0, progress / self.FEATURE_WARMUP)
 
     def _pressure_scale(self, loss: Tensor | float | None) -> Tensor | float | None:
-        """The unit of the pressure: the mean task loss of the first steps (see penalty)."""
-        if loss is None:
-            return self._loss_scale
+        """The unit of the pressure: the mean task loss of the first
+        ``LOSS_CALIBRATION_STEPS`` steps (see penalty)."""
+        if isinstance(loss, Tensor) and loss.numel() != 1:
+            raise InputError(
+                f"penalty(loss) takes the task loss as one number, got a tensor of shape "
+                f"{tuple(loss.shape)}. Reduce it first (loss.mean() or loss.sum()), as you "
+                "would before backward().")
+        if loss is None or self._loss_scale is not None:
+            return self._loss_scale  # fixed after the first steps: no work per step
         if isinstance(loss, Tensor):
-            if loss.numel() != 1:
-                raise InputError(
-                    f"penalty(loss) takes the task loss as one number, got a tensor of shape "
-                    f"{tuple(loss.shape)}. Reduce it first (loss.mean() or loss.sum()), as you "
-                    "would before backward().")
             size = loss.detach().reshape(()).to(self.gates.log_alpha.dtype).abs()
         else:
             size = torch.tensor(abs(number(loss, "loss", "the task loss")),
@@ -290,8 +291,6 @@ class SparseModel(nn.Module):
         size = torch.nan_to_num(size.to(self.gates.log_alpha.device), nan=0.0, posinf=0.0)
         if self.training:
             self._pending_loss = size
-        if self._loss_scale is not None:
-            return self._loss_scale
         total = size if self._loss_sum is None else self._loss_sum + size
         return (total / (self._loss_count + 1)).clamp_min(torch.finfo(size.dtype).tiny)
 

@@ -128,3 +128,15 @@ def plain_attributes(module: nn.Module) -> bool:
     ``__getattr__``/``__setattr__``), so ``torch.func.functional_call`` may swap its params."""
     cls = type(module)
     return cls.__setattr__ is nn.Module.__setattr__ and cls.__getattr__ is nn.Module.__getattr__
+
+
+def call_override(module: nn.Module) -> type | None:
+    """The class in ``module``'s MRO that defines its own ``__call__`` (None for plain modules
+    and fx GraphModules, whose call is fx's). Such a ``__call__`` runs Python before fx sees
+    the module call: the tracer bypasses it for leaves, compaction saves the call so that
+    fx's re-trace on ``torch.load`` keeps it whole."""
+    owner = next((c for c in type(module).__mro__ if "__call__" in vars(c)), nn.Module)
+    if owner is nn.Module or not issubclass(owner, nn.Module) or issubclass(
+            owner, fx.GraphModule):
+        return None
+    return owner

@@ -24,6 +24,7 @@ from ..errors import LumosWarning, UnsupportedModelError, UntraceableModelError
 from . import mode_flags
 from .known_values import KnownValueTracer, jit_isinstance_patched, tensor_conversions_patched
 from .registry import REGISTRY
+from .rule_helpers import call_override
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -198,9 +199,8 @@ def _leaf_calls_direct(tracer: LumosTracer, modules: Iterable[nn.Module]) -> Ite
     """
     saved = {}
     for m in modules:
-        owner = next((c for c in type(m).__mro__ if "__call__" in vars(c)), nn.Module)
-        if owner is not nn.Module and issubclass(owner, nn.Module) and not issubclass(
-                owner, fx.GraphModule):
+        owner = call_override(m)
+        if owner is not None:
             saved[owner] = vars(owner)["__call__"]
 
     def direct(original):
