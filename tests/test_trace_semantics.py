@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lumos
-from lumos import compaction
+from lumos import compaction, topology
 
 
 class FunctionalDropout(nn.Module):
@@ -95,9 +95,132 @@ def test_a_module_that_branches_on_training_is_kept_whole_and_named():
     assert any(n.op == "call_module" and n.target == "noise" for n in sm.model.graph.nodes)
 
 
-def test_the_root_branching_on_training_is_refused_with_the_way_out():
-    with pytest.raises(lumos.UnsupportedModelError, match="branches on self.training"):
-        lumos.sparsify(RootBranches(), torch.randn(8, 6), budget=0.5)
+def test_the_root_branching_on_training_follows_the_mode_gated_and_compacted():
+    x = torch.randn(8, 6)
+    sm = lumos.sparsify(RootBranches(), x, budget=0.5)
+    small = sm.eval().compact()
+    with torch.no_grad():
+        assert torch.allclose(small(x), sm(x), atol=1e-6)
+        in_eval = small(2 * x)
+        small.train()  # the original doubles its input in training: so does the compacted one
+        assert torch.allclose(small(x), in_eval, atol=1e-6)
+        assert not torch.allclose(small(x), small.eval()(x))
+    assert "lumos" not in small.code.replace("lumos_", "")
+
+
+class NoisyLatent(nn.Module):
+    """A VAE-style root: sample in training, the mean at inference; a decoder after both."""
+
+    def __init__(self, use_mean=True):
+        super().__init__()
+        self.use_mean = use_mean
+        self.enc, self.mu, self.logvar = nn.Linear(6, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+        self.dec = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        if not self.training and self.use_mean:
+            z = mu
+        else:
+            std = torch.exp(0.5 * logvar)
+            if self.training:
+                std = torch.randn_like(std).mul_(std)
+            z = std.add_(mu)
+        return self.dec(z), mu
+
+
+@pytest.mark.parametrize("use_mean", [True, False])
+@pytest.mark.parametrize("start_training", [True, False])
+def test_a_root_branching_on_training_is_one_graph_right_in_both_modes(use_mean, start_training):
+    model = NoisyLatent(use_mean).train(start_training)
+    x = torch.randn(5, 6)
+    gm = topology.trace(model, example={"x": x})
+    assert sum(n.target is torch.where for n in gm.graph.nodes) >= 1
+    decoders = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "dec.0"]
+    assert len(decoders) == 1  # the decoder is computed once, on the latent the mode picks
+    for training in (True, False):
+        model.train(training)
+        gm.train(training)
+        torch.manual_seed(3)
+        want = model(x)
+        torch.manual_seed(3)
+        got = gm(x)
+        for a, b in zip(want, got):
+            assert torch.equal(a, b), training
+    reloaded = _reload(gm)
+    for training in (True, False):
+        reloaded.train(training)
+        model.train(training)
+        torch.manual_seed(4)
+        want = model(x)[0]
+        torch.manual_seed(4)
+        assert torch.equal(reloaded(x)[0], want)
+
+
+def test_a_root_branching_vae_trains_and_compacts_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    sm = lumos.sparsify(NoisyLatent(), x, budget=0.5)
+    opt = torch.optim.Adam(sm.parameters(), lr=1e-2)
+    for _ in range(30):
+        out, _mu = sm(x)
+        loss = out.pow(2).mean() + sm.penalty(out.pow(2).mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sm.eval()
+    small = sm.compact()
+    with torch.no_grad():
+        assert torch.allclose(small(x)[0], sm(x)[0], atol=1e-5)
+        assert torch.equal(small(x)[0], small(x)[0])  # eval is deterministic: the mean
+
+
+class TrainOnlyStatistic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(6, 4)
+        self.register_buffer("seen", torch.zeros(4))
+
+    def forward(self, x):
+        h = self.l1(x)
+        if self.training:
+            self.seen.add_(h.detach().mean(0))
+        return h - self.seen
+
+
+class TrainOnlyInPlaceOnShared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.l1(x)
+        g = torch.relu(h)
+        if self.training:
+            h.mul_(0.5)
+        return self.l2(g + h)
+
+
+@pytest.mark.parametrize("model", [TrainOnlyStatistic(), TrainOnlyInPlaceOnShared()])
+def test_a_root_branch_that_writes_what_the_other_mode_reads_is_refused(model):
+    with pytest.raises(lumos.UnsupportedModelError, match="in place, a tensor the other mode"):
+        lumos.sparsify(model, torch.randn(8, 6), budget=0.5)
+
+
+class ModeShapes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.l1(x)
+        return h if self.training else h.sum(-1)
+
+
+def test_a_root_whose_modes_return_different_shapes_is_refused_with_the_way_out():
+    with pytest.raises(lumos.UnsupportedModelError, match="branches on self.training.*Ways out"):
+        lumos.sparsify(ModeShapes(), torch.randn(8, 6), budget=0.5)
 
 
 def test_dropout_flag_keeps_the_neurons_gated():

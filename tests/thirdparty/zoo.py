@@ -206,6 +206,17 @@ class DenseRadiusGraph(nn.Module):
         return edge_index, (pos[row] - pos[col]).norm(dim=-1)
 
 
+def dimenet_pp(hidden: int = 16, blocks: int = 2) -> nn.Module:
+    """torch-geometric's DimeNet++ with its graph built in plain torch (see
+    :mod:`thirdparty.dimenet_dense`)."""
+    from thirdparty.dimenet_dense import DenseDimeNetPlusPlus
+
+    return DenseDimeNetPlusPlus(
+        hidden_channels=hidden, out_channels=1, num_blocks=blocks, int_emb_size=8,
+        basis_emb_size=4, out_emb_channels=16, num_spherical=3, num_radial=4, cutoff=5.0,
+        output_initializer="glorot_orthogonal")
+
+
 def molecule_case(model: nn.Module, atoms: int = 6) -> Case:
     """(z, pos, batch): atomic numbers, positions, molecule index."""
     def make(n: int, seed: int) -> tuple:
@@ -470,6 +481,9 @@ def _build_table() -> list[Entry]:
         lambda: molecule_case(_pyg().SchNet(
             hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10,
             cutoff=5.0, interaction_graph=DenseRadiusGraph(5.0))))
+    add("pyg_dimenet_pp", "torch-geometric",
+        "molecular GNN (DimeNet++: triplets, spherical basis; graph built in plain torch)", pyg)(
+        lambda: molecule_case(dimenet_pp()))
     add("pyg_graph_unet", "torch-geometric", "GNN (Graph U-Net, top-k pooling)", pyg)(
         lambda: graph_case(_pyg().GraphUNet(6, 16, 2, depth=2)))
     add("pyg_mlp", "torch-geometric", "MLP (batch norm, dropout)", pyg)(

@@ -23,6 +23,7 @@ from torch import fx, nn
 from ..errors import LumosWarning, UnsupportedModelError, UntraceableModelError
 from . import mode_flags
 from .known_values import KnownValueTracer, jit_isinstance_patched, tensor_conversions_patched
+from .mode_merge import MergeRefused, merge_mode_graphs
 from .registry import REGISTRY
 from .rule_helpers import call_override
 
@@ -120,7 +121,9 @@ def trace(model: nn.Module, concrete_args: dict | None = None,
 
     ``self.training`` stays a run-time value (:mod:`~lumos.topology.mode_flags`): passed to a
     function it becomes a graph node; a module whose forward *branches* on it in a way that
-    changes the graph is kept as one layer, so it runs its own forward in either mode.
+    changes the graph is kept as one layer, so it runs its own forward in either mode; the
+    root's own branches are merged into one graph that reads the mode at run time
+    (:mod:`.mode_merge`).
     """
     tracer = LumosTracer()
     tracer.example = dict(example or {})
@@ -130,21 +133,15 @@ def trace(model: nn.Module, concrete_args: dict | None = None,
         graph, branched = _trace_once(tracer, model, concrete_args, invert=False)
         if not branched:
             break
+        known = (tracer.values, tracer.data)
         other, branched_other = _trace_once(tracer, model, concrete_args, invert=True)
         if _same_graph(graph, other):
             break
         branched.update(branched_other)
-        if "" in branched:
-            raise UnsupportedModelError(
-                f"the forward of {type(model).__name__} itself branches on self.training at "
-                f"{branched['']}, and the branches trace to different graphs; LUMOS would "
-                "freeze one mode into the sparse and compacted models. Ways out: pass the "
-                "flag on instead of branching (e.g. F.dropout(x, p, self.training)), or move "
-                "the mode-dependent part into a submodule (LUMOS then keeps that submodule "
-                "whole and it follows train()/eval())."
-            )
-        new = set(branched) - tracer.mode_leaves
-        if not new:
+        new = set(branched) - tracer.mode_leaves - {""}
+        if not new:  # only the root's own forward branches: one graph for both modes
+            if "" in branched:
+                graph = _merge_modes(tracer, model, graph, other, known, branched[""])
             break
         tracer.mode_leaves |= new
         for path in sorted(new):
@@ -158,6 +155,27 @@ def trace(model: nn.Module, concrete_args: dict | None = None,
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _drop_trace_internals(gm)
     return gm
+
+
+def _merge_modes(tracer: LumosTracer, model: nn.Module, graph: fx.Graph, other: fx.Graph,
+                 known: tuple[dict, set], where: str) -> fx.Graph:
+    """One graph for both modes of a root that branches on ``self.training`` (see
+    :mod:`.mode_merge`); the example values follow, for the passes after tracing."""
+    first = (graph, known) if model.training else (other, (tracer.values, tracer.data))
+    second = (other, (tracer.values, tracer.data)) if model.training else (graph, known)
+    try:
+        merged = merge_mode_graphs(first[0], second[0], model, tracer.probe_name,
+                                   (first[1][0], second[1][0]), (first[1][1], second[1][1]))
+    except MergeRefused as exc:
+        raise UnsupportedModelError(
+            f"the forward of {type(model).__name__} itself branches on self.training at "
+            f"{where}, and LUMOS cannot give both modes one graph: {exc}. Ways out: pass the "
+            "flag on instead of branching (e.g. F.dropout(x, p, self.training)), or move the "
+            "mode-dependent part into a submodule (LUMOS then keeps that submodule whole and "
+            "it follows train()/eval())."
+        ) from None
+    tracer.values, tracer.data = merged.values, merged.data
+    return merged.graph
 
 
 def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | None,
