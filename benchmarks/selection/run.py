@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import sys
 import time
 import warnings
@@ -108,7 +107,7 @@ def downstream_r2(s: SelectionSet, kept: list[int], seed: int) -> float:
 
 
 # ---- one record ----------------------------------------------------------------------------------
-def settings_of(name: str, smoke: bool) -> dict:
+def settings_of(name: str) -> dict:
     """What a method's result depends on besides the data (part of the resume key)."""
     return {
         "lumos": {"params": methods_mod.LUMOS_PARAMS},
@@ -118,10 +117,10 @@ def settings_of(name: str, smoke: bool) -> dict:
     }.get(name, {})
 
 
-def _key(law: str, c: Condition, seed: int, method: str, smoke: bool) -> dict:
+def _key(law: str, c: Condition, seed: int, method: str) -> dict:
     return {"law": law, "rows": c.rows, "noise": c.noise, "proxies": c.proxies, "seed": seed,
             "rho": RHO, "label_noise": LABEL_NOISE, "holdout": HOLDOUT, "method": method,
-            "settings": json.loads(json.dumps(settings_of(method, smoke))),
+            "settings": json.loads(json.dumps(settings_of(method))),
             "downstream": json.loads(json.dumps(DOWNSTREAM))}
 
 
@@ -146,53 +145,58 @@ def run_method(name: str, s: SelectionSet, seed: int, memo: dict) -> dict:
 
 
 def run(laws: list[str], grid: list[Condition], seeds: int, names: list[str], cache: Path,
-        resume: bool, redo: set[str], smoke: bool, log=print) -> list[dict]:
+        resume: bool, redo: set[str], log=print) -> list[dict]:
+    """Every (seed, condition, law, method) record, from the cache where ``resume`` allows."""
     cache.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in range(seeds):
         for c in grid:
             for law in laws:
-                stem = f"{law}__{c.tag}__s{seed}"
-                s: SelectionSet | None = None
-                memo: dict[tuple, float] = {}
+                records += run_set(law, c, seed, names, cache, resume, redo, log)
+    return records
 
-                def data() -> SelectionSet:
-                    nonlocal s
-                    if s is None:
-                        s = make_selection_data(law, c.rows, c.noise, c.proxies, seed=seed,
-                                                noise_std=LABEL_NOISE)
-                    return s
 
-                base_key = _key(law, c, seed, "baseline", smoke)
-                base = _load(cache / f"{stem}__baseline.json", base_key, resume)
-                if base is None:
-                    d = data()
-                    start = time.perf_counter()
-                    base = {"key": base_key, "features": d.n_features,
-                            "feature_names": d.feature_names, "true": d.true,
-                            "proxies": d.proxies, "proxy_of": {str(p): v for p, v in
-                                                               d.proxy_of.items()},
-                            "info": d.info, "r2_true": downstream_r2(d, d.true, seed),
-                            "r2_all": downstream_r2(d, list(range(d.n_features)), seed)}
-                    base["seconds"] = time.perf_counter() - start
-                    base["code"] = CODE_REVISION
-                    _save(cache / f"{stem}__baseline.json", base)
-                for name in names:
-                    key = _key(law, c, seed, name, smoke)
-                    path = cache / f"{stem}__{name}.json"
-                    rec = _load(path, key, resume and name not in redo)
-                    reused = rec is not None
-                    if rec is None:
-                        rec = {"key": key, **run_method(name, data(), seed, memo),
-                               "code": CODE_REVISION}
-                        _save(path, rec)
-                    rec = {**rec, "law": law, "rows": c.rows, "noise": c.noise,
-                           "proxies_planted": c.proxies, "seed": seed, "method": name,
-                           "features": base["features"], "k": len(base["true"]),
-                           "r2_true": base["r2_true"], "r2_all": base["r2_all"],
-                           "y_scale": base["info"]["y_scale"]}
-                    records.append(rec)
-                    log(_line(rec, reused))
+def run_set(law: str, c: Condition, seed: int, names: list[str], cache: Path, resume: bool,
+            redo: set[str], log=print) -> list[dict]:
+    """One set's records: the baseline (R² on the true / all columns) and each method's."""
+    stem = f"{law}__{c.tag}__s{seed}"
+    made: list[SelectionSet] = []
+    memo: dict[tuple, float] = {}  # downstream R² by kept set (trained once per set)
+
+    def data() -> SelectionSet:
+        if not made:
+            made.append(make_selection_data(law, c.rows, c.noise, c.proxies, seed=seed,
+                                            noise_std=LABEL_NOISE))
+        return made[0]
+
+    base_key = _key(law, c, seed, "baseline")
+    base = _load(cache / f"{stem}__baseline.json", base_key, resume)
+    if base is None:
+        d = data()
+        start = time.perf_counter()
+        base = {"key": base_key, "features": d.n_features, "feature_names": d.feature_names,
+                "true": d.true, "proxies": d.proxies,
+                "proxy_of": {str(p): v for p, v in d.proxy_of.items()}, "info": d.info,
+                "r2_true": downstream_r2(d, d.true, seed),
+                "r2_all": downstream_r2(d, list(range(d.n_features)), seed)}
+        base["seconds"] = time.perf_counter() - start
+        base["code"] = CODE_REVISION
+        _save(cache / f"{stem}__baseline.json", base)
+    records = []
+    for name in names:
+        key = _key(law, c, seed, name)
+        path = cache / f"{stem}__{name}.json"
+        rec = _load(path, key, resume and name not in redo)
+        reused = rec is not None
+        if rec is None:
+            rec = {"key": key, **run_method(name, data(), seed, memo), "code": CODE_REVISION}
+            _save(path, rec)
+        rec = {**rec, "law": law, "rows": c.rows, "noise": c.noise, "proxies_planted": c.proxies,
+               "seed": seed, "method": name, "features": base["features"],
+               "k": len(base["true"]), "r2_true": base["r2_true"], "r2_all": base["r2_all"],
+               "y_scale": base["info"]["y_scale"]}
+        records.append(rec)
+        log(_line(rec, reused))
     return records
 
 
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with threadpool_limits(1):
         records = run(laws, grid, args.seeds, names, cache, args.resume,
-                      set(filter(None, args.redo.split(","))), args.smoke,
+                      set(filter(None, args.redo.split(","))),
                       log=lambda line: print(line, flush=True))
     result = results_record("benchmarks.selection", [_slim(r) for r in records])
     result["settings"] = {
@@ -314,11 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[selection] {len(records)} records in {time.perf_counter() - start:.0f}s -> "
           f"{args.out / stem}.{{json,md}}", flush=True)
     return 0
-
-
-def finite_mean(values) -> float:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 if __name__ == "__main__":
