@@ -68,6 +68,48 @@ def test_selects_the_planted_features_and_keeps_pandas_names():
     assert "a" in reg.report()
 
 
+def with_proxies(n=1500, n_noise=6, seed=0, rho=0.9):
+    """planted()'s law plus a weak true column d, and two proxies (rho=0.9) of a and b."""
+    rng = np.random.default_rng(seed)
+    X, y = planted(n, n_noise, seed)
+    X["d"] = rng.normal(size=n)
+    y = y + 0.25 * X["d"].to_numpy()
+    for v in ("a", "b"):
+        X[f"proxy_{v}"] = rho * X[v] + np.sqrt(1 - rho**2) * rng.normal(size=n)
+    return X, 1e3 * y + 50.0  # arbitrary units
+
+
+def test_confirmation_drops_proxies_and_keeps_a_weak_true_column():
+    X, y = with_proxies()
+    reg = LumosRegressor(hidden=(32, 32), epochs=30, lr=5e-3, random_state=0).fit(X, y)
+    assert set(reg.selected_features_) == {"a", "b", "c", "d"}
+    sel = reg.selection_
+    assert sel["held_out_rows"] == 300
+    assert set(sel["dropped"]) <= set(sel["tested"])
+    kept = reg.get_support()
+    assert (sel["z"][kept] >= 2).all() and (sel["z"][~kept] == 0).all()
+    assert (sel["loss_rise"][kept] > 0).all()
+    assert reg.score(X, y) > 0.9
+
+
+def test_without_confirmation_every_row_trains_and_nothing_is_tested():
+    X, y = with_proxies(n=600)
+    reg = LumosRegressor(hidden=(16,), epochs=10, random_state=0, confirm=False).fit(X, y)
+    assert reg.selection_ is None
+    small = LumosRegressor(hidden=(16,), epochs=10, random_state=0).fit(X[:80], y[:80])
+    assert small.selection_ is None  # too few rows to hold any out
+
+
+def test_an_unstable_selection_is_flagged():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 30))
+    y = 0.3 * X[:, 0] + rng.normal(size=150)  # a weak signal in few noisy rows
+    with pytest.warns(lumos.LumosWarning, match="selection may be unstable"):
+        reg = LumosRegressor(hidden=(16,), epochs=20, feature_penalty=0.01,
+                             random_state=0).fit(X, y)
+    assert reg.selection_["unstable"]
+
+
 def test_compacted_model_is_plain_smaller_and_matches_predict():
     X, y = planted(seed=1)
     X = X.to_numpy() * 100.0 + 7.0  # unscaled inputs: the folded scaling must undo this
@@ -150,6 +192,7 @@ def test_random_state_reproduces_and_leaves_global_rng_alone():
         ({"feature_penalty": -0.1}, "feature_penalty"),
         ({"activation": "swish"}, "activation"),
         ({"device": "tpu:what"}, "device"),
+        ({"confirm": "yes"}, "confirm"),
     ],
 )
 def test_bad_parameters_raise_lumos_errors(params, needle):

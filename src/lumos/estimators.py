@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
     ) from exc
 
 from . import SparseModel, sparsify
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LumosWarning
 from .measure import count_params
 from .options import DEFAULT_FEATURE_PENALTY
 from .training import History, train
@@ -100,6 +101,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         random_state=None,
         device=None,
         verbose=0,
+        confirm=True,
     ):
         self.hidden = hidden
         self.budget = budget
@@ -112,6 +114,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.confirm = confirm
 
     # ---- what subclasses define ----------------------------------------------------------
     def _encode_targets(self, y: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -119,6 +122,10 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         raise NotImplementedError
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _row_losses(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of each row (its mean is :meth:`_loss`)."""
         raise NotImplementedError
 
     # ---- fit -----------------------------------------------------------------------------
@@ -147,6 +154,10 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 f"feature_penalty must be a number >= 0 (0 turns feature selection off), "
                 f"got {fp!r}."
             )
+        if not isinstance(self.confirm, (bool, np.bool_)):
+            raise ConfigurationError(
+                f"confirm must be True (test the weakest kept columns on held-out rows) or "
+                f"False, got {self.confirm!r}.")
         if self.activation not in ACTIVATIONS:
             raise ConfigurationError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}."
@@ -185,9 +196,18 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 )
             model.to(device)
             x, target = x.to(device), target.to(device)
-            self.epochs_ = (self._auto_epochs(x, target, hidden, n_out, seed, device)
+            held = None
+            if isinstance(model, SparseModel) and self.confirm and self.feature_penalty > 0 \
+                    and len(x) >= CONFIRM_MIN_ROWS:
+                order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+                held = order[: int(len(x) * CONFIRM_FRACTION)].to(device)
+                rest = order[len(held):].to(device)
+                x_fit, t_fit = x[rest], target[rest]
+            else:
+                x_fit, t_fit = x, target
+            self.epochs_ = (self._auto_epochs(x_fit, t_fit, hidden, n_out, seed, device)
                             if self.epochs == "auto" else int(self.epochs))
-            loader = _batch_loader(x, target, int(self.batch_size), seed)
+            loader = _batch_loader(x_fit, t_fit, int(self.batch_size), seed)
             self.history_ = train(
                 model,
                 loader,
@@ -199,6 +219,12 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 on_epoch=self._print_epoch if self.verbose and self.verbose > 1 else None,
             )
         model.eval()
+        self.selection_ = None
+        if isinstance(model, SparseModel) and held is not None:
+            with torch.random.fork_rng(devices=forked):
+                torch.manual_seed(seed + 2)
+                self.selection_ = self._confirm(model, x_fit, t_fit, x[held], target[held],
+                                                names, seed)
         if isinstance(model, SparseModel):
             kept = model.selected_features()["input"]
             self.support_ = np.zeros(X.shape[1], dtype=bool)
@@ -219,6 +245,110 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         self.selected_features_ = self.get_feature_names_out()
         self.n_iter_ = len(self.history_.loss)
         return self
+
+    def _confirm(self, model: SparseModel, x_fit: torch.Tensor, t_fit: torch.Tensor,
+                 x_val: torch.Tensor, t_val: torch.Tensor, names: list[str],
+                 seed: int) -> dict:
+        """Test the weakest kept columns on rows training never saw (``confirm=True``).
+
+        Training keeps a column while it helps the training loss at all: a proxy of a true
+        variable (its 81% copy) or a column the network has memorised noise with lives on
+        with a small share of the importance. Each kept column under ``CONFIRM_CANDIDATE`` of
+        the largest importance, or whose zeroing moves the held-out loss by fewer than
+        ``CONFIRM_Z`` standard errors, is closed, the network re-fitted briefly without it, and the
+        closing kept when the held-out loss rises by at most ``CONFIRM_TOLERANCE`` (all such
+        columns at once first, then one at a time from the weakest, stopping at the first
+        that is needed). Then every kept column gets its evidence: how much the held-out loss
+        rises when it alone is zeroed, and that rise over its standard error (paired over
+        the held-out rows).
+        """
+        size, gates = model._feature_gates()["input"]
+        if gates is None:
+            return {}
+        offset = gates.start
+
+        def kept() -> list[int]:
+            return torch.nonzero(model.kept_mask()[gates]).flatten().tolist()
+
+        def held_out() -> torch.Tensor:
+            with torch.no_grad():
+                return self._row_losses(model(x_val), t_val).double()
+
+        def evidence() -> tuple[np.ndarray, np.ndarray]:
+            """Per column: the held-out loss rise (relative) when it alone is zeroed, and
+            that rise over its standard error (paired over the rows); 0 where closed."""
+            current = held_out()
+            rise, z = np.zeros(size), np.zeros(size)
+            for j in kept():
+                zeroed = x_val.clone()
+                zeroed[:, j] = 0.0  # the column's mean: inputs are standardised
+                with torch.no_grad():
+                    diff = self._row_losses(model(zeroed), t_val).double() - current
+                mean = float(diff.mean())
+                rise[j] = mean / max(float(current.mean()), 1e-12)
+                se = float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+                z[j] = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
+            return rise, z
+
+        base = held_out()
+        importance = _importances(model, x_fit)
+        _, z = evidence()
+        weak = sorted((j for j in kept() if importance[j] < CONFIRM_CANDIDATE *
+                       importance.max() or z[j] < CONFIRM_Z), key=lambda j: importance[j])
+        epochs = max(CONFIRM_MIN_EPOCHS, math.ceil(CONFIRM_EPOCHS * self.epochs_))
+        dropped: list[int] = []
+
+        def without(columns: list[int]) -> bool:
+            """Close ``columns`` and re-fit; keep the result if the held-out loss allows."""
+            state = copy.deepcopy(model.state_dict())
+            _close_features(model, [offset + j for j in columns])
+            self._refit(model, x_fit, t_fit, epochs, seed)
+            if float(held_out().mean()) <= float(base.mean()) * (1 + CONFIRM_TOLERANCE):
+                return True
+            model.load_state_dict(state)
+            return False
+
+        if weak and without(weak):
+            dropped = list(weak)
+        else:
+            for j in weak:
+                if not without([j]):
+                    break
+                dropped.append(j)
+        rise, z = evidence()
+        unsure = [names[j] for j in kept() if z[j] < CONFIRM_Z]
+        rows = len(x_fit) + len(x_val)
+        if unsure or rows < CONFIRM_ROWS_PER_COLUMN * size:
+            why = (f"zeroing kept column(s) {unsure} changes the loss on {len(x_val)} "
+                   f"held-out rows by less than {CONFIRM_Z:g} standard errors" if unsure else
+                   f"{rows} rows for {size} columns is under {CONFIRM_ROWS_PER_COLUMN} per "
+                   "column, where another sample of the rows may select differently")
+            warnings.warn(
+                f"the selection may be unstable: {why}. More rows (or fewer candidate "
+                "columns) make it firm; selection_['z'] has each kept column's evidence.",
+                LumosWarning, stacklevel=4)
+        return {
+            "held_out_rows": len(x_val),
+            "tested": [names[j] for j in weak],
+            "dropped": [names[j] for j in dropped],
+            "loss_rise": rise,
+            "z": z,
+            "unsure": unsure,
+            "unstable": bool(unsure) or rows < CONFIRM_ROWS_PER_COLUMN * size,
+        }
+
+    def _refit(self, model: SparseModel, x: torch.Tensor, target: torch.Tensor, epochs: int,
+               seed: int) -> None:
+        """A few epochs of the weights alone (the gates stay frozen where they are)."""
+        weights = [p for n, p in model.named_parameters() if not n.startswith("gates.")]
+        opt = torch.optim.Adam(weights, lr=float(self.lr))
+        model.train()
+        for _ in range(epochs):
+            for xb, tb in _batch_loader(x, target, int(self.batch_size), seed):
+                opt.zero_grad(set_to_none=True)
+                self._loss(model(xb), tb).backward()
+                opt.step()
+        model.eval()
 
     def _auto_epochs(self, x: torch.Tensor, target: torch.Tensor, hidden: tuple[int, ...],
                      n_out: int, seed: int, device: torch.device) -> int:
@@ -366,6 +496,31 @@ def _hidden_widths(hidden) -> tuple[int, ...]:
 
 #: rows (at most) over which ``feature_importances_`` averages the input gradients
 IMPORTANCE_ROWS = 4096
+#: share of the rows held out of training to confirm the selection (``confirm=True``)
+CONFIRM_FRACTION = 0.2
+#: tables with fewer rows are not split: every row trains, and nothing is confirmed
+CONFIRM_MIN_ROWS = 100
+#: a kept column whose importance is under this share of the largest one is put to the test
+CONFIRM_CANDIDATE = 0.1
+#: it is dropped when, re-fitted without it, the held-out loss rises by at most this fraction
+CONFIRM_TOLERANCE = 0.01
+#: the re-fit: this share of the training epochs (at least CONFIRM_MIN_EPOCHS)
+CONFIRM_EPOCHS = 0.2
+CONFIRM_MIN_EPOCHS = 5
+#: a kept column whose zeroing moves the held-out loss by fewer standard errors is "unsure"
+CONFIRM_Z = 2.0
+#: fewer rows per column than this: the selection is flagged as possibly unstable
+CONFIRM_ROWS_PER_COLUMN = 10
+
+
+def _close_features(model: SparseModel, gates: list[int]) -> None:
+    """Shut these feature gates for good, frozen values included."""
+    if not gates:
+        return
+    index = torch.tensor(gates, dtype=torch.long, device=model.gates.shut.device)
+    model.gates.shut_gates(index)
+    if model.gates.frozen:
+        model.gates.frozen_values[index] = 0.0
 
 
 def _importances(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -428,6 +583,14 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Where to train and predict (``None``: CPU). The fitted models stay on this device.
     verbose : int, default=0
         1: a progress bar; 2: also one line per epoch.
+    confirm : bool, default=True
+        Hold out 20% of the rows (tables of 100 rows or more, features selected) and test the
+        weakest kept columns on them: each kept column with under 10% of the largest
+        importance, or whose zeroing does not raise the held-out loss by 2 standard errors,
+        is closed and the network re-fitted briefly; the column stays closed when the
+        held-out loss rises by at most 1%. Drops the proxies (correlated copies) of true
+        variables and memorised noise that training alone keeps. ``False``: every row
+        trains and the selection is training's.
 
     Attributes
     ----------
@@ -442,6 +605,13 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         input gradient over the training rows, on standardised inputs), summing to 1: a
         ranking of every column, kept or not (exactly 0 for a dropped one). For the dense MLP
         (no gates) the same measure.
+    selection_ : dict or None
+        What ``confirm`` found (None when it did not run): ``held_out_rows``; ``tested`` and
+        ``dropped`` (column names); ``loss_rise`` and ``z`` (arrays over all columns, 0 for
+        closed ones): how much the held-out loss rises, relatively and in standard errors,
+        when a kept column alone is zeroed, the evidence that it matters; ``unsure`` (kept
+        columns under 2 standard errors) and ``unstable`` (those, or under 10 rows per
+        column: a ``LumosWarning`` says so).
     n_params_, n_params_dense_ : int
         Parameters of the compacted and of the dense network.
     history_ : lumos.training.History
@@ -482,6 +652,9 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
 
     def _loss(self, pred, target):
         return F.mse_loss(pred, target)
+
+    def _row_losses(self, pred, target):
+        return (pred - target).pow(2).reshape(len(pred), -1).mean(dim=1)
 
     def _output_scaling(self):
         return self._y_mean, self._y_scale
@@ -534,6 +707,9 @@ class LumosClassifier(ClassifierMixin, _LumosEstimator):
 
     def _loss(self, pred, target):
         return F.cross_entropy(pred, target)
+
+    def _row_losses(self, pred, target):
+        return F.cross_entropy(pred, target, reduction="none")
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
