@@ -69,29 +69,37 @@ def method(name: str, label: str, given_k: bool = False, note: str = ""):
 # ---- LUMOS: the method under study ---------------------------------------------------------------
 #: ``LumosRegressor`` parameters: the defaults a user gets (``epochs="auto"``, budget 0.25, ...)
 LUMOS_PARAMS: dict = {"epochs": "auto"}
-#: fitted attributes that, when the estimator has them, are recorded as its selection confidence
-#: (matched by substring, so a new ``selection_confidence_`` or ``feature_pvalues_`` shows up)
-CONFIDENCE_HINTS = ("confiden", "stabil", "uncertain", "pvalue", "p_value", "probab", "certain")
+#: fitted attributes recorded, when the estimator has them, as its selection confidence:
+#: these by name (``selection_``: what ``confirm=True`` found), and any other whose name holds
+#: one of the hints (so a new ``feature_pvalues_`` shows up without a change here)
+CONFIDENCE_ATTRS = ("selection_",)
+CONFIDENCE_HINTS = ("confiden", "stabil", "uncertain", "pvalue", "p_value", "evidence")
 
 
 @method("lumos", "LUMOS (LumosRegressor defaults)")
 def select_lumos(X: np.ndarray, y: np.ndarray, seed: int) -> Selection:
-    """``lumos.LumosRegressor`` as a user would run it: ``selected_features_`` (via
-    ``get_support``) and ``feature_importances_``, plus any selection confidence it reports."""
+    """``lumos.LumosRegressor`` as a user would run it: its selected features (``get_support``,
+    the index form of ``selected_features_``) and ``feature_importances_``, plus any selection
+    confidence it reports and the warnings it gives."""
     import lumos
 
-    est = lumos.LumosRegressor(random_state=seed, **LUMOS_PARAMS).fit(X, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = lumos.LumosRegressor(random_state=seed, **LUMOS_PARAMS).fit(X, y)
     kept = [int(j) for j in est.get_support(indices=True)]
-    names = [str(n) for n in est.selected_features_]
     extra = {"epochs": int(getattr(est, "epochs_", -1)), "n_params": int(est.n_params_),
-             "n_params_dense": int(est.n_params_dense_), "selected_features": names}
+             "n_params_dense": int(est.n_params_dense_)}
     confidence = {}
     for attr in sorted(vars(est)):
-        if attr.endswith("_") and not attr.startswith("_") and any(
-                h in attr.lower() for h in CONFIDENCE_HINTS):
+        if attr in CONFIDENCE_ATTRS or (attr.endswith("_") and not attr.startswith("_") and any(
+                h in attr.lower() for h in CONFIDENCE_HINTS)):
             confidence[attr] = _jsonable(getattr(est, attr))
     if confidence:
         extra["confidence"] = confidence
+    messages = sorted({str(w.message)[:300] for w in caught
+                       if not issubclass(w.category, DeprecationWarning)})
+    if messages:
+        extra["warnings"] = messages
     return Selection(kept, np.asarray(est.feature_importances_), extra=extra)
 
 

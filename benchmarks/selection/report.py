@@ -36,6 +36,35 @@ def _cell(r: dict) -> str:
     return f"{outcome} {r['r2']:.3f}"
 
 
+def _unstable(r: dict) -> bool | None:
+    """LUMOS's own verdict on a selection (``selection_['unstable']``), where it gives one."""
+    sel = (r.get("extra") or {}).get("confidence", {}).get("selection_")
+    return bool(sel["unstable"]) if isinstance(sel, dict) and "unstable" in sel else None
+
+
+def _confidence(rows: list[dict]) -> list[str]:
+    """Does LUMOS's ``unstable`` flag tell its wrong selections from its right ones?"""
+    recs = [r for r in rows if r["method"] == "lumos" and r["status"] == "ok"
+            and _unstable(r) is not None]
+    if not recs:
+        return []
+    out = ["## LUMOS's own confidence", "",
+           "`LumosRegressor.selection_['unstable']` per condition: how many selections it "
+           "flagged, and exact recoveries among the flagged and the unflagged ones.", "",
+           "| rows | noise | prox. | sets | flagged unstable | exact if flagged | "
+           "exact if not flagged |", "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        groups[(r["rows"], r["noise"], r["proxies_planted"])].append(r)
+    for (n_rows, noise, proxies), rs in sorted(groups.items()):
+        flagged = [r for r in rs if _unstable(r)]
+        firm = [r for r in rs if not _unstable(r)]
+        out.append(f"| {n_rows} | {noise} | {proxies} | {len(rs)} | {len(flagged)} | "
+                   f"{sum(r['exact'] for r in flagged)}/{len(flagged)} | "
+                   f"{sum(r['exact'] for r in firm)}/{len(firm)} |")
+    return [*out, ""]
+
+
 def markdown(result: dict) -> list[str]:
     st, rows, meths = result["settings"], result["rows"], result["methods"]
     names = [n for n in st["methods"] if n in meths]
@@ -49,8 +78,8 @@ def markdown(result: dict) -> list[str]:
     lines += [
         f"Laws: {len(st['laws'])} ({', '.join(st['laws'])}); conditions: {len(st['grid'])}; "
         f"seeds: {st['seeds']}. Each set: the law's variables, N(0, 1) noise columns, proxy "
-        f"columns (corr. {st['rho']} with a true variable, not used by the law), 5% label noise "
-        f"(`label_noise` {st['label_noise']}), columns shuffled, target in arbitrary units "
+        f"columns (corr. {st['rho']} with a true variable, not used by the law), "
+        f"{100 * st['label_noise']:.0f}% label noise, columns shuffled, target in arbitrary units "
         f"(`y = a·y_phys + b`, `a = 10^U(-3,3)`); {int(100 * st['holdout'])}% of the rows held "
         f"out. Downstream: {st['downstream']} on the kept columns, R² on the held-out rows. "
         f"Packages: " + ", ".join(f"{k} {v or '(not installed)'}" for k, v in pk.items()) + ".",
@@ -103,7 +132,8 @@ def markdown(result: dict) -> list[str]:
                 f"{_f(_mean(r['proxies_kept'] for r in ok), 1)} | "
                 f"{_f(_mean(r['noise_kept'] for r in ok), 1)} | {_f(_mean(r['r2'] for r in ok), 3)}"
                 f" | {_f(_mean(r['seconds'] for r in ok), 1)} |")
-        sets = {(r["law"], r["seed"]): r for r in recs}.values()
+        sets = {(r["law"], r["rows"], r["noise"], r["proxies_planted"], r["seed"]): r
+                for r in recs}.values()
         for label, key in (("true", "r2_true"), ("all", "r2_all")):
             out.append(f"| {label} | | | | | | | | | | {_f(_mean(r[key] for r in sets), 3)} | |")
         return out
@@ -116,6 +146,7 @@ def markdown(result: dict) -> list[str]:
                   f"({n_laws} laws; k + {noise + proxies} columns each)", "", header, rule,
                   *summary(recs), ""]
 
+    lines += _confidence(rows)
     lines += [
         "## Per law",
         "",

@@ -24,13 +24,16 @@ GRIDS: dict[str, list[tuple[int, int, int]]] = {
     "full": [(r, n, p) for r in (500, 4000) for n in (12, 48, 200) for p in (0, 4)],
     "small": [(500, n, p) for n in (12, 48, 200) for p in (0, 4)],
     "hard": [(r, n, 4) for r in (500, 4000) for n in (48, 200)],
-    "smoke": [(500, 12, 4), (500, 48, 0)],
+    "smoke": [(500, 12, 4), (500, 48, 0), (500, 200, 4)],
 }
-#: laws of the default full run and of --smoke (``--laws all``: every law in ``LAWS``)
-FULL_LAWS = "all"
-SMOKE_LAWS = ("drag", "van_der_waals", "kepler")
-#: the smoke mode's smaller settings
-SMOKE_STG_STEPS = 1000
+#: laws of the default full run (``--laws all``: all 13 in ``LAWS``): every law but three that
+#: repeat another's form (ideal gas: van der Waals with a = b = 0; gravity: Coulomb without
+#: eps_r; Stefan-Boltzmann: a monomial like gravity), so that the default run fits in an hour
+#: on one core (about 55 minutes, estimated from per-set times measured on a 2-core Xeon: ~12 s
+#: a 500-row set, ~45 s a 4000-row one; ``--laws all``: about 75; ``--jobs 2`` halves both)
+FULL_LAWS = ("van_der_waals", "coulomb", "pendulum", "projectile", "drag", "relativistic_ke",
+             "bernoulli", "damped_oscillator", "planck", "kepler")
+SMOKE_LAWS = ("drag", "van_der_waals", "damped_oscillator")
 #: the downstream model: scikit-learn's MLPRegressor on standardised kept columns and target
 DOWNSTREAM = {"hidden_layer_sizes": (64, 64), "max_iter": 500, "early_stopping": True,
               "n_iter_no_change": 20}
@@ -145,19 +148,37 @@ def run_method(name: str, s: SelectionSet, seed: int, memo: dict) -> dict:
 
 
 def run(laws: list[str], grid: list[Condition], seeds: int, names: list[str], cache: Path,
-        resume: bool, redo: set[str], log=print) -> list[dict]:
-    """Every (seed, condition, law, method) record, from the cache where ``resume`` allows."""
+        resume: bool, redo: set[str], jobs: int = 1) -> list[dict]:
+    """Every (seed, condition, law, method) record, from the cache where ``resume`` allows;
+    ``jobs`` sets at a time in worker processes (one thread each)."""
     cache.mkdir(parents=True, exist_ok=True)
-    records = []
-    for seed in range(seeds):
-        for c in grid:
-            for law in laws:
-                records += run_set(law, c, seed, names, cache, resume, redo, log)
-    return records
+    sets = [(law, c, seed) for seed in range(seeds) for c in grid for law in laws]
+    args = [(law, c, seed, names, cache, resume, redo) for law, c, seed in sets]
+    if jobs <= 1:
+        _one_thread()
+        return [r for a in args for r in run_set(*a)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_one_thread) as pool:
+        return [r for recs in pool.map(_run_set_args, args) for r in recs]
+
+
+def _one_thread() -> None:
+    """A process's settings: one thread for torch and BLAS."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _run_set_args(args: tuple) -> list[dict]:
+    return run_set(*args)
 
 
 def run_set(law: str, c: Condition, seed: int, names: list[str], cache: Path, resume: bool,
-            redo: set[str], log=print) -> list[dict]:
+            redo: set[str]) -> list[dict]:
     """One set's records: the baseline (R² on the true / all columns) and each method's."""
     stem = f"{law}__{c.tag}__s{seed}"
     made: list[SelectionSet] = []
@@ -196,7 +217,7 @@ def run_set(law: str, c: Condition, seed: int, names: list[str], cache: Path, re
                "k": len(base["true"]), "r2_true": base["r2_true"], "r2_all": base["r2_all"],
                "y_scale": base["info"]["y_scale"]}
         records.append(rec)
-        log(_line(rec, reused))
+        print(_line(rec, reused), flush=True)
     return records
 
 
@@ -207,7 +228,7 @@ def _line(r: dict, reused: bool) -> str:
         return f"{head} {r['status']} {r.get('error', '')}"
     return (f"{head} kept {r['n_kept']} (true {r['true_kept']}/{r['k']}, proxies "
             f"{r['proxies_kept']}, noise {r['noise_kept']}) {'EXACT' if r['exact'] else ''} "
-            f"R2 {r['r2']:.3f} (true {r['r2_true']:.3f}), {r['seconds']:.1f}s"
+            f"R2 {r['r2']:.3f} (true {r['r2_true']:.3f}), {r['seconds']:.2f}s"
             + (" [reused]" if reused else ""))
 
 
@@ -235,8 +256,10 @@ def _versions() -> dict:
 
 
 def _slim(r: dict) -> dict:
-    """A record for the summary JSON: no per-column scores (they stay in the cache)."""
-    return {k: v for k, v in r.items() if k not in ("scores", "key")}
+    """A record for the summary JSON: no per-column scores (they stay in the cache), and the
+    kept columns' names only when few are kept."""
+    drop = {"scores", "key"} | ({"kept_names"} if r.get("n_kept", 0) > 20 else set())
+    return {k: v for k, v in r.items() if k not in drop}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,17 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.selection", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
-                        help=f"quick check: laws {','.join(SMOKE_LAWS)}, grid 'smoke', STG "
-                             f"{SMOKE_STG_STEPS} steps (about 2 minutes)")
+                        help=f"quick check: laws {','.join(SMOKE_LAWS)}, grid 'smoke' (about 2 "
+                             "minutes)")
     parser.add_argument("--laws", default=None,
-                        help="comma-separated law names, or 'all' (default: all; smoke: "
-                             f"{','.join(SMOKE_LAWS)})")
+                        help="comma-separated law names, or 'all' (default: "
+                             f"{','.join(FULL_LAWS)}; smoke: {','.join(SMOKE_LAWS)})")
     parser.add_argument("--grid", default=None,
                         help=f"a named grid ({', '.join(GRIDS)}) or rows=500,4000:noise=12,48,"
                              "200:proxies=0,4 (default: full; smoke: smoke)")
     parser.add_argument("--only", default=None, metavar="METHOD,...",
                         help=f"methods to run (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per set (default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="sets run at once in worker processes of one thread each "
+                             "(default 1; timings are cleanest with one job per free core)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="where selection.{json,md} go (default docs/results)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -269,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lumos.workloads.laws import LAWS
 
-    laws_arg = args.laws or (",".join(SMOKE_LAWS) if args.smoke else FULL_LAWS)
+    laws_arg = args.laws or ",".join(SMOKE_LAWS if args.smoke else FULL_LAWS)
     laws = list(LAWS) if laws_arg == "all" else laws_arg.split(",")
     unknown = [law for law in laws if law not in LAWS]
     names = args.only.split(",") if args.only else list(DEFAULT_METHODS)
@@ -283,27 +309,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
-    if args.smoke:
-        methods_mod.STG_STEPS = SMOKE_STG_STEPS
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=UserWarning)
     stem = "selection_smoke" if args.smoke else "selection"
     cache = args.cache_dir or args.out / stem
     start = time.perf_counter()
-    with threadpool_limits(1):
-        records = run(laws, grid, args.seeds, names, cache, args.resume,
-                      set(filter(None, args.redo.split(","))),
-                      log=lambda line: print(line, flush=True))
+    records = run(laws, grid, args.seeds, names, cache, args.resume,
+                  set(filter(None, args.redo.split(","))), args.jobs)
     result = results_record("benchmarks.selection", [_slim(r) for r in records])
     result["settings"] = {
         "laws": laws, "grid": [vars(c) for c in grid], "seeds": args.seeds, "methods": names,
         "rho": RHO, "label_noise": LABEL_NOISE, "holdout": HOLDOUT,
         "downstream": f"sklearn MLPRegressor({DOWNSTREAM})", "stg_steps": methods_mod.STG_STEPS,
-        "lumos_params": methods_mod.LUMOS_PARAMS, "smoke": args.smoke,
+        "lumos_params": methods_mod.LUMOS_PARAMS, "smoke": args.smoke, "jobs": args.jobs,
         "wall_s": time.perf_counter() - start, "cache": str(cache)}
     result["methods"] = {n: {"label": m.label, "given_k": m.given_k, "note": m.note}
                          for n, m in methods_mod.METHODS.items() if n in names}

@@ -59,6 +59,9 @@ PREDICT_BATCH = 8192
 #: ``AUTO_MIN_ROWS`` rows are too small to hold any out and train ``AUTO_MAX_EPOCHS``.
 AUTO_MAX_EPOCHS = 100
 AUTO_MIN_EPOCHS = 15
+#: ... and at least this many optimiser steps (small tables: more epochs, up to the next)
+AUTO_MIN_STEPS = 1500
+AUTO_MAX_STEPS_EPOCHS = 400
 AUTO_PATIENCE = 10
 AUTO_FACTOR = 1.5
 AUTO_VALIDATION = 0.2
@@ -191,7 +194,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                     net,
                     x[: min(len(x), 8)],
                     budget=None if self.budget is None else float(self.budget),
-                    feature_penalty=float(self.feature_penalty),
+                    feature_penalty=_column_pressure(float(self.feature_penalty), X.shape[1]),
                     feature_names=names if len(set(names)) == len(names) else None,
                 )
             model.to(device)
@@ -381,8 +384,12 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         train(probe, _batch_loader(x[kept], target[kept], int(self.batch_size), seed),
               epochs=AUTO_MAX_EPOCHS, loss_fn=self._loss, lr=float(self.lr), seed=seed,
               on_epoch=on_epoch, progress=False)
-        return int(min(max(math.ceil(AUTO_FACTOR * best[1]), AUTO_MIN_EPOCHS),
-                       AUTO_MAX_EPOCHS))
+        epochs = min(max(math.ceil(AUTO_FACTOR * best[1]), AUTO_MIN_EPOCHS), AUTO_MAX_EPOCHS)
+        if self.budget is None and self.feature_penalty == 0:
+            return int(epochs)  # no gates: the dense probe's count
+        # the gates need steps, not epochs: 400 rows are 7 batches an epoch
+        per_epoch = math.ceil(n / int(self.batch_size))
+        return int(max(epochs, min(math.ceil(AUTO_MIN_STEPS / per_epoch), AUTO_MAX_STEPS_EPOCHS)))
 
     def _input_names(self) -> np.ndarray:
         """Names of all input columns (pandas names, else ``x0, x1, ...``)."""
@@ -513,6 +520,22 @@ CONFIRM_Z = 2.0
 CONFIRM_ROWS_PER_COLUMN = 10
 
 
+#: up to this many columns ``feature_penalty`` is the sparse model's (a mean over the columns);
+#: beyond, it grows with the count, so that each column's pressure stays that of this many
+FEATURE_REFERENCE_COLUMNS = 16
+
+
+def _column_pressure(feature_penalty: float, columns: int) -> float:
+    """The sparse model's ``feature_penalty`` for a table of ``columns`` columns.
+
+    ``sparsify`` presses on the *mean* keep probability, so each column's share shrinks as
+    1/columns: among 200 distractors a column is pressed 12 times less than among 16 and
+    stays open on the little it helps the training loss. Past ``FEATURE_REFERENCE_COLUMNS``
+    the estimators keep each column's pressure fixed instead.
+    """
+    return feature_penalty * max(1.0, columns / FEATURE_REFERENCE_COLUMNS)
+
+
 def _close_features(model: SparseModel, gates: list[int]) -> None:
     """Shut these feature gates for good, frozen values included."""
     if not gates:
@@ -564,8 +587,9 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Passes over the training data (the budget and the feature pressure warm up over the
         first half). ``"auto"``: a dense probe of the same network trains on 80% of the rows
         until its validation loss has not improved for 10 epochs, and LUMOS trains 1.5 times
-        its best epoch count (15 to 100; tables under 50 rows: 100). The count used is
-        ``epochs_``.
+        its best epoch count (15 to 100; tables under 50 rows: 100), and at least 1,500
+        optimiser steps when it has gates (small tables: up to 400 epochs). The count used
+        is ``epochs_``.
     lr : float, default=1e-3
         Adam learning rate of the weights (gates learn at ``max(50 * lr, 0.05)``).
     batch_size : int, default=64
