@@ -131,6 +131,10 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         """The loss of each row (its mean is :meth:`_loss`)."""
         raise NotImplementedError
 
+    def _null_loss(self, target: torch.Tensor) -> float:
+        """The loss of the best constant prediction of ``target``."""
+        raise NotImplementedError
+
     # ---- fit -----------------------------------------------------------------------------
     def _check_params(self) -> tuple[int, ...]:
         hidden = _hidden_widths(self.hidden)
@@ -259,7 +263,8 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         with a small share of the importance. Each kept column under ``CONFIRM_CANDIDATE`` of
         the largest importance, or whose zeroing moves the held-out loss by fewer than
         ``CONFIRM_Z`` standard errors, is closed, the network re-fitted briefly without it, and the
-        closing kept when the held-out loss rises by at most ``CONFIRM_TOLERANCE`` (all such
+        closing kept when the held-out loss rises by at most ``CONFIRM_TOLERANCE`` of itself
+        or ``CONFIRM_SHARE`` of the constant prediction's loss (all such
         columns at once first, then one at a time from the weakest, stopping at the first
         that is needed). Then every kept column gets its evidence: how much the held-out loss
         rises when it alone is zeroed, and that rise over its standard error (paired over
@@ -294,6 +299,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
             return rise, z
 
         base = held_out()
+        null = self._null_loss(t_val)
         importance = _importances(model, x_fit)
         _, z = evidence()
         weak = sorted((j for j in kept() if importance[j] < CONFIRM_CANDIDATE *
@@ -306,7 +312,8 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
             state = copy.deepcopy(model.state_dict())
             _close_features(model, [offset + j for j in columns])
             self._refit(model, x_fit, t_fit, epochs, seed)
-            if float(held_out().mean()) <= float(base.mean()) * (1 + CONFIRM_TOLERANCE):
+            rise = float(held_out().mean()) - float(base.mean())
+            if rise <= max(CONFIRM_TOLERANCE * float(base.mean()), CONFIRM_SHARE * null):
                 return True
             model.load_state_dict(state)
             return False
@@ -511,6 +518,10 @@ CONFIRM_MIN_ROWS = 100
 CONFIRM_CANDIDATE = 0.1
 #: it is dropped when, re-fitted without it, the held-out loss rises by at most this fraction
 CONFIRM_TOLERANCE = 0.01
+#: ... or by at most this share of what the inputs explain at all (the loss of a constant
+#: prediction: the target's variance; for classes, their entropy): near the noise floor 1% of
+#: the loss is far less than any column that matters is worth
+CONFIRM_SHARE = 0.001
 #: the re-fit: this share of the training epochs (at least CONFIRM_MIN_EPOCHS)
 CONFIRM_EPOCHS = 0.2
 CONFIRM_MIN_EPOCHS = 5
@@ -612,7 +623,8 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         weakest kept columns on them: each kept column with under 10% of the largest
         importance, or whose zeroing does not raise the held-out loss by 2 standard errors,
         is closed and the network re-fitted briefly; the column stays closed when the
-        held-out loss rises by at most 1%. Drops the proxies (correlated copies) of true
+        held-out loss rises by at most 1% (or 0.1% of the target's variance, for
+        classifiers of the label entropy). Drops the proxies (correlated copies) of true
         variables and memorised noise that training alone keeps. ``False``: every row
         trains and the selection is training's.
 
@@ -680,6 +692,9 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
     def _row_losses(self, pred, target):
         return (pred - target).pow(2).reshape(len(pred), -1).mean(dim=1)
 
+    def _null_loss(self, target):
+        return float(target.double().var(dim=0, unbiased=False).mean())
+
     def _output_scaling(self):
         return self._y_mean, self._y_scale
 
@@ -734,6 +749,11 @@ class LumosClassifier(ClassifierMixin, _LumosEstimator):
 
     def _row_losses(self, pred, target):
         return F.cross_entropy(pred, target, reduction="none")
+
+    def _null_loss(self, target):
+        freq = torch.bincount(target).double() / len(target)
+        freq = freq[freq > 0]
+        return float(-(freq * freq.log()).sum())
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
