@@ -28,6 +28,7 @@ MODULES = [
     "lumos.pipeline",
     "lumos.compaction",
     "lumos.testing",
+    "lumos.selection",
 ]
 
 #: public functions and classes that must show at least one example ("module:qualified name")
@@ -44,6 +45,7 @@ MUST_HAVE_EXAMPLES = [
     "lumos.options:GateOptions",
     "lumos.pipeline:sparsify",
     "lumos.testing:assert_compacts_exactly",
+    "lumos.selection:confirm_features",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

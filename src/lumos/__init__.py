@@ -21,6 +21,7 @@ from .measure import count_flops, count_params, latency
 from .options import GateOptions
 from .pipeline import sparsify
 from .schedules import Schedule
+from .selection import FeatureEvidence, confirm_features
 from .sparse_model import SparseModel
 from .topology import register_rule
 
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "CompactionError",
     "ConfigurationError",
+    "FeatureEvidence",
     "GateOptions",
     "HardConcreteConfig",
     "InputError",
@@ -38,6 +40,7 @@ __all__ = [
     "SparseModel",
     "UnsupportedModelError",
     "UntraceableModelError",
+    "confirm_features",
     "count_flops",
     "count_params",
     "latency",

@@ -45,6 +45,7 @@ from . import SparseModel, sparsify
 from .errors import ConfigurationError, LumosWarning
 from .measure import count_params
 from .options import DEFAULT_FEATURE_PENALTY
+from .selection import confirm_features
 from .training import History, train
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -256,80 +257,25 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
     def _confirm(self, model: SparseModel, x_fit: torch.Tensor, t_fit: torch.Tensor,
                  x_val: torch.Tensor, t_val: torch.Tensor, names: list[str],
                  seed: int) -> dict:
-        """Test the weakest kept columns on rows training never saw (``confirm=True``).
-
-        Training keeps a column while it helps the training loss at all: a proxy of a true
-        variable (its 81% copy) or a column the network has memorised noise with lives on
-        with a small share of the importance. Each kept column under ``CONFIRM_CANDIDATE`` of
-        the largest importance, or whose zeroing moves the held-out loss by fewer than
-        ``CONFIRM_Z`` standard errors, is closed, the network re-fitted briefly without it, and the
-        closing kept when the held-out loss rises by at most ``CONFIRM_TOLERANCE`` of itself
-        or ``CONFIRM_SHARE`` of the constant prediction's loss (all such
-        columns at once first, then one at a time from the weakest, stopping at the first
-        that is needed). Then every kept column gets its evidence: how much the held-out loss
-        rises when it alone is zeroed, and that rise over its standard error (paired over
-        the held-out rows).
-        """
-        size, gates = model._feature_gates()["input"]
-        if gates is None:
-            return {}
-        offset = gates.start
-
-        def kept() -> list[int]:
-            return torch.nonzero(model.kept_mask()[gates]).flatten().tolist()
+        """:func:`lumos.confirm_features` on the rows held out of training (``confirm=True``),
+        re-fitting for ``CONFIRM_EPOCHS`` of the training epochs after each closing."""
+        epochs = max(CONFIRM_MIN_EPOCHS, math.ceil(CONFIRM_EPOCHS * self.epochs_))
 
         def held_out() -> torch.Tensor:
-            with torch.no_grad():
-                return self._row_losses(model(x_val), t_val).double()
+            return self._row_losses(model(x_val), t_val)
 
-        def evidence() -> tuple[np.ndarray, np.ndarray]:
-            """Per column: the held-out loss rise (relative) when it alone is zeroed, and
-            that rise over its standard error (paired over the rows); 0 where closed."""
-            current = held_out()
-            rise, z = np.zeros(size), np.zeros(size)
-            for j in kept():
-                zeroed = x_val.clone()
-                zeroed[:, j] = 0.0  # the column's mean: inputs are standardised
-                with torch.no_grad():
-                    diff = self._row_losses(model(zeroed), t_val).double() - current
-                mean = float(diff.mean())
-                rise[j] = mean / max(float(current.mean()), 1e-12)
-                se = float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
-                z[j] = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
-            return rise, z
-
-        base = held_out()
-        null = self._null_loss(t_val)
-        importance = _importances(model, x_fit)
-        _, z = evidence()
-        weak = sorted((j for j in kept() if importance[j] < CONFIRM_CANDIDATE *
-                       importance.max() or z[j] < CONFIRM_Z), key=lambda j: importance[j])
-        epochs = max(CONFIRM_MIN_EPOCHS, math.ceil(CONFIRM_EPOCHS * self.epochs_))
-        dropped: list[int] = []
-
-        def without(columns: list[int]) -> bool:
-            """Close ``columns`` and re-fit; keep the result if the held-out loss allows."""
-            state = copy.deepcopy(model.state_dict())
-            _close_features(model, [offset + j for j in columns])
-            self._refit(model, x_fit, t_fit, epochs, seed)
-            rise = float(held_out().mean()) - float(base.mean())
-            if rise <= max(CONFIRM_TOLERANCE * float(base.mean()), CONFIRM_SHARE * null):
-                return True
-            model.load_state_dict(state)
-            return False
-
-        if weak and without(weak):
-            dropped = list(weak)
-        else:
-            for j in weak:
-                if not without([j]):
-                    break
-                dropped.append(j)
-        rise, z = evidence()
-        unsure = [names[j] for j in kept() if z[j] < CONFIRM_Z]
-        rows = len(x_fit) + len(x_val)
-        if unsure or rows < CONFIRM_ROWS_PER_COLUMN * size:
-            why = (f"zeroing kept column(s) {unsure} changes the loss on {len(x_val)} "
+        evidence = confirm_features(
+            model, held_out, lambda: self._refit(model, x_fit, t_fit, epochs, seed),
+            null_loss=self._null_loss(t_val), tolerance=CONFIRM_TOLERANCE,
+            share=CONFIRM_SHARE, candidate=CONFIRM_CANDIDATE, z_min=CONFIRM_Z)
+        if "input" not in evidence.z:
+            return {}
+        z = evidence.z["input"].numpy()
+        unsure = [names[j] for j in evidence.unsure["input"]]
+        size, rows = len(z), len(x_fit) + len(x_val)
+        few_rows = rows < CONFIRM_ROWS_PER_COLUMN * size
+        if unsure or few_rows:
+            why = (f"closing kept column(s) {unsure} changes the loss on {len(x_val)} "
                    f"held-out rows by less than {CONFIRM_Z:g} standard errors" if unsure else
                    f"{rows} rows for {size} columns is under {CONFIRM_ROWS_PER_COLUMN} per "
                    "column, where another sample of the rows may select differently")
@@ -339,12 +285,12 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 LumosWarning, stacklevel=4)
         return {
             "held_out_rows": len(x_val),
-            "tested": [names[j] for j in weak],
-            "dropped": [names[j] for j in dropped],
-            "loss_rise": rise,
+            "tested": [names[j] for j in evidence.tested["input"]],
+            "dropped": [names[j] for j in evidence.dropped["input"]],
+            "loss_rise": evidence.loss_rise["input"].numpy(),
             "z": z,
             "unsure": unsure,
-            "unstable": bool(unsure) or rows < CONFIRM_ROWS_PER_COLUMN * size,
+            "unstable": bool(unsure) or few_rows,
         }
 
     def _refit(self, model: SparseModel, x: torch.Tensor, target: torch.Tensor, epochs: int,
@@ -514,7 +460,7 @@ IMPORTANCE_ROWS = 4096
 CONFIRM_FRACTION = 0.2
 #: tables with fewer rows are not split: every row trains, and nothing is confirmed
 CONFIRM_MIN_ROWS = 100
-#: a kept column whose importance is under this share of the largest one is put to the test
+#: a kept column whose held-out loss rise is under this share of the largest is put to the test
 CONFIRM_CANDIDATE = 0.1
 #: it is dropped when, re-fitted without it, the held-out loss rises by at most this fraction
 CONFIRM_TOLERANCE = 0.01
@@ -545,16 +491,6 @@ def _column_pressure(feature_penalty: float, columns: int) -> float:
     the estimators keep each column's pressure fixed instead.
     """
     return feature_penalty * max(1.0, columns / FEATURE_REFERENCE_COLUMNS)
-
-
-def _close_features(model: SparseModel, gates: list[int]) -> None:
-    """Shut these feature gates for good, frozen values included."""
-    if not gates:
-        return
-    index = torch.tensor(gates, dtype=torch.long, device=model.gates.shut.device)
-    model.gates.shut_gates(index)
-    if model.gates.frozen:
-        model.gates.frozen_values[index] = 0.0
 
 
 def _importances(model: nn.Module, x: torch.Tensor) -> np.ndarray:

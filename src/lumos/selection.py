@@ -1,0 +1,223 @@
+"""Confirm a trained selection of input features on held-out data.
+
+Training keeps a feature while it helps the *training* loss at all. A proxy of a true variable
+(a measured quantity and a descriptor derived from it carry much of the same variance) or a
+column the network has memorised noise with lives on with a small share of the work, and
+nothing in the training loss tells it from a variable that matters. Held-out data does:
+
+1. **Evidence.** For each kept feature, its gate alone is closed and the held-out loss is
+   measured again: how much it rises (relative to the loss) and by how many standard errors
+   (paired over the held-out samples). No re-fit: this is what the trained model draws from
+   the feature.
+2. **Test.** Kept features with little evidence (under ``z_min`` standard errors, or a rise
+   under ``candidate`` of the largest feature's) are closed — all at once first, then one at a
+   time from the weakest, stopping at the first that is needed — and the model re-fitted
+   briefly by the caller's ``refit``. A closing stands when the held-out loss rises by at most
+   ``tolerance`` of itself or ``share`` of ``null_loss`` (the loss of a constant prediction).
+3. **Answer.** The evidence again, for the features that stay; those still under ``z_min``
+   are *unsure* and the selection *unstable*.
+
+The estimators (:class:`lumos.LumosRegressor`) run this on 20% of the rows they hold out;
+any training loop can (see :func:`confirm_features`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigurationError, InputError
+from .sparse_model import SparseModel
+
+
+@dataclass
+class FeatureEvidence:
+    """What :func:`confirm_features` found, per feature input of the model.
+
+    ``loss_rise[name][i]``: relative rise of the held-out loss when feature ``i`` alone is
+    closed (0 for closed features); ``z``: that rise in standard errors of the paired
+    difference (``inf`` when it is exact, e.g. one held-out value); ``tested`` / ``dropped``:
+    feature indices put to the test and closed by it; ``unsure``: kept features under
+    ``z_min``; ``unstable``: whether any feature is unsure.
+    """
+
+    loss_rise: dict[str, Tensor] = field(default_factory=dict)
+    z: dict[str, Tensor] = field(default_factory=dict)
+    tested: dict[str, list[int]] = field(default_factory=dict)
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    unsure: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def unstable(self) -> bool:
+        return any(self.unsure.values())
+
+
+def confirm_features(
+    sm: SparseModel,
+    held_out_losses: Callable[[], Tensor],
+    refit: Callable[[], None] | None = None,
+    *,
+    null_loss: float | None = None,
+    tolerance: float = 0.01,
+    share: float = 0.001,
+    candidate: float = 0.1,
+    z_min: float = 2.0,
+) -> FeatureEvidence:
+    """Close the kept input features that held-out data does not support (module docstring).
+
+    Call it after training (the gates are frozen where they are, if training has not done so).
+    The model is left with the closed features closed and, where ``refit`` ran, the re-fitted
+    weights; a test that fails puts the model back as it was before it.
+
+    Args:
+        sm: the trained sparse model.
+        held_out_losses: computes the loss of each held-out sample with ``sm`` as it is now
+            (eval mode, no grad is fine), as a 1-D tensor; a single number works too but
+            gives no standard errors (every rise then counts as sure).
+        refit: re-fits the weights briefly with the gates as they are (a few epochs of the
+            task loss); None: features are only closed where the loss allows it as is.
+        null_loss: the held-out loss of a constant prediction (e.g. the target's variance),
+            for ``share``; None: only ``tolerance`` applies.
+        tolerance: a closing stands when the held-out loss rises by at most this fraction...
+        share: ... or by at most this fraction of ``null_loss``.
+        candidate: features whose rise is under this share of the largest are tested.
+        z_min: features whose rise is under this many standard errors are tested.
+
+    Returns:
+        A :class:`FeatureEvidence`.
+
+    Raises:
+        ConfigurationError: a threshold is negative; InputError: ``held_out_losses``
+            returned no finite losses.
+
+    Example:
+        >>> import torch, lumos
+        >>> from lumos.training import train
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.randn(256, 4), torch.zeros(256, 1)
+        >>> x[:, 3] = 0.9 * x[:, 0] + 0.44 * torch.randn(256)  # a proxy of column 0
+        >>> y[:, 0] = 2 * x[:, 0] - x[:, 1]
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                           torch.nn.Linear(16, 1))
+        >>> sm = lumos.sparsify(net, x[:8], feature_penalty=0.0)
+        >>> _ = train(sm, (x[:192], y[:192]), epochs=60, lr=1e-2, progress=False)
+        >>> def losses():
+        ...     with torch.no_grad():
+        ...         return (sm(x[192:]) - y[192:]).pow(2).squeeze(1)
+        >>> def refit():
+        ...     train(sm, (x[:192], y[:192]), epochs=10, lr=1e-2, progress=False)
+        >>> ev = lumos.confirm_features(sm, losses, refit, null_loss=float(y.var()))
+        >>> sorted(sm.selected_features()["input"])
+        [0, 1]
+    """
+    for name, value in (("tolerance", tolerance), ("share", share), ("candidate", candidate),
+                        ("z_min", z_min)):
+        if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+            raise ConfigurationError(f"confirm_features: {name} must be a number >= 0, got "
+                                     f"{value!r}.")
+    was_training = sm.training
+    sm.eval()
+    if not sm.gates.frozen:
+        sm.gates.freeze(sm.kept_mask())
+    try:
+        return _Confirmation(sm, held_out_losses, refit, null_loss, tolerance, share,
+                             candidate, z_min).run()
+    finally:
+        sm.train(was_training)
+
+
+class _Confirmation:
+    def __init__(self, sm: SparseModel, losses: Callable[[], Tensor],
+                 refit: Callable[[], None] | None, null_loss: float | None, tolerance: float,
+                 share: float, candidate: float, z_min: float) -> None:
+        self.sm, self.losses, self.refit = sm, losses, refit
+        self.null, self.tolerance, self.share = null_loss, tolerance, share
+        self.candidate, self.z_min = candidate, z_min
+        #: (input name, index in that input) -> gate index
+        self.gates = {(name, i): gates.start + i
+                      for name, (size, gates) in sm._feature_gates().items()
+                      if gates is not None for i in range(size)}
+
+    def held_out(self) -> Tensor:
+        self.sm.eval()
+        with torch.no_grad():
+            value = torch.as_tensor(self.losses()).detach().double().flatten()
+        if value.numel() == 0 or not bool(torch.isfinite(value).all()):
+            raise InputError(
+                "confirm_features: held_out_losses() must return the finite loss of each "
+                f"held-out sample, got {value.numel()} values"
+                + ("" if value.numel() == 0 else " with NaN or inf") + ".")
+        return value
+
+    def kept(self) -> list[tuple[str, int]]:
+        values = self.sm.gates.frozen_values
+        return [key for key, g in self.gates.items() if float(values[g]) > 0]
+
+    def evidence(self) -> tuple[dict, dict]:
+        current = self.held_out()
+        scale = max(float(current.mean()), 1e-12)
+        rise: dict = {}
+        z: dict = {}
+        values = self.sm.gates.frozen_values
+        for key in self.kept():
+            g = self.gates[key]
+            saved = values[g].clone()
+            values[g] = 0.0
+            try:
+                diff = self.held_out() - current
+            finally:
+                values[g] = saved
+            mean = float(diff.mean())
+            rise[key] = mean / scale
+            se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
+            z[key] = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
+        return rise, z
+
+    def closing_stands(self, columns: list[tuple[str, int]], base: float) -> bool:
+        """Close ``columns``, re-fit, and keep that if the held-out loss allows."""
+        state = copy.deepcopy(self.sm.state_dict())
+        index = torch.tensor([self.gates[c] for c in columns], dtype=torch.long,
+                             device=self.sm.gates.shut.device)
+        self.sm.gates.shut_gates(index)
+        self.sm.gates.frozen_values[index] = 0.0
+        if self.refit is not None:
+            self.refit()
+        rise = float(self.held_out().mean()) - base
+        allowed = self.tolerance * base
+        if self.null is not None:
+            allowed = max(allowed, self.share * self.null)
+        if rise <= allowed:
+            return True
+        self.sm.load_state_dict(state)
+        return False
+
+    def run(self) -> FeatureEvidence:
+        base = float(self.held_out().mean())
+        rise, z = self.evidence()
+        top = max(rise.values(), default=0.0)
+        weak = sorted((k for k in rise if rise[k] < self.candidate * top or z[k] < self.z_min),
+                      key=lambda k: rise[k])
+        dropped: list[tuple[str, int]] = []
+        if weak and self.closing_stands(weak, base):
+            dropped = list(weak)
+        else:
+            for key in weak:
+                if not self.closing_stands(dropped + [key], base):
+                    break
+                dropped.append(key)
+        rise, z = self.evidence()
+        out = FeatureEvidence()
+        for name, (size, gates) in self.sm._feature_gates().items():
+            if gates is None:
+                continue
+            out.loss_rise[name] = torch.tensor([rise.get((name, i), 0.0) for i in range(size)])
+            out.z[name] = torch.tensor([z.get((name, i), 0.0) for i in range(size)])
+            out.tested[name] = [i for n, i in weak if n == name]
+            out.dropped[name] = [i for n, i in dropped if n == name]
+            out.unsure[name] = [i for (n, i), v in z.items() if n == name and v < self.z_min]
+        return out

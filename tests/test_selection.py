@@ -1,0 +1,96 @@
+"""lumos.confirm_features: held-out data closes the features training kept on little."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lumos
+from lumos.training import train
+
+
+def _table(n=384, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    x[:, 3] = 0.9 * x[:, 0] + 0.44 * torch.randn(n, generator=g)  # proxy of column 0
+    y = (2 * x[:, 0] - x[:, 1] + x[:, 2] + 0.5 * x[:, 2] * x[:, 1]).unsqueeze(1)
+    return x, y
+
+
+def _trained(x, y, rows=288, epochs=60):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
+    sm = lumos.sparsify(net, x[:8], feature_penalty=0.0)  # training alone keeps every column
+    train(sm, (x[:rows], y[:rows]), epochs=epochs, lr=1e-2, progress=False)
+    return sm
+
+
+def _losses(sm, x, y):
+    def held_out():
+        with torch.no_grad():
+            return (sm(x) - y).pow(2).squeeze(1)
+    return held_out
+
+
+def test_the_proxy_and_the_noise_column_are_closed_and_the_variables_kept():
+    x, y = _table()
+    sm = _trained(x, y)
+    assert {0, 1, 2, 3} <= set(sm.selected_features()["input"])  # the proxy too
+
+    def refit():
+        train(sm, (x[:288], y[:288]), epochs=15, lr=1e-2, progress=False)
+
+    ev = lumos.confirm_features(sm, _losses(sm, x[288:], y[288:]), refit,
+                                null_loss=float(y.var()))
+    assert sm.selected_features()["input"] == [0, 1, 2]
+    assert 3 in ev.dropped["input"] and set(ev.dropped["input"]) <= set(ev.tested["input"])
+    z = ev.z["input"]
+    assert (z[[0, 1, 2]] >= 2).all() and (z[[3, 4]] == 0).all()
+    assert (ev.loss_rise["input"][[0, 1, 2]] > 0).all()
+    assert not ev.unstable
+    small = sm.compact()  # closed features are gone from the compacted model
+    assert small(x[:4]).shape == (4, 1)
+    assert torch.allclose(small(x[288:]), sm(x[288:]), atol=1e-5)
+
+
+def test_a_closing_the_held_out_loss_refuses_puts_the_model_back():
+    x, y = _table()
+    sm = _trained(x, y)
+    kept = sm.selected_features()["input"]
+    before = {k: v.clone() for k, v in sm.state_dict().items() if isinstance(v, torch.Tensor)}
+    # nothing may rise: every closing without a re-fit costs something, so each is undone
+    ev = lumos.confirm_features(sm, _losses(sm, x[288:], y[288:]), None, tolerance=0.0,
+                                candidate=1.0, z_min=1e9)
+    assert ev.dropped["input"] == [] and ev.tested["input"]
+    after = sm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sm.selected_features()["input"] == kept
+
+
+def test_channels_of_a_conv_input_are_confirmed_too():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 3, 8, 8, generator=g)
+    y = (x[:, 0] * 2 - x[:, 1]).mean(dim=(1, 2)).unsqueeze(1)  # channel 2 is noise
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 1))
+    sm = lumos.sparsify(net, x[:4], feature_penalty=0.0)
+    train(sm, (x[:64], y[:64]), epochs=40, lr=1e-2, progress=False)
+
+    def refit():
+        train(sm, (x[:64], y[:64]), epochs=10, lr=1e-2, progress=False)
+
+    ev = lumos.confirm_features(sm, _losses(sm, x[64:], y[64:]), refit,
+                                null_loss=float(y.var()))
+    assert sm.selected_features()["input"] == [0, 1]
+    assert ev.dropped["input"] == [2]
+
+
+def test_bad_losses_and_thresholds_are_refused():
+    x, y = _table(n=64)
+    sm = _trained(x, y, rows=48, epochs=2)
+    with pytest.raises(lumos.InputError, match="finite loss of each held-out sample"):
+        lumos.confirm_features(sm, lambda: torch.tensor([float("nan")]))
+    with pytest.raises(lumos.ConfigurationError, match="tolerance"):
+        lumos.confirm_features(sm, _losses(sm, x, y), tolerance=-1)
