@@ -321,3 +321,51 @@ def test_a_branch_with_a_bypass_is_not_essential():
     sm = lumos.sparsify(Bypass(), torch.randn(5, 4), budget=0.3)
     flags = {g.name: g.essential for g in sm.graph_info.groups}
     assert flags["a"] is False and flags["b"] is True  # b's group is the stream skip adds into
+
+
+def _cnn() -> nn.Module:
+    """Wide high-resolution convs, cheap late ones: FLOPs and parameters disagree."""
+    return nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Conv2d(24, 48, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(48, 1))
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(budget=st.floats(0.1, 0.9), seed=st.integers(0, 10_000), spread=st.floats(0.5, 6.0))
+def test_a_flops_budget_bounds_the_compacted_models_measured_flops(budget, seed, spread):
+    torch.manual_seed(seed)
+    x = torch.randn(2, 3, 16, 16)
+    net = _cnn()
+    sm = lumos.sparsify(net, x, budget=budget, budget_on="flops", features=False)
+    with torch.no_grad():
+        sm.gates.log_alpha.normal_(1.0, spread)
+    sm.set_progress(0.95)
+    small = sm.eval().compact()
+    measured = lumos.count_flops(small, x) / lumos.count_flops(net, x)
+    assert measured <= budget + 1e-9
+    assert sm.kept_fraction() == pytest.approx(measured)  # the budget's measure by default
+    assert sm.kept_fraction("params") == pytest.approx(lumos.count_params(small) /
+                                                       lumos.count_params(net))
+
+
+def test_a_flops_budget_cuts_the_expensive_high_resolution_channels_first():
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 16, 16)
+    y = x.mean(dim=(1, 2, 3)).unsqueeze(1)
+    fractions = {}
+    for on in ("params", "flops"):
+        torch.manual_seed(0)
+        sm = lumos.sparsify(_cnn(), x[:2], budget=0.3, budget_on=on, features=False)
+        train(sm, (x, y), epochs=15, lr=3e-3, progress=False)
+        fractions[on] = (sm.kept_fraction("params"), sm.kept_fraction("flops"))
+    assert fractions["flops"][1] <= 0.3 + 1e-9 and fractions["params"][0] <= 0.3 + 1e-9
+    # a parameter budget keeps more FLOPs than a FLOPs budget of the same fraction
+    assert fractions["params"][1] > fractions["flops"][1]
+
+
+@pytest.mark.parametrize("on, needle", [("latency", "not available yet"),
+                                        ("memory", "'params' .*or\\s+'flops'")])
+def test_an_unknown_budget_measure_is_refused_with_the_choices(on, needle):
+    with pytest.raises(lumos.ConfigurationError, match=needle):
+        lumos.sparsify(_mlp(), torch.randn(4, 9), budget=0.5, budget_on=on)

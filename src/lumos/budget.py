@@ -53,6 +53,7 @@ def shut_to_budget(
     kept: Tensor,
     feature_mask: Tensor,
     budget: float,
+    kind: str = "params",
 ) -> tuple[Tensor, float]:
     """Which gates to shut so the kept fraction is at most ``budget``, and the fraction reached.
 
@@ -63,7 +64,7 @@ def shut_to_budget(
 
     def fraction(shut: Tensor) -> float:
         return kept_fraction(cost, keep_alive(kept & ~shut, nonempty_groups, gates.log_alpha),
-                             dense)
+                             dense, kind)
 
     none = torch.zeros_like(kept)
     candidates = torch.nonzero(kept & ~feature_mask).flatten()
@@ -81,13 +82,13 @@ def shut_to_budget(
     final[order[:lo]] = True
     spare = order[: max(lo - 1, 0)].flip(0)
     _fill(spare, final, lambda shut: fraction(shut), budget, gates, cost, dense, nonempty_groups,
-          kept, opening=False)
+          kept, opening=False, kind=kind)
     return final, fraction(final)
 
 
 def _fill(order: Tensor, state: Tensor, fraction, budget: float, gates: GateBank,
           cost: CostModel, dense: float, nonempty_groups: Sequence[Group], kept: Tensor,
-          opening: bool) -> None:
+          opening: bool, kind: str = "params") -> None:
     """Open gates of ``order`` one by one (in order) while the budget allows, in place.
 
     ``state`` is the shut mask (``opening=False``: a gate is opened by un-shutting it) or the
@@ -108,7 +109,7 @@ def _fill(order: Tensor, state: Tensor, fraction, budget: float, gates: GateBank
             unsafe[sl] = True
     now = fraction(state)
     keep_now = keep_alive(current_keep, nonempty_groups, gates.log_alpha).double()
-    lower = cost.marginal(keep_now, "params") / max(dense, 1.0)
+    lower = cost.marginal(keep_now, kind) / max(dense, 1.0)
     for gate in order.tolist():
         room = budget - now
         if room < 0:
@@ -131,6 +132,7 @@ def reopen_within(
     kept: Tensor,
     feature_mask: Tensor,
     budget: float,
+    kind: str = "params",
 ) -> int:
     """Reopen closed, not shut-for-good, non-feature gates, strongest first, each one that
     still fits: compaction stays within ``budget``. Returns how many were reopened.
@@ -146,7 +148,8 @@ def reopen_within(
     order = candidates[torch.argsort(gates.log_alpha.detach()[candidates], descending=True)]
 
     def fraction(keep: Tensor) -> float:
-        return kept_fraction(cost, keep_alive(keep, nonempty_groups, gates.log_alpha), dense)
+        return kept_fraction(cost, keep_alive(keep, nonempty_groups, gates.log_alpha), dense,
+                             kind)
 
     def with_first(k: int) -> Tensor:
         keep = kept.clone()
@@ -163,7 +166,7 @@ def reopen_within(
     keep = with_first(lo)
     # order[lo] did not fit; the rest one by one (cost only grows), screened by marginals
     _fill(order[lo + 1:], keep, fraction, budget, gates, cost, dense, nonempty_groups, keep,
-          opening=True)
+          opening=True, kind=kind)
     reopened = keep & ~kept
     if reopened.any():
         opened = log_alpha_for_keep_probability(REOPEN_KEEP_PROBABILITY, gates.cfg)
@@ -171,8 +174,12 @@ def reopen_within(
     return int(reopened.sum())
 
 
+#: how a budget's measure reads in messages
+MEASURES = {"params": "the parameters", "flops": "the FLOPs"}
+
+
 def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: float,
-                        holders: Sequence[str] = ()) -> str:
+                        holders: Sequence[str] = (), kind: str = "params") -> str:
     """The warning for a budget below the smallest model LUMOS can build: what is kept whole
     and the layers that hold most of what must stay."""
     whole = sorted(set(pinned_origins))
@@ -180,7 +187,7 @@ def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: f
     held = f" The layers holding most of it: {', '.join(holders)}." if holders else ""
     return (
         f"budget={budget} cannot be reached: the smallest model LUMOS can build from this one "
-        f"keeps {reached:.1%} of the parameters, because some channels are kept whole "
+        f"keeps {reached:.1%} of {MEASURES[kind]}, because some channels are kept whole "
         f"({shown or 'only the model output is, so the size sits in layers without gates'}; "
         f"see sm.report()).{held} Ask for a budget of at least {reached:.2f}, or make those "
         "layers prunable (e.g. register a rule for them, or keep fewer layers whole)."

@@ -33,6 +33,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     config = load_config(
         args.source, budget=args.budget, tolerance=args.tolerance, size=args.size,
+        budget_on=args.budget_on,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=args.device, threads=args.threads, checkpoint_every=args.checkpoint_every,
         dense_baseline=True if args.dense_baseline else None,
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("source", metavar="WORKLOAD|CONFIG.yaml")
     size = fit.add_mutually_exclusive_group()
     size.add_argument("--budget", type=float, help="keep at most this parameter fraction")
+    fit.add_argument("--budget-on", choices=("params", "flops"),
+                     help="what --budget (and --tolerance's walk) measures (default: params)")
     size.add_argument("--tolerance", type=float,
                       help="smallest model within this relative loss of the dense metric")
     fit.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-SIZE)")

@@ -106,6 +106,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         device=None,
         verbose=0,
         confirm=True,
+        budget_on="params",
     ):
         self.hidden = hidden
         self.budget = budget
@@ -119,6 +120,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.confirm = confirm
+        self.budget_on = budget_on
 
     # ---- what subclasses define ----------------------------------------------------------
     def _encode_targets(self, y: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -162,6 +164,10 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 f"feature_penalty must be a number >= 0 (0 turns feature selection off), "
                 f"got {fp!r}."
             )
+        if self.budget_on not in ("params", "flops"):
+            raise ConfigurationError(
+                f"budget_on must be 'params' or 'flops' (what budget measures), got "
+                f"{self.budget_on!r}.")
         if not isinstance(self.confirm, (bool, np.bool_)):
             raise ConfigurationError(
                 f"confirm must be True (test the weakest kept columns on held-out rows) or "
@@ -199,6 +205,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                     net,
                     x[: min(len(x), 8)],
                     budget=None if self.budget is None else float(self.budget),
+                    budget_on=self.budget_on,
                     feature_penalty=_column_pressure(float(self.feature_penalty), X.shape[1]),
                     feature_names=names if len(set(names)) == len(names) else None,
                 )
@@ -554,6 +561,9 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Where to train and predict (``None``: CPU). The fitted models stay on this device.
     verbose : int, default=0
         1: a progress bar; 2: also one line per epoch.
+    budget_on : {"params", "flops"}, default="params"
+        What ``budget`` measures: the parameter count, or the multiply-adds of a forward (for
+        an MLP nearly the same; it matters for models with convolutions).
     confirm : bool, default=True
         Hold out 20% of the rows (tables of 100 rows or more, features selected) and test the
         weakest kept columns on them: each kept column with under 10% of the largest

@@ -35,6 +35,7 @@ def sparsify(
     example_inputs,
     *,
     budget: float | None = None,
+    budget_on: str = "params",
     lam: float | None = None,
     features: bool | str | Sequence[str] = True,
     feature_names: Sequence[str] | dict[str, Sequence[str]] | None = None,
@@ -54,6 +55,9 @@ def sparsify(
         example_inputs: a tensor, tuple of positional inputs, or dict of keyword inputs.
         budget: keep at most this fraction of the parameters (0 < budget <= 1); a Lagrangian
             controller finds the penalty strength. Give ``budget`` or ``lam``, not both.
+        budget_on: what ``budget`` (or ``lam``) measures: ``"params"`` (the parameter count)
+            or ``"flops"`` (the multiply-adds of a forward on ``example_inputs``, what
+            inference time follows; high-resolution channels cost more than late ones).
         lam: fixed penalty strength on the expected fraction of live parameters.
         features: gate the features of every floating input (True), of none (False), or of
             the named arguments only.
@@ -93,6 +97,7 @@ def sparsify(
     """
     _check_model(model)
     budget, lam, feature_penalty = _check_strengths(budget, lam, feature_penalty)
+    _check_budget_on(budget_on)
     options = merge_deprecated(gates, gate_config=gate_config,
                                init_keep_probability=init_keep_probability, warmup=warmup)
     if options.starts_half_open():
@@ -180,7 +185,7 @@ def sparsify(
         tuple(variadic),
     )
     sm = SparseModel(gm, graph, spec, budget=budget, lam=lam, feature_penalty=feature_penalty,
-                     feature_names=names, gate_options=options)
+                     feature_names=names, gate_options=options, budget_on=budget_on)
     if budget is not None and budget < 1.0:
         floor = sm.smallest_fraction()
         if floor > budget:
@@ -250,6 +255,22 @@ def _check_model(model: object) -> None:
             "original module (model._orig_mod) and compile the SparseModel or the compacted "
             "model afterwards."
         )
+
+
+#: what a budget may measure (``sparsify(budget_on=...)``)
+BUDGET_MEASURES = ("params", "flops")
+
+
+def _check_budget_on(budget_on: object) -> None:
+    if budget_on == "latency":
+        raise ConfigurationError(
+            "budget_on='latency' is not available yet: LUMOS does not measure per-layer "
+            "latency tables. Use budget_on='flops' (the multiply-adds on the example inputs, "
+            "what CPU/GPU inference time follows for dense layers) or 'params'.")
+    if budget_on not in BUDGET_MEASURES:
+        raise ConfigurationError(
+            f"budget_on={budget_on!r}: a budget measures 'params' (the parameter count) or "
+            "'flops' (multiply-adds on the example inputs), e.g. budget_on='flops'.")
 
 
 def _check_strengths(budget, lam, feature_penalty) -> tuple[float | None, float | None, float]:

@@ -72,8 +72,11 @@ class SparseModel(nn.Module):
         feature_penalty: float,
         feature_names: dict[str, list[str]],
         gate_options: GateOptions,
+        budget_on: str = "params",
     ) -> None:
         super().__init__()
+        #: what ``budget`` (and ``lam``) measure: "params" or "flops" (on the example inputs)
+        self.budget_on = budget_on
         self.model = gated
         self.graph_info = graph
         self.inputs = inputs
@@ -88,6 +91,7 @@ class SparseModel(nn.Module):
         self.cost = CostModel(graph)
         self.dense_params = self.cost.dense("params")
         self.dense_flops = self.cost.dense("flops")
+        self._budget_dense = self.dense_params if budget_on == "params" else self.dense_flops
         self.lam = lam
         self.feature_penalty = float(feature_penalty)
         self.controller = (BudgetController(budget, gate_options.budget_warmup)
@@ -227,7 +231,7 @@ class SparseModel(nn.Module):
             value = keep.new_zeros(())
             slope = torch.zeros_like(keep)  # d penalty / d keep
             if self.controller is not None or self.lam is not None:
-                dense = max(self.dense_params, 1.0)
+                dense = max(self._budget_dense, 1.0)
                 size_value: float | Tensor
                 if self.controller is not None:
                     # The budget is on what compaction keeps (deterministic gate > 0), which
@@ -241,11 +245,11 @@ class SparseModel(nn.Module):
                     self._pending_fraction = realized if self.training else None
                 else:
                     assert self.lam is not None  # no controller: the lam branch of the test
-                    size_value = self.lam * self.cost.total(keep, "params") / dense
+                    size_value = self.lam * self.cost.total(keep, self.budget_on) / dense
                     size_slope = self.lam
                 value = value + size_value
                 if size_slope:
-                    slope = self.cost.marginal(keep, "params").mul_(size_slope / dense)
+                    slope = self.cost.marginal(keep, self.budget_on).mul_(size_slope / dense)
             if self.feature_penalty > 0 and self._has_feature_gates:
                 weights = self._feature_weights(keep.dtype)
                 strength = self.feature_penalty * self._feature_ramp()
@@ -314,7 +318,8 @@ class SparseModel(nn.Module):
                 or not self.training:
             with torch.no_grad():
                 kept = (self.gates.deterministic() > 0).to(dtype)
-                self._realized = self.cost.total(kept, "params") / max(self.dense_params, 1.0)
+                self._realized = self.cost.total(kept, self.budget_on) / max(
+                    self._budget_dense, 1.0)
             self._realized_value = float(self._realized)  # one device read per refresh
             self._refreshed_at = self._realized_calls
         return self._realized_value
@@ -451,7 +456,8 @@ class SparseModel(nn.Module):
     @torch.no_grad()
     def enforce_budget(self, budget: float | None = None, fill: bool = False) -> int:
         """Shut the least wanted neuron/channel/head gates until compaction keeps at most
-        ``budget`` (default: the model's) of the dense parameters; returns how many were shut.
+        ``budget`` (default: the model's) of the dense parameters (or FLOPs: ``budget_on``);
+        returns how many were shut.
 
         The controller gets close; this makes the budget an exact upper bound. It runs by
         itself from ``set_progress(settle)`` on (default 0.9 of training), so the last part of
@@ -468,9 +474,10 @@ class SparseModel(nn.Module):
             return 0
         kept = self.kept_mask()
         protected = self._keep_a_path_open(kept)
-        parts = (self.gates, self.cost, self.dense_params, self._nonempty_groups, kept,
-                 self.feature_mask | protected, budget)
-        if projection.kept_fraction(self.cost, kept, self.dense_params) <= budget:
+        parts = (self.gates, self.cost, self._budget_dense, self._nonempty_groups, kept,
+                 self.feature_mask | protected, budget, self.budget_on)
+        if projection.kept_fraction(self.cost, kept, self._budget_dense,
+                                    self.budget_on) <= budget:
             if not fill:
                 return 0
             reopened = projection.reopen_within(*parts)
@@ -523,11 +530,11 @@ class SparseModel(nn.Module):
         with torch.no_grad():
             floor = self._keep_alive(
                 self._with_a_path(self.kept_mask() & self.feature_mask)).double()
-            sizes = self.cost.by_label(floor, "params")
-        dense = max(self.dense_params, 1.0)
+            sizes = self.cost.by_label(floor, self.budget_on)
+        dense = max(self._budget_dense, 1.0)
         largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
         holders = [f"'{label}' ({value / dense:.1%})" for label, value in largest if value > 0]
-        return projection.unreachable_message(origins, budget, reached, holders)
+        return projection.unreachable_message(origins, budget, reached, holders, self.budget_on)
 
     def parameter_groups(
         self, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0
@@ -563,10 +570,11 @@ class SparseModel(nn.Module):
         return projection.keep_alive(kept, self._nonempty_groups, self.gates.log_alpha)
 
     def smallest_fraction(self) -> float:
-        """The smallest kept-parameter fraction the budget can reach: every neuron/channel/head
-        gate closed (one inert channel where torch needs one), the current features kept."""
+        """The smallest kept fraction (of ``budget_on``) the budget can reach: every
+        neuron/channel/head gate closed (one inert channel where torch needs one), the current
+        features kept."""
         keep = self._keep_alive(self._with_a_path(self.kept_mask() & self.feature_mask))
-        return projection.kept_fraction(self.cost, keep, self.dense_params)
+        return projection.kept_fraction(self.cost, keep, self._budget_dense, self.budget_on)
 
     def _with_a_path(self, kept: Tensor) -> Tensor:
         """``kept`` plus the strongest gate of every essential group left without one (what
@@ -611,12 +619,14 @@ class SparseModel(nn.Module):
         return {name: torch.ones(size) if gates is None else probs[gates].clone()
                 for name, (size, gates) in self._feature_gates().items()}
 
-    def kept_fraction(self, kind: str = "params") -> float:
-        """Fraction of the dense parameters (or FLOPs) that compaction would keep now.
+    def kept_fraction(self, kind: str | None = None) -> float:
+        """Fraction of the dense parameters or FLOPs (``kind``; default: what the budget
+        measures, ``budget_on``) that compaction would keep now.
 
         The one place "kept / dense" is computed: training history, tolerance mode and run
         summaries all read it, so they cannot disagree.
         """
+        kind = self.budget_on if kind is None else kind
         dense = self.dense_params if kind == "params" else self.dense_flops
         return projection.kept_fraction(self.cost, self.kept_mask(), dense, kind)
 
@@ -672,7 +682,8 @@ class SparseModel(nn.Module):
         self.controller.settled = True  # enforced: later compacts are quiet
         warnings.warn(
             f"budget={self.budget}: {why}. compact() enforced it now (kept {before:.1%} -> "
-            f"{self.kept_fraction():.1%} of the parameters) with no training after it, so the "
+            f"{self.kept_fraction():.1%} of {projection.MEASURES[self.budget_on]}) with no "
+            "training after it, so the "
             "model may have lost accuracy: call sm.set_progress(step / total_steps) every step "
             "(or use lumos.training.train), and compact after training ends.",
             LumosWarning, stacklevel=3)

@@ -47,6 +47,10 @@ def _budget(value) -> str | None:
     return "must be a fraction in (0, 1] of the dense parameters, e.g. 0.25"
 
 
+def _budget_on(value) -> str | None:
+    return None if value in ("params", "flops") else "must be 'params' or 'flops'"
+
+
 def _tolerance(value) -> str | None:
     if value is None or 0.0 < value < 1.0:
         return None
@@ -92,6 +96,9 @@ class RunConfig:
     seed: int = _key(0, "seed of data generation, model initialisation, batch order and gates")
     budget: float | None = _key(None, "keep at most this fraction of the dense parameters "
                                 "(0, 1]", _budget)
+    budget_on: str = _key("params", "what budget measures: 'params' (parameter count) or "
+                          "'flops' (multiply-adds of a forward on the example inputs)",
+                          _budget_on)
     tolerance: float | None = _key(None, "instead of budget: smallest model within this "
                                    "relative loss of the dense validation metric", _tolerance)
     epochs: int | None = _key(None, "training epochs (default: the workload's recipe)",

@@ -31,7 +31,7 @@ def build_sparse_model(config: RunConfig, workload, data):
     # a tolerance run walks its own budget on a model sparsified with budget 1.0
     budget = config.budget if config.tolerance is None else 1.0
     return build_sparse(workload, data, budget=budget, seed=config.seed,
-                        feature_penalty=config.feature_penalty,
+                        feature_penalty=config.feature_penalty, budget_on=config.budget_on,
                         gates=GateOptions(budget_warmup=config.warmup))
 
 
@@ -210,7 +210,8 @@ def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
         primary=workload.primary, higher_is_better=workload.higher_is_better,
         epochs=config.epochs, tolerance=config.tolerance, loss_fn=workload.loss, lr=config.lr,
         weight_decay=config.weight_decay, batch_size=config.batch_size, seed=config.seed,
-        feature_penalty=config.feature_penalty, **feature_options(model, data),
+        feature_penalty=config.feature_penalty, budget_on=config.budget_on,
+        **feature_options(model, data),
     )
     seconds = time.perf_counter() - start
     sm = result.model
