@@ -175,7 +175,7 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
 
 
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
-                 tolerance: float | None = None) -> dict:
+                 tolerance: float | None = None, budget_on: str = "params") -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -201,7 +201,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     m_dense_select = wl.metrics(*predict(dense, select))
     walk = None
     if tolerance is None:
-        sm = sparsify_features(base, data, budget=budget)
+        sm = sparsify_features(base, data, budget=budget, budget_on=budget_on)
         h_lumos = fit(sm)
         epoch_lumos = statistics.median(_steady(h_lumos.epoch_seconds))
     else:
@@ -212,7 +212,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
             reference=m_dense_select[wl.primary],
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-            **feature_options(base, data),
+            budget_on=budget_on, **feature_options(base, data),
         )
         sm, walk = result.model, result.to_dict()
         epoch_lumos = statistics.median(_steady([p.train_seconds for p in result.walk]))
@@ -264,6 +264,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "architecture": wl.architecture,
         "size": size,
         "budget": budget if tolerance is None else None,
+        "budget_on": budget_on,
         "tolerance": tolerance,
         "tolerance_walk": walk,
         "seed": seed,
@@ -338,7 +339,7 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
         f"Date: {meta['date']}; size: {meta['size']}; "
         + (f"budget: {meta['budget']}" if meta["tolerance"] is None
            else f"tolerance: {meta['tolerance']} (smallest model within it)")
-        + f"; seed: {meta['seed']}",
+        + f" on {meta.get('budget_on', 'params')}; seed: {meta['seed']}",
     ]
     sources = sorted({(r.get("command", "?"), r.get("machine", {}).get("code", "?"))
                       for r in records})
@@ -459,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--budget", type=float, default=None, help="kept fraction (default 0.25)")
     mode.add_argument("--tolerance", type=float, default=None,
                       help="smallest model within this relative metric tolerance instead")
+    parser.add_argument("--budget-on", choices=("params", "flops"), default="params",
+                        help="what --budget (or the tolerance walk) measures")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -482,13 +485,15 @@ def main(argv: list[str] | None = None) -> int:
         record_path = per / f"{name}.json"
         if args.resume and record_path.exists():
             record = json.loads(record_path.read_text())
-            key = (record["budget"], record.get("tolerance"), record["seed"], record["size"])
-            if key == (args.budget, args.tolerance, args.seed, size):
+            key = (record["budget"], record.get("tolerance"), record["seed"], record["size"],
+                   record.get("budget_on", "params"))
+            if key == (args.budget, args.tolerance, args.seed, size, args.budget_on):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
         start = time.perf_counter()
-        record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance)
+        record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance,
+                              args.budget_on)
         record["wall_s"] = time.perf_counter() - start
         record["command"] = command
         record["machine"] = machine_info()
@@ -508,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "size": size,
         "budget": args.budget,
+        "budget_on": args.budget_on,
         "tolerance": args.tolerance,
         "seed": args.seed,
     }
