@@ -113,14 +113,21 @@ def probe_name(model: nn.Module) -> str:
     return name
 
 
+def read_mode(graph: fx.Graph, name: str, create=None) -> tuple[fx.Node, fx.Node]:  # noqa: ANN001
+    """The probe ``name`` and the node reading its mode at run time, added to ``graph``
+    (``create``: the tracer's ``create_node`` while tracing, else the graph's)."""
+    create = create or graph.create_node
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    probe = create("get_attr", name, (), {})
+    args = (probe, "training", placeholders[0]) if placeholders else (probe, "training")
+    node = create("call_function", builtins.getattr, args, {})
+    node.meta["is_wrapped"] = True
+    return probe, node
+
+
 def flag_node(tracer: fx.Tracer, name: str) -> fx.Node:
     """The graph node that reads the mode at run time from probe ``name``."""
-    graph = tracer.graph
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    probe = tracer.create_node("get_attr", name, (), {})
-    args = (probe, "training", placeholders[0]) if placeholders else (probe, "training")
-    node = tracer.create_node("call_function", builtins.getattr, args, {})
-    node.meta["is_wrapped"] = True
+    probe, node = read_mode(tracer.graph, name, tracer.create_node)
     values = getattr(tracer, "values", None)
     if isinstance(values, dict):  # known-value tracing: the example runs in eval mode, so
         values[probe] = None      # what follows a dropout still has values (not static: the

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import mode_flags
+
 #: methods that may return a view of (or the very) tensor they are called on: an in-place op
 #: on their result may change their input
 _ALIASING_METHODS = {
@@ -52,10 +54,6 @@ class MergedGraph:
     values: dict[fx.Node, Any] = field(default_factory=dict)
     #: merged nodes computed from the inputs
     data: set[fx.Node] = field(default_factory=set)
-    #: how many reads follow the mode (``torch.where``), and nodes only one mode has
-    selects: int = 0
-    train_only: int = 0
-    eval_only: int = 0
 
 
 def merge_mode_graphs(train: fx.Graph, evaluation: fx.Graph, root: nn.Module, probe: str,
@@ -100,8 +98,8 @@ class _Merger:
         self.source: dict[fx.Node, tuple[int, fx.Node]] = {}  # merged -> (side, original)
         self.only: set[fx.Node] = set()  # merged nodes that only one mode has
         self._mode: fx.Node | None = None
+        #: (train value, eval value) -> the ``torch.where`` that picks between them
         self._selects: dict[tuple[fx.Node, fx.Node], fx.Node] = {}
-        self._select_args: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
 
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> MergedGraph:
@@ -134,13 +132,15 @@ class _Merger:
             self._emit_one(0, t)
             self._emit_one(1, e)
             return
-        try:
-            args = self._paired_args(t.args, e.args, where=t.name)
-            kwargs = self._paired_args(t.kwargs, e.kwargs, where=t.name)
+        try:  # checked before any torch.where is built, so none is left unused
+            self._paired_args(t.args, e.args, where=t.name, build=False)
+            self._paired_args(t.kwargs, e.kwargs, where=t.name, build=False)
         except MergeRefused:  # the reads differ in shape: keep both nodes
             self._emit_one(0, t)
             self._emit_one(1, e)
             return
+        args = self._paired_args(t.args, e.args, where=t.name)
+        kwargs = self._paired_args(t.kwargs, e.kwargs, where=t.name)
         node = self.graph.create_node(t.op, t.target, args, kwargs, t.name)
         node.meta = dict(t.meta)
         self._record(node, 0, t, e)
@@ -155,10 +155,6 @@ class _Merger:
         self.out.values[node] = self.known[side].get(n)
         if n in self.data[side]:
             self.out.data.add(node)
-        if side == 0:
-            self.out.train_only += 1
-        else:
-            self.out.eval_only += 1
 
     def _record(self, node: fx.Node, side: int, t: fx.Node, e: fx.Node) -> None:
         self.maps[0][t] = node
@@ -178,19 +174,26 @@ class _Merger:
         _zip_map(ta, ea, note)
         return any(found)
 
-    def _paired_args(self, ta: Any, ea: Any, where: str) -> Any:
+    def _paired_args(self, ta: Any, ea: Any, where: str, build: bool = True) -> Any:
+        """``ta`` with each node that reads differently in the modes replaced by a pick
+        between them (``build=False``: only check that each such pick can be made)."""
         def pick(t: fx.Node, e: fx.Node) -> fx.Node:
             mt, me = self.maps[0][t], self.maps[1][e]
-            return mt if mt is me else self._select(mt, me, t, e, where)
+            if mt is me:
+                return mt
+            if not build:
+                self._check_selectable(t, e, where)
+                return mt
+            return self._select(mt, me, t, e, where)
         try:
             return _zip_map(ta, ea, pick)
         except _Mismatch as exc:
             raise MergeRefused(f"the modes pass differently structured values to {where} "
                                f"({exc})") from None
 
-    def _select(self, mt: fx.Node, me: fx.Node, t: fx.Node, e: fx.Node, where: str) -> fx.Node:
-        if (mt, me) in self._selects:
-            return self._selects[(mt, me)]
+    def _check_selectable(self, t: fx.Node, e: fx.Node, where: str) -> None:
+        """``torch.where`` can pick between ``t`` (training) and ``e`` (eval): two tensors of
+        one shape and dtype; else :class:`MergeRefused`."""
         vt, ve = self.known[0].get(t), self.known[1].get(e)
         if not (isinstance(vt, torch.Tensor) and isinstance(ve, torch.Tensor)):
             raise MergeRefused(f"{where} reads '{t.name}' in training and '{e.name}' in eval "
@@ -199,6 +202,12 @@ class _Merger:
             raise MergeRefused(
                 f"{where} reads '{t.name}' ({tuple(vt.shape)}, {vt.dtype}) in training and "
                 f"'{e.name}' ({tuple(ve.shape)}, {ve.dtype}) in eval mode")
+
+    def _select(self, mt: fx.Node, me: fx.Node, t: fx.Node, e: fx.Node, where: str) -> fx.Node:
+        if (mt, me) in self._selects:
+            return self._selects[(mt, me)]
+        self._check_selectable(t, e, where)
+        ve = self.known[1][e]
         g = self.graph
         device = g.call_function(builtins.getattr, (mt, "device"))
         mode = g.call_function(torch.full, ((), self._mode_node()),
@@ -210,19 +219,12 @@ class _Merger:
         if mt in self.out.data or me in self.out.data:
             self.out.data.add(node)
         self._selects[(mt, me)] = node
-        self._select_args[node] = (mt, me)
-        self.out.selects += 1
         return node
 
     def _mode_node(self) -> fx.Node:
         """``getattr(probe, "training", <first input>)``, as :mod:`.mode_flags` reads it."""
         if self._mode is None:
-            g = self.graph
-            placeholders = [n for n in g.nodes if n.op == "placeholder"]
-            probe = g.get_attr(self.probe)
-            args = (probe, "training", placeholders[0]) if placeholders else (probe, "training")
-            self._mode = g.call_function(builtins.getattr, args)
-            self._mode.meta["is_wrapped"] = True
+            probe, self._mode = mode_flags.read_mode(self.graph, self.probe)
             self.out.values[probe] = None
             self.out.values[self._mode] = False
         return self._mode
@@ -232,6 +234,7 @@ class _Merger:
         """A node only one mode has may write in place to a tensor only that mode made, or to
         one that the other mode no longer reads after it (in the merged order)."""
         order = {n: i for i, n in enumerate(self.graph.nodes)}
+        picks = {where: values for values, where in self._selects.items()}
         for node in self.only:
             if not _mutates(node, self.root):
                 continue
@@ -239,14 +242,15 @@ class _Merger:
             target = node.args[0] if node.args else None
             if isinstance(target, fx.Node) and self._fresh(target):
                 continue
-            if not (isinstance(target, fx.Node) and self._read_only_by(side, node, target, order)):
+            if not (isinstance(target, fx.Node)
+                    and self._read_only_by(side, node, target, order, picks)):
                 mode = "training" if side == 0 else "eval"
                 raise MergeRefused(
                     f"'{original.name}' ({original.op} {_describe(original)}) runs in {mode} "
                     "mode only and changes, in place, a tensor the other mode reads")
 
     def _read_only_by(self, side: int, writer: fx.Node, target: fx.Node,
-                      order: dict[fx.Node, int]) -> bool:
+                      order: dict[fx.Node, int], picks: dict[fx.Node, tuple]) -> bool:
         """Whether, after ``writer``, only mode ``side`` reads ``target`` (or a view of it)."""
         base = target
         while base.op == "call_method" and base.target in _ALIASING_METHODS or (
@@ -267,8 +271,8 @@ class _Merger:
                 if user is writer or order[user] < order[writer] or user in views \
                         or user.target is builtins.getattr:
                     continue
-                if user in self._select_args:  # where(mode, train_value, eval_value)
-                    if self._select_args[user][side] is x:
+                if user in picks:  # where(mode, train_value, eval_value)
+                    if picks[user][side] is x:
                         continue
                     return False
                 if user not in self.only or self.source[user][0] != side:

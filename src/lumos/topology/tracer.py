@@ -161,11 +161,14 @@ def _merge_modes(tracer: LumosTracer, model: nn.Module, graph: fx.Graph, other: 
                  known: tuple[dict, set], where: str) -> fx.Graph:
     """One graph for both modes of a root that branches on ``self.training`` (see
     :mod:`.mode_merge`); the example values follow, for the passes after tracing."""
-    first = (graph, known) if model.training else (other, (tracer.values, tracer.data))
-    second = (other, (tracer.values, tracer.data)) if model.training else (graph, known)
+    # ``graph`` was traced in the model's own mode, ``other`` (the last trace) in the other
+    traces = {model.training: (graph, *known), not model.training: (other, tracer.values,
+                                                                     tracer.data)}
+    (train, train_values, train_data), (evaluation, eval_values, eval_data) = \
+        traces[True], traces[False]
     try:
-        merged = merge_mode_graphs(first[0], second[0], model, tracer.probe_name,
-                                   (first[1][0], second[1][0]), (first[1][1], second[1][1]))
+        merged = merge_mode_graphs(train, evaluation, model, tracer.probe_name,
+                                   (train_values, eval_values), (train_data, eval_data))
     except MergeRefused as exc:
         raise UnsupportedModelError(
             f"the forward of {type(model).__name__} itself branches on self.training at "
