@@ -69,6 +69,24 @@ def test_feature_peers_find_the_planted_columns():
     assert record["downstream_trainings"] == len(
         {tuple(v["kept"]) for v in m.values()} | {tuple(range(8)), (0, 1)})
     assert record["downstream_true"] > 0.5
+    conf = m["lumos"]["confirmation"]
+    assert set(m["lumos"]["kept"]) <= set(conf["kept_by_training"])
+    assert conf["held_out_samples"] == int(320 * features.CONFIRM_FRACTION)
+
+    # --rerun-lumos: the peers' selections and every kept set's metric come from the record
+    again = features.run_task(task, 0, methods=methods, previous=record, stg_steps=100)
+    for method in ("rf_at_k", "mi_at_k"):
+        assert again["methods"][method] is record["methods"][method]
+    new_sets = {tuple(v["kept"]) for k, v in again["methods"].items() if k.startswith("lumos")}
+    old_sets = {tuple(v["kept"]) for v in m.values()} | {tuple(range(8)), (0, 1)}
+    assert again["downstream_trainings"] == len(new_sets - old_sets)
+
+
+def test_workload_lumos_confirms_on_held_out_training_samples():
+    task = features.workload_task("darcy", "smoke", 0.25, 0)
+    kept, scores, conf = task.lumos()
+    assert set(kept) <= set(conf["kept_by_training"]) and len(scores) == len(task.feature_names)
+    assert conf["held_out_samples"] >= 1 and isinstance(conf["unstable"], bool)
 
 
 def test_structured_peers_prune_to_the_lumos_count():

@@ -54,16 +54,6 @@ def _reuse(path: Path, key: dict, resume: bool) -> dict | None:
     return record if record.get("run_key") == key else None
 
 
-def _lumos_from(record: dict | None, names: list[str]):
-    """LUMOS's selection from a structured record of the same run (no second training)."""
-    if record is None or "features_kept" not in record:
-        return None
-    import numpy as np
-
-    kept = [names.index(n) for n in record["features_kept"]]
-    return kept, np.asarray(record["feature_scores"])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true",
                         help="reuse records already in OUT/peers/ from the same settings")
+    parser.add_argument("--rerun-lumos", action="store_true",
+                        help="feature sets: run LUMOS again and reuse the peers' selections "
+                             "(and downstream metrics of kept sets already trained) from the "
+                             "record in OUT/peers/ of the same size, budget and seed")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(1)
@@ -134,22 +128,24 @@ def main(argv: list[str] | None = None) -> int:
         for name in names + [t.name for t in synthetic]:
             size = size_of(name, "features") if name in known else (
                 "synthetic-smoke" if args.smoke else "synthetic")
-            key = {"size": size, "budget": args.budget, "seed": args.seed}
+            base_key = {"size": size, "budget": args.budget, "seed": args.seed}
+            key = {**base_key, "lumos": features.LUMOS_PIPELINE}
             path = per / f"features_{name.replace(':', '_')}.json"
-            record = _reuse(path, key, args.resume)
+            record = _reuse(path, key, args.resume and not args.rerun_lumos)
             if record is None:
                 start = time.perf_counter()
                 if name in known:
                     task = features.workload_task(name, size, args.budget, args.seed,
                                                   args.cache_dir)
-                    reused = by_workload.get(name)
-                    lumos_result = _lumos_from(reused, task.feature_names) if reused and \
-                        reused["size"] == size else None
                 else:
                     task = next(t for t in synthetic if t.name == name)
-                    lumos_result = None
-                record = features.run_task(task, args.seed, lumos_result=lumos_result)
-                record["lumos_reused_from_structured"] = lumos_result is not None
+                previous = None
+                if args.rerun_lumos and path.exists():
+                    old = json.loads(path.read_text())
+                    old_key = {k: old.get("run_key", {}).get(k) for k in base_key}
+                    previous = old if old_key == base_key else None
+                record = features.run_task(task, args.seed, previous=previous)
+                record["peers_reused"] = previous is not None
                 record["wall_s"] = time.perf_counter() - start
                 record["run_key"] = key
                 path.write_text(json.dumps(record, indent=2))
