@@ -57,7 +57,8 @@ def test_feature_peers_find_the_planted_columns():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 8))
     y = x[:, 0] + 2 * x[:, 1]
-    task = features.mlp_task("toy", x, y, [f"x{j}" for j in range(8)], [0, 1], 0.25, 0, 5, "toy")
+    task = features.mlp_task("toy", x, y, [f"x{j}" for j in range(8)], [0, 1], 0.25, 0, 5, "toy",
+                           confirm=True)
     methods = ("lumos", "rf_at_k", "mi_at_k") + (("stg",) if _has("stg") else ())
     record = features.run_task(task, 0, methods=methods, stg_steps=100)
     m = record["methods"]
@@ -83,7 +84,7 @@ def test_feature_peers_find_the_planted_columns():
 
 
 def test_workload_lumos_confirms_on_held_out_training_samples():
-    task = features.workload_task("darcy", "smoke", 0.25, 0)
+    task = features.workload_task("darcy", "smoke", 0.25, 0, confirm=True)
     kept, scores, conf = task.lumos()
     assert set(kept) <= set(conf["kept_by_training"]) and len(scores) == len(task.feature_names)
     assert conf["held_out_samples"] >= 1 and isinstance(conf["unstable"], bool)

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true",
                         help="reuse records already in OUT/peers/ from the same settings")
+    parser.add_argument("--confirm", action="store_true",
+                        help="feature sets: LUMOS trains on 80%% of the training samples and "
+                             "confirms its selection on the rest (lumos.confirm_features)")
     parser.add_argument("--rerun-lumos", action="store_true",
                         help="feature sets: run LUMOS again and reuse the peers' selections "
                              "(and downstream metrics of kept sets already trained) from the "
@@ -123,20 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     feat_records: list[dict] = []
     if args.part in ("features", "all"):
         names = [n for n in workload_names() if wanted(n)]
-        synthetic = [t for t in features.synthetic_tasks(args.budget, args.seed, args.smoke)
+        synthetic = [t for t in features.synthetic_tasks(args.budget, args.seed, args.smoke,
+                                                             args.confirm)
                      if wanted(t.name)]
         for name in names + [t.name for t in synthetic]:
             size = size_of(name, "features") if name in known else (
                 "synthetic-smoke" if args.smoke else "synthetic")
             base_key = {"size": size, "budget": args.budget, "seed": args.seed}
-            key = {**base_key, "lumos": features.LUMOS_PIPELINE}
+            key = {**base_key, "lumos": features.CONFIRMED_PIPELINE} if args.confirm \
+                else base_key
             path = per / f"features_{name.replace(':', '_')}.json"
             record = _reuse(path, key, args.resume and not args.rerun_lumos)
             if record is None:
                 start = time.perf_counter()
                 if name in known:
                     task = features.workload_task(name, size, args.budget, args.seed,
-                                                  args.cache_dir)
+                                                  args.cache_dir, confirm=args.confirm)
                 else:
                     task = next(t for t in synthetic if t.name == name)
                 previous = None

@@ -7,10 +7,10 @@ planted noise columns (:func:`lumos.workloads.laws.make_law_data`).
 Methods:
 
 * **LUMOS** (self-selecting): ``sparsify(model, budget=b)`` on the workload's own model, trained
-  with its recipe on 80% of the training samples, then :func:`lumos.confirm_features` on the
-  other 20% (re-fits: 10% of the recipe's epochs, at least 2) — what ``LumosRegressor`` does by
-  default; ``sm.selected_features()``. The selection training alone made is recorded too
-  (``kept_by_training``).
+  with its recipe; ``sm.selected_features()``. With ``confirm=True`` (``--confirm``): trained on
+  80% of the training samples, then :func:`lumos.confirm_features` on the other 20% (re-fits:
+  10% of the recipe's epochs, at least 2), as ``LumosRegressor`` does by default; the selection
+  training alone made is recorded too (``kept_by_training``).
 * **STG** (self-selecting; ``stg`` package, Yamada et al. 2020): the package's
   ``STGRegressionModel`` (gate + MLP, its default ``lam=0.1``, ``sigma=0.5``); kept: deterministic
   gate ``clamp(mu + 0.5, 0, 1) > 0``, what its eval forward multiplies by.
@@ -62,8 +62,8 @@ MAX_ROWS = 20000
 MAX_TARGETS = 8
 #: share of the training samples LUMOS holds out to confirm its selection on
 CONFIRM_FRACTION = 0.2
-#: what the LUMOS row is (records of another pipeline are not reused)
-LUMOS_PIPELINE = "sparsify+train+confirm_features"
+#: what the LUMOS row is with confirm=True (records of another pipeline are not reused)
+CONFIRMED_PIPELINE = "sparsify+train+confirm_features"
 SELF_SELECTING = ("lumos", "stg", "lassonet")
 RANKINGS = ("rf_at_k", "mi_at_k", "lassonet_at_k", "lumos_at_k")
 METHOD_LABELS = {
@@ -308,7 +308,7 @@ class MaskedInput(nn.Module):
 
 
 def workload_task(name: str, size: str, budget: float, seed: int, cache_dir=None,
-                  lumos_selected: list[str] | None = None) -> Task:
+                  confirm: bool = False) -> Task:
     wl = get_workload(name)
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
     recipe = wl.recipes[size]
@@ -325,6 +325,10 @@ def workload_task(name: str, size: str, budget: float, seed: int, cache_dir=None
         base = build()
         arg = feature_argument(base, data.feature_arg)
         sm = sparsify_features(base, data, budget=budget)
+        if not confirm:
+            fit(sm)
+            kept = [names.index(n) for n in sm.selected_features()[arg]]
+            return kept, sm.feature_scores()[arg].numpy(), {}
         g = torch.Generator().manual_seed(seed + 1)
         order = torch.randperm(len(data.train), generator=g)
         n_held = max(1, int(len(order) * CONFIRM_FRACTION))
@@ -374,7 +378,7 @@ def workload_task(name: str, size: str, budget: float, seed: int, cache_dir=None
 
 
 def mlp_task(name: str, x: np.ndarray, y: np.ndarray, names: list[str], true: list[int],
-             budget: float, seed: int, epochs: int, note: str) -> Task:
+             budget: float, seed: int, epochs: int, note: str, confirm: bool = False) -> Task:
     """A tabular regression set with an MLP (``lumos.demo.demo_mlp``) as the model."""
     from lumos.demo import demo_mlp
     from lumos.metrics import r2
@@ -395,6 +399,11 @@ def mlp_task(name: str, x: np.ndarray, y: np.ndarray, names: list[str], true: li
 
     def run_lumos() -> tuple[list[int], np.ndarray, dict]:
         sm = lumos.sparsify(build(), xt[tr[:8]], budget=budget, feature_names=names)
+        if not confirm:
+            train(sm, (xt[tr], yt[tr]), epochs=epochs, seed=seed, progress=False)
+            arg = next(iter(sm.selected_features()))
+            kept = [names.index(n) for n in sm.selected_features()[arg]]
+            return kept, sm.feature_scores()[arg].numpy(), {}
         n_held = int(len(tr) * CONFIRM_FRACTION)
         fit_rows, held = tr[n_held:], tr[:n_held]
         train(sm, (xt[fit_rows], yt[fit_rows]), epochs=epochs, seed=seed, progress=False)
@@ -431,19 +440,20 @@ def mlp_task(name: str, x: np.ndarray, y: np.ndarray, names: list[str], true: li
                       "note": note, "table": table.note, "table_shape": list(x.shape)})
 
 
-def synthetic_tasks(budget: float, seed: int, smoke: bool) -> list[Task]:
+def synthetic_tasks(budget: float, seed: int, smoke: bool, confirm: bool = False) -> list[Task]:
     from sklearn.datasets import make_friedman1
 
     n, epochs = SYNTHETIC["smoke" if smoke else "full"]
     x, y = make_friedman1(n_samples=n, n_features=25, noise=1.0, random_state=seed)
     tasks = [mlp_task("friedman1", x, y, [f"x{j}" for j in range(25)], list(range(5)),
-                      budget, seed, epochs, "make_friedman1: 5 true of 25 columns, noise 1.0")]
+                      budget, seed, epochs, "make_friedman1: 5 true of 25 columns, noise 1.0",
+                      confirm)]
     for law in LAW_SETS[:2] if smoke else LAW_SETS:
         d = make_law_data(law, n_samples=n, n_noise=12, seed=seed, noise_std=0.05)
         tasks.append(mlp_task(f"law:{law}", d.X, d.y, list(d.feature_names),
                               sorted(set(range(d.X.shape[1])) - set(d.noise_features)),
                               budget, seed, epochs, f"{law} law + 12 N(0,1) columns, 5% label "
-                              "noise"))
+                              "noise", confirm))
     return tasks
 
 
@@ -514,7 +524,8 @@ def run_task(task: Task, seed: int, methods: tuple[str, ...] = SELF_SELECTING + 
         start = time.perf_counter()
         lumos_result = task.lumos()
         lumos_wall = time.perf_counter() - start
-        record("lumos", lambda: lumos_result[0], lambda: {"confirmation": lumos_result[2]})
+        record("lumos", lambda: lumos_result[0],
+               lambda: {"confirmation": lumos_result[2]} if lumos_result[2] else {})
         selections["lumos"]["wall_s"] = lumos_wall
         record("lumos_at_k", lambda: top_k(lumos_result[1], list(range(n_feat)), n_feat, k))
     if "stg" in methods:
