@@ -54,6 +54,17 @@ def _reuse(path: Path, key: dict, resume: bool) -> dict | None:
     return record if record.get("run_key") == key else None
 
 
+def _lumos_from(record: dict | None, names: list[str]):
+    """LUMOS's selection from a structured record of the same run (no second training); only
+    for the training-only pipeline (a structured run confirms nothing)."""
+    if record is None or "features_kept" not in record:
+        return None
+    import numpy as np
+
+    kept = [names.index(n) for n in record["features_kept"]]
+    return kept, np.asarray(record["feature_scores"]), {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             record = _reuse(path, key, args.resume and not args.rerun_lumos)
             if record is None:
                 start = time.perf_counter()
+                lumos_result = None
                 if name in known:
                     task = features.workload_task(name, size, args.budget, args.seed,
                                                   args.cache_dir, confirm=args.confirm)
+                    reused = by_workload.get(name)
+                    if reused and reused["size"] == size and not args.confirm:
+                        lumos_result = _lumos_from(reused, task.feature_names)
                 else:
                     task = next(t for t in synthetic if t.name == name)
                 previous = None
@@ -149,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                     old = json.loads(path.read_text())
                     old_key = {k: old.get("run_key", {}).get(k) for k in base_key}
                     previous = old if old_key == base_key else None
-                record = features.run_task(task, args.seed, previous=previous)
+                record = features.run_task(task, args.seed, previous=previous,
+                                           lumos_result=lumos_result)
                 record["peers_reused"] = previous is not None
+                record["lumos_reused_from_structured"] = lumos_result is not None
                 record["wall_s"] = time.perf_counter() - start
                 record["run_key"] = key
                 path.write_text(json.dumps(record, indent=2))

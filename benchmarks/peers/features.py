@@ -484,12 +484,16 @@ def _confirmation(evidence, arg: str, trained: list[int], held: int) -> dict:
 
 # ---- the comparison ----------------------------------------------------------------------------
 def run_task(task: Task, seed: int, methods: tuple[str, ...] = SELF_SELECTING + RANKINGS,
-             previous: dict | None = None, stg_steps: int = 3000) -> dict:
+             previous: dict | None = None,
+             lumos_result: tuple[list[int], np.ndarray, dict] | None = None,
+             stg_steps: int = 3000) -> dict:
     """Every method on one ground-truth set, then the downstream metric of each distinct
     kept set (trained once per set).
 
-    ``previous``: an earlier record of the same set and settings; its peers' selections (every
-    method but LUMOS's) and the downstream metrics of kept sets it trained are reused.
+    ``lumos_result``: LUMOS's selection made elsewhere (kept, scores, confirmation), used
+    instead of running ``task.lumos``. ``previous``: an earlier record of the same set and
+    settings; its peers' selections (every method but LUMOS's) and the downstream metrics of
+    kept sets it trained are reused.
     """
     t = task.table
     n_feat, k = len(task.feature_names), len(task.true)
@@ -521,13 +525,17 @@ def run_task(task: Task, seed: int, methods: tuple[str, ...] = SELF_SELECTING + 
 
     cache: dict[str, object] = {}
     if "lumos" in methods or "lumos_at_k" in methods:
-        start = time.perf_counter()
-        lumos_result = task.lumos()
-        lumos_wall = time.perf_counter() - start
-        record("lumos", lambda: lumos_result[0],
-               lambda: {"confirmation": lumos_result[2]} if lumos_result[2] else {})
-        selections["lumos"]["wall_s"] = lumos_wall
-        record("lumos_at_k", lambda: top_k(lumos_result[1], list(range(n_feat)), n_feat, k))
+        lumos_wall = None
+        if lumos_result is None:
+            start = time.perf_counter()
+            lumos_result = task.lumos()
+            lumos_wall = time.perf_counter() - start
+        result = lumos_result
+        record("lumos", lambda: result[0],
+               lambda: {"confirmation": result[2]} if result[2] else {})
+        if lumos_wall is not None:
+            selections["lumos"]["wall_s"] = lumos_wall
+        record("lumos_at_k", lambda: top_k(result[1], list(range(n_feat)), n_feat, k))
     if "stg" in methods:
         record("stg", lambda: features_of(run_stg(t, seed, stg_steps) > 0, t.column_feature))
     if "lassonet" in methods or "lassonet_at_k" in methods:
