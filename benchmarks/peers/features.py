@@ -344,14 +344,10 @@ def workload_task(name: str, size: str, budget: float, seed: int, cache_dir=None
             return _row_losses(pred, target, classification)
 
         _, held_target = predict(sm, held_loader)
-        epochs = max(2, math.ceil(0.1 * recipe.epochs))
-        evidence = lumos.confirm_features(
-            sm, losses, lambda: train_recipe(sm, wl, fit_data, recipe, seed=seed + 3,
-                                             epochs=epochs),
-            null_loss=_null_loss(held_target, classification))
-        kept = [names.index(n) for n in sm.selected_features()[arg]]
-        return kept, sm.feature_scores()[arg].numpy(), _confirmation(evidence, arg, trained,
-                                                                       n_held)
+        return _confirmed(sm, arg, names, trained, n_held, losses,
+                          lambda: train_recipe(sm, wl, fit_data, recipe, seed=seed + 3,
+                                               epochs=_refit_epochs(recipe.epochs)),
+                          _null_loss(held_target, classification))
 
     def downstream(kept: list[int]) -> float:
         base = build()
@@ -414,14 +410,11 @@ def mlp_task(name: str, x: np.ndarray, y: np.ndarray, names: list[str], true: li
             with torch.no_grad():
                 return _row_losses(sm(xt[held]), yt[held], False)
 
-        evidence = lumos.confirm_features(
-            sm, losses, lambda: train(sm, (xt[fit_rows], yt[fit_rows]),
-                                      epochs=max(2, math.ceil(0.1 * epochs)), seed=seed + 3,
-                                      progress=False),
-            null_loss=_null_loss(yt[held], False))
-        kept = [names.index(n) for n in sm.selected_features()[arg]]
-        return kept, sm.feature_scores()[arg].numpy(), _confirmation(evidence, arg, trained,
-                                                                       n_held)
+        return _confirmed(sm, arg, names, trained, n_held, losses,
+                          lambda: train(sm, (xt[fit_rows], yt[fit_rows]),
+                                        epochs=_refit_epochs(epochs), seed=seed + 3,
+                                        progress=False),
+                          _null_loss(yt[held], False))
 
     def downstream(kept: list[int]) -> float:
         mask = torch.zeros(d)
@@ -476,10 +469,21 @@ def _null_loss(target: Tensor, classification: bool) -> float:
     return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
 
 
-def _confirmation(evidence, arg: str, trained: list[int], held: int) -> dict:
-    return {"kept_by_training": trained, "held_out_samples": held,
-            "dropped_by_confirmation": evidence.dropped.get(arg, []),
-            "unsure": evidence.unsure.get(arg, []), "unstable": evidence.unstable}
+def _refit_epochs(epochs: int) -> int:
+    """Epochs of each re-fit during confirmation: 10% of the training's, at least 2."""
+    return max(2, math.ceil(0.1 * epochs))
+
+
+def _confirmed(sm, arg: str, names: list[str], trained: list[int], held: int,
+               losses: Callable[[], Tensor], refit: Callable[[], object],
+               null_loss: float) -> tuple[list[int], np.ndarray, dict]:
+    """:func:`lumos.confirm_features` on a trained model; what ``Task.lumos`` returns."""
+    evidence = lumos.confirm_features(sm, losses, refit, null_loss=null_loss)
+    kept = [names.index(n) for n in sm.selected_features()[arg]]
+    return kept, sm.feature_scores()[arg].numpy(), {
+        "kept_by_training": trained, "held_out_samples": held,
+        "dropped_by_confirmation": evidence.dropped.get(arg, []),
+        "unsure": evidence.unsure.get(arg, []), "unstable": evidence.unstable}
 
 
 # ---- the comparison ----------------------------------------------------------------------------
