@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (README: pytest -n auto): a second torch thread per worker would
+    # only fight the other workers for the same cores.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
