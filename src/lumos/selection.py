@@ -12,8 +12,13 @@ nothing in the training loss tells it from a variable that matters. Held-out dat
 2. **Test.** Kept features with little evidence (under ``z_min`` standard errors, or a rise
    under ``candidate`` of the largest feature's) are closed — all at once first, then one at a
    time from the weakest, stopping at the first that is needed — and the model re-fitted
-   briefly by the caller's ``refit``. A closing stands when the held-out loss rises by at most
-   ``tolerance`` of itself or ``share`` of ``null_loss`` (the loss of a constant prediction).
+   briefly by the caller's ``refit``. Every closing starts from the trained model and gets the
+   same one re-fit, and is compared with a *control*: that re-fit with nothing closed (a re-fit
+   also trains further, and on a model short of convergence that gain alone can hide what a
+   closing costs). A closing stands when the held-out loss rises over the control's by at most
+   ``tolerance`` of it or ``share`` of ``null_loss`` (the loss of a constant prediction), or
+   by fewer than ``z_min`` standard errors of the paired difference (a rise the held-out data
+   cannot tell from noise is no evidence for the feature).
 3. **Answer.** The evidence again, for the features that stay; those still under ``z_min``
    are *unsure* and the selection *unstable*.
 
@@ -72,7 +77,7 @@ def confirm_features(
 
     Call it after training (the gates are frozen where they are, if training has not done so).
     The model is left with the closed features closed and, where ``refit`` ran, the re-fitted
-    weights; a test that fails puts the model back as it was before it.
+    weights; a test that fails puts the model back as the last closing that stood left it.
 
     Args:
         sm: the trained sparse model.
@@ -86,7 +91,8 @@ def confirm_features(
         tolerance: a closing stands when the held-out loss rises by at most this fraction...
         share: ... or by at most this fraction of ``null_loss``.
         candidate: features whose rise is under this share of the largest are tested.
-        z_min: features whose rise is under this many standard errors are tested.
+        z_min: features whose rise is under this many standard errors are tested, and a
+            closing whose rise over the control is under this many stands.
 
     Returns:
         A :class:`FeatureEvidence`.
@@ -172,44 +178,57 @@ class _Confirmation:
                 diff = self.held_out() - current
             finally:
                 values[g] = saved
-            mean = float(diff.mean())
-            rise[key] = mean / scale
-            se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
-            z[key] = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
+            rise[key] = float(diff.mean()) / scale
+            z[key] = _z(diff)
         return rise, z
 
-    def closing_stands(self, columns: list[tuple[str, int]], base: float) -> bool:
-        """Close ``columns``, re-fit, and keep that if the held-out loss allows."""
-        state = copy.deepcopy(self.sm.state_dict())
+    def closing_stands(self, columns: list[tuple[str, int]]) -> bool:
+        """From the trained model, close ``columns``, re-fit, and keep that if the held-out
+        loss allows (module docstring); otherwise go back to the last closing that stood."""
+        self.sm.load_state_dict(self.trained)
         index = torch.tensor([self.gates[c] for c in columns], dtype=torch.long,
                              device=self.sm.gates.shut.device)
         self.sm.gates.shut_gates(index)
         self.sm.gates.frozen_values[index] = 0.0
         if self.refit is not None:
             self.refit()
-        rise = float(self.held_out().mean()) - base
+        losses = self.held_out()
+        base = float(self.control.mean())
         allowed = self.tolerance * base
         if self.null is not None:
             allowed = max(allowed, self.share * self.null)
-        if rise <= allowed:
+        if losses.shape == self.control.shape:
+            diff = losses - self.control
+            rise = float(diff.mean())
+            z = _z(diff)
+        else:  # held_out_losses() changed its length: no pairing, every rise is sure
+            rise, z = float(losses.mean()) - base, math.inf
+        if rise <= allowed or z < self.z_min:
+            self.stood = copy.deepcopy(self.sm.state_dict())
             return True
-        self.sm.load_state_dict(state)
+        self.sm.load_state_dict(self.stood)
         return False
 
     def run(self) -> FeatureEvidence:
-        base = float(self.held_out().mean())
         rise, z = self.evidence()
         top = max(rise.values(), default=0.0)
         weak = sorted((k for k in rise if rise[k] < self.candidate * top or z[k] < self.z_min),
                       key=lambda k: rise[k])
         dropped: list[tuple[str, int]] = []
-        if weak and self.closing_stands(weak, base):
-            dropped = list(weak)
-        else:
-            for key in weak:
-                if not self.closing_stands(dropped + [key], base):
-                    break
-                dropped.append(key)
+        if weak:
+            self.trained = copy.deepcopy(self.sm.state_dict())
+            self.stood = self.trained
+            if self.refit is not None:
+                self.refit()
+            self.control = self.held_out()
+            self.sm.load_state_dict(self.trained)
+            if self.closing_stands(weak):
+                dropped = list(weak)
+            else:
+                for key in weak:
+                    if not self.closing_stands(dropped + [key]):
+                        break
+                    dropped.append(key)
         rise, z = self.evidence()
         out = FeatureEvidence()
         for name, (size, gates) in self.sm._feature_gates().items():
@@ -221,3 +240,10 @@ class _Confirmation:
             out.dropped[name] = [i for n, i in dropped if n == name]
             out.unsure[name] = [i for (n, i), v in z.items() if n == name and v < self.z_min]
         return out
+
+
+def _z(diff: Tensor) -> float:
+    """The mean of a paired difference in its standard errors (``inf`` when it is exact)."""
+    mean = float(diff.mean())
+    se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
+    return mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
