@@ -148,6 +148,11 @@ class _Confirmation:
         self.gates = {(name, i): gates.start + i
                       for name, (size, gates) in sm._feature_gates().items()
                       if gates is not None for i in range(size)}
+        #: set by run() before any closing: the trained state, the last closing that stood,
+        #: and the per-sample held-out loss of a re-fit with nothing closed
+        self.trained: dict[str, Tensor] = {}
+        self.stood: dict[str, Tensor] = {}
+        self.control: Tensor = torch.empty(0)
 
     def held_out(self) -> Tensor:
         self.sm.eval()
