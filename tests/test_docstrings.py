@@ -29,6 +29,7 @@ MODULES = [
     "lumos.compaction",
     "lumos.testing",
     "lumos.selection",
+    "lumos.export",
 ]
 
 #: public functions and classes that must show at least one example ("module:qualified name")
@@ -46,6 +47,7 @@ MUST_HAVE_EXAMPLES = [
     "lumos.pipeline:sparsify",
     "lumos.testing:assert_compacts_exactly",
     "lumos.selection:confirm_features",
+    "lumos.export:fold_batchnorm",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

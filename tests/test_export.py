@@ -73,6 +73,9 @@ RELOAD_WITHOUT_LUMOS = textwrap.dedent('''
     out["torchscript"] = diff(ts(io["x"]), io["expected"])
     out["cnn_torchscript"] = diff(torch.jit.load("cnn_ts/model.torchscript.pt")(io["image"]),
                                   io["image_expected"])
+    out["fast"] = diff(torch.jit.load("mlp/fast/model.fast.pt")(io["x"]), io["expected"])
+    out["cnn_fast"] = diff(torch.jit.load("cnn_fast/model.fast.pt")(io["image"]),
+                           io["image_expected"])
 
     def run_onnx(path, array):
         try:
@@ -144,11 +147,14 @@ def _small_cnn() -> nn.Module:
 @pytest.mark.slow
 def test_every_format_reloads_without_lumos_and_gives_the_same_outputs(run_dir, tmp_path):
     with_onnx = not onnx_available()  # writing ONNX needs onnx + onnxscript (extra)
-    for fmt in FORMATS if with_onnx else ("torchscript", "state_dict"):
+    for fmt in FORMATS if with_onnx else ("torchscript", "fast", "state_dict"):
         folder, result = export_run(run_dir, fmt, tmp_path / "mlp" / fmt)
         assert (folder / "export.json").exists() and result.max_abs_diff < 1e-5
     cnn = _small_cnn()
     export_model(cnn, (torch.randn(4, 3, 12, 12),), tmp_path / "cnn_ts", "torchscript")
+    fast = export_model(cnn, (torch.randn(4, 3, 12, 12),), tmp_path / "cnn_fast", "fast")
+    assert fast.details["batchnorm_folded"] == 1
+    assert set(fast.details["speedup_vs_plain"]) == {"batch 1", "batch 4"}
     if with_onnx:
         export_model(cnn, (torch.randn(4, 3, 12, 12),), tmp_path / "cnn_onnx", "onnx")
 
@@ -165,7 +171,8 @@ def test_every_format_reloads_without_lumos_and_gives_the_same_outputs(run_dir, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     diffs = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = {"torchscript", "cnn_torchscript", "state_dict", "compacted_pickle"}
+    expected = {"torchscript", "cnn_torchscript", "fast", "cnn_fast", "state_dict",
+                "compacted_pickle"}
     assert set(diffs) == expected | ({"onnx", "cnn_onnx"} if with_onnx else set())
     assert all(d < 1e-5 for d in diffs.values()), diffs
     # the run really was compacted: the shipped layers are narrower than the dense ones
@@ -220,3 +227,67 @@ def test_an_onnx_failure_says_torchs_reason_plainly(tmp_path):
     message = str(caught.value)
     assert "\x1b[" not in message and "Next steps" not in message
     assert "--format torchscript" in message
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_fold_batchnorm_removes_each_batchnorm_after_a_conv_and_keeps_the_outputs(dims):
+    from lumos.export import fold_batchnorm
+
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    convt = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+    norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    torch.manual_seed(dims)
+    net = nn.Sequential(conv(2, 6, 3, padding=1), norm(6), nn.ReLU(),
+                        convt(6, 4, 2, stride=2, bias=False), norm(4), nn.Tanh())
+    for m in net.modules():  # statistics a trained network would have, not the identity
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.2, 3.0)
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    net.eval()
+    x = torch.randn(3, 2, *([6] * dims))
+    folded, n = fold_batchnorm(net, (x,))
+    assert n == 2
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+        other = torch.randn(5, 2, *([4] * dims))  # not the example: the fold is exact, not fit
+        torch.testing.assert_close(folded(other), net(other), rtol=1e-4, atol=1e-5)
+
+
+def test_fold_batchnorm_leaves_what_it_cannot_fold_exactly():
+    from lumos.export import fold_batchnorm
+
+    class Shared(nn.Module):
+        """The conv output also feeds a skip, and a Linear on 3-D input meets a BatchNorm1d
+        over its sequence dim: folding either would change the outputs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3)
+            self.lin, self.bn_seq = nn.Linear(5, 5), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn_seq(self.lin(self.bn(y) + y))
+
+    net = Shared().eval()
+    for bn in (net.bn, net.bn_seq):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.2, 3.0)
+    x = torch.randn(2, 3, 5)
+    folded, n = fold_batchnorm(net, (x,))
+    assert n == 0 and folded is net
+    train_mode = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))  # training: batch stats
+    assert fold_batchnorm(train_mode, (torch.randn(3, 4),))[1] == 0
+
+
+def test_fast_export_refuses_what_torchscript_cannot_compile(tmp_path):
+    class Untyped(nn.Module):
+        def forward(self, x):
+            return {k: x for k in range(2)}[0] * len({1, 2})  # sets do not script
+
+    with pytest.raises(lumos.UnsupportedModelError, match="fast format"):
+        export_model(Untyped(), (torch.randn(2, 3),), tmp_path, "fast")
+    assert not (tmp_path / "model.fast.pt").exists()

@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's compacted model for use without LUMOS")
     exp.add_argument("run_dir", metavar="RUN_DIR")
-    exp.add_argument("--format", required=True, choices=["torchscript", "onnx", "state_dict"])
+    from .export import FORMATS
+
+    exp.add_argument("--format", required=True, choices=list(FORMATS))
     exp.add_argument("--out", metavar="DIR", help="default RUN_DIR/export/FORMAT")
     exp.set_defaults(func=_export)
 

@@ -1,12 +1,17 @@
 """Ship a compacted model in a form that loads without LUMOS.
 
-Three formats, each written next to an ``export.json`` that says how to load it and records a
+Four formats, each written next to an ``export.json`` that says how to load it and records a
 check made right after writing (the reloaded file run on example inputs, compared with the
 model in memory):
 
 - ``torchscript``: ``torch.jit.load("model.torchscript.pt")`` - torch only.
 - ``onnx``: ``model.onnx`` for ONNX Runtime and other ONNX tools (needs ``onnx`` and
   ``onnxscript`` to write; the batch and graph-size dims are dynamic).
+- ``fast``: ``model.fast.pt``, the fastest form measured here that loads with torch alone:
+  BatchNorm folded into the conv/linear before it, then TorchScript - plain, frozen, or frozen
+  and ``torch.jit.optimize_for_inference``d, whichever ran fastest at batch 1 and at the
+  example's batch on the machine that exported it. ``export.json`` records the timings against
+  the plain compacted module. Load it with ``torch.jit.load``; it is an inference-only module.
 - ``state_dict``: ``state_dict.pt``, the compacted weights (``torch.load(weights_only=True)``)
   for your own copy of the architecture at the compacted widths listed in ``architecture.txt``.
 """
@@ -14,6 +19,7 @@ model in memory):
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import inspect
 import io
@@ -22,15 +28,16 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, ConfigurationError, UnsupportedModelError
+from .measure import call_latency, latency
 
-FORMATS = ("torchscript", "onnx", "state_dict")
+FORMATS = ("torchscript", "onnx", "fast", "state_dict")
 
 
 @dataclass
@@ -42,6 +49,8 @@ class ExportResult:
     input_names: list[str]
     max_abs_diff: float
     checked_with: str
+    #: what the writer measured or changed (the ``fast`` form: timings, folded BatchNorms)
+    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +124,8 @@ def export_model(
     names = _input_names(model, len(inputs))
     with torch.no_grad():
         expected = model(*inputs)
-    writer = {"torchscript": _torchscript, "onnx": _onnx, "state_dict": _state_dict}[fmt]
+    writer = {"torchscript": _torchscript, "onnx": _onnx, "fast": _fast,
+              "state_dict": _state_dict}[fmt]
     result = writer(model, inputs, names, expected, folder)
     meta = result.to_dict() | {
         "torch": torch.__version__,
@@ -130,12 +140,13 @@ def export_model(
 _HOW_TO_LOAD = {
     "torchscript": "model = torch.jit.load('model.torchscript.pt'); model(*inputs)",
     "onnx": "onnxruntime.InferenceSession('model.onnx').run(None, {name: array, ...})",
+    "fast": "model = torch.jit.load('model.fast.pt'); model(*inputs)  # inference only",
     "state_dict": "your_model.load_state_dict(torch.load('state_dict.pt', weights_only=True)) "
                   "with the widths in architecture.txt",
 }
 
 
-def _torchscript(model, inputs, names, expected, folder: Path) -> ExportResult:
+def _script(model: nn.Module, fmt: str) -> torch.jit.ScriptModule:
     pyg = _torch_geometric_layers(model)
     if pyg:
         raise UnsupportedModelError(
@@ -146,20 +157,187 @@ def _torchscript(model, inputs, names, expected, folder: Path) -> ExportResult:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-            scripted = torch.jit.script(model)
+            return torch.jit.script(model)
     except Exception as exc:
         raise UnsupportedModelError(
-            f"TorchScript cannot compile this model ({_first_line(exc)}); export with "
-            "--format onnx or --format state_dict instead."
+            f"TorchScript cannot compile this model ({_first_line(exc)}), which the {fmt} "
+            "format needs; export with --format onnx or --format state_dict instead."
         ) from None
-    path = folder / "model.torchscript.pt"
+
+
+def _save_and_reload(scripted, path: Path, inputs, expected, fmt: str) -> tuple[object, float]:
     scripted.save(str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reloaded = torch.jit.load(str(path))
-    with torch.no_grad():
-        diff = _check(expected, reloaded(*inputs), "torchscript")
+    try:
+        with torch.no_grad():
+            return reloaded, _check(expected, reloaded(*inputs), fmt)
+    except Exception:
+        path.unlink(missing_ok=True)  # a file that does not reproduce the model is not left
+        raise
+
+
+def _torchscript(model, inputs, names, expected, folder: Path) -> ExportResult:
+    path = folder / "model.torchscript.pt"
+    _, diff = _save_and_reload(_script(model, "torchscript"), path, inputs, expected,
+                               "torchscript")
     return ExportResult("torchscript", [path.name], names, diff, "torch.jit.load")
+
+
+def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
+    """Fold BatchNorm, freeze, and keep the faster of two frozen TorchScript forms."""
+    folded, n_folded = fold_batchnorm(model, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forms = {"scripted": _script(folded, "fast").eval(),
+                 "frozen": torch.jit.freeze(_script(folded, "fast").eval())}
+        with contextlib.suppress(Exception):  # an optimisation that does not apply is skipped
+            forms["frozen+optimize_for_inference"] = torch.jit.optimize_for_inference(
+                torch.jit.freeze(_script(folded, "fast").eval()))
+    batches = _batch_sizes(model, inputs, expected)
+    plain = {label: latency(model, x) for label, x in batches.items()}
+    timings: dict[str, dict[str, float]] = {}
+    for name, form in list(forms.items()):
+        try:
+            with torch.no_grad():
+                _check(expected, form(*inputs), "fast")
+        except Exception:  # noqa: BLE001 - a form that changes the outputs is not offered
+            del forms[name]
+            continue
+        timings[name] = {label: _latency_of(form, x) for label, x in batches.items()}
+    if not forms:
+        raise UnsupportedModelError(
+            "no frozen TorchScript form of this model reproduces its outputs; export with "
+            "--format torchscript, --format onnx or --format state_dict instead.")
+    # the form whose worst ratio to the plain module (over the batch sizes timed) is lowest
+    best = min(forms, key=lambda f: max(timings[f][b] / plain[b] for b in batches))
+    path = folder / "model.fast.pt"
+    _, diff = _save_and_reload(forms[best], path, inputs, expected, "fast")
+    details = {
+        "form": best,
+        "batchnorm_folded": n_folded,
+        "threads": torch.get_num_threads(),
+        "latency_s": {"plain compacted": plain} | timings,
+        "speedup_vs_plain": {b: plain[b] / timings[best][b] for b in batches},
+    }
+    return ExportResult("fast", [path.name], names, diff, "torch.jit.load", details)
+
+
+def _latency_of(module, inputs) -> float:
+    # frozen TorchScript runs its first calls through the profiling executor: warm up more
+    return call_latency(lambda: module(*inputs), repeats=30, warmup=10)
+
+
+def _batch_sizes(model, inputs, expected) -> dict[str, tuple]:
+    """The example's inputs, and their first sample alone when the model takes that (a batch
+    of 1 is where per-call overhead shows); graph inputs, whose rows are nodes, only whole."""
+    out = {f"batch {inputs[0].shape[0]}" if inputs and inputs[0].dim() else "example": inputs}
+    rows = {t.shape[0] for t in inputs if t.dim()}
+    if len(rows) != 1 or rows == {1}:
+        return out
+    one = tuple(t[:1] for t in inputs)
+    try:
+        with torch.no_grad():
+            got = model(*one)
+    except Exception:  # noqa: BLE001 - the model does not take a slice: time the example only
+        return out
+    first = got[0] if isinstance(got, (tuple, list)) else got
+    whole = expected[0] if isinstance(expected, (tuple, list)) else expected
+    if torch.is_tensor(first) and first.dim() and first.shape[0] == 1 and whole.shape[0] > 1:
+        out = {"batch 1": one} | out
+    return out
+
+
+#: the layers a following BatchNorm folds into, and whether the layer is transposed
+_FOLDS_INTO: dict[type, bool] = {nn.Conv1d: False, nn.Conv2d: False, nn.Conv3d: False,
+                                 nn.ConvTranspose1d: True, nn.ConvTranspose2d: True,
+                                 nn.ConvTranspose3d: True, nn.Linear: False}
+
+
+def fold_batchnorm(model: nn.Module, example_inputs: tuple[Tensor, ...]
+                   ) -> tuple[nn.Module, int]:
+    """A copy of ``model`` with each eval-mode BatchNorm folded into the conv or linear layer
+    right before it, when that layer feeds nothing else and is called once.
+
+    Folding is exact in exact arithmetic (BatchNorm in eval mode is an affine map per
+    channel), and it saves one pass over the activations per BatchNorm. A Linear folds only
+    when its output is 2-D (BatchNorm1d then normalises the linear's own features). The copy is
+    checked against ``model`` on ``example_inputs``; if it differs, ``model`` is returned
+    unchanged.
+
+    Args:
+        model: an eval-mode module, usually a compacted ``torch.fx.GraphModule`` (one with
+            any submodule in training mode is returned as it is). It is not changed.
+        example_inputs: positional inputs to check the folded copy with.
+
+    Returns:
+        ``(module, number of BatchNorms folded)``; the module is ``model`` itself when nothing
+        was folded.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+        >>> folded, n = fold_batchnorm(net, (torch.randn(2, 3, 8, 8),))
+        >>> n, any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        (1, False)
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    if any(m.training for m in model.modules()):
+        return model, 0  # BatchNorm in training mode normalises by the batch: nothing folds
+    try:
+        gm = copy.deepcopy(model)
+        if not isinstance(gm, torch.fx.GraphModule):
+            gm = torch.fx.symbolic_trace(gm)
+        ShapeProp(gm).propagate(*example_inputs)
+    except Exception:  # noqa: BLE001 - a model fx cannot trace keeps its BatchNorms
+        return model, 0
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None \
+                or len(node.args) != 1 or node.kwargs:
+            continue
+        prev = node.args[0]
+        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module" \
+                or len(prev.users) != 1 or calls.get(prev.target) != 1:
+            continue
+        layer = modules[prev.target]
+        transposed = _FOLDS_INTO.get(type(layer))
+        if transposed is None:
+            continue
+        if isinstance(layer, nn.Linear):
+            meta = prev.meta.get("tensor_meta")
+            if meta is None or len(getattr(meta, "shape", ())) != 2 \
+                    or layer.out_features != bn.num_features:
+                continue
+            fused = fuse_linear_bn_eval(layer, bn)
+        else:
+            if layer.out_channels != bn.num_features:
+                continue
+            fused = fuse_conv_bn_eval(layer, bn, transpose=transposed)
+        gm.set_submodule(prev.target, fused)
+        modules[prev.target] = fused
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded += 1
+    if not folded:
+        return model, 0
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    with torch.no_grad():
+        try:
+            _check(model(*example_inputs), gm(*example_inputs), "folded BatchNorm")
+        except UnsupportedModelError:
+            return model, 0
+    return gm, folded
 
 
 def onnx_available() -> list[str]:
@@ -249,8 +427,6 @@ def _state_dict(model, inputs, names, expected, folder: Path) -> ExportResult:
         lines += ["", "# forward (torch.fx code of the compacted model)", model.code.strip()]
     (folder / "architecture.txt").write_text("\n".join(lines) + "\n")
     reloaded = torch.load(path, weights_only=True)
-    import copy
-
     twin = copy.deepcopy(model)
     twin.load_state_dict(reloaded)
     with torch.no_grad():

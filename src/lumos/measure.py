@@ -77,13 +77,20 @@ def flop_counter():
 
 def latency(module: nn.Module, example_inputs, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time (seconds) of one forward pass in eval mode without autograd."""
+    with evaluating(module):
+        return call_latency(lambda: _call(module, example_inputs), repeats, warmup)
+
+
+def call_latency(fn, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time (seconds) of ``fn()`` without autograd: for callables without a
+    train/eval mode of their own, such as frozen TorchScript."""
     times = []
-    with evaluating(module), torch.inference_mode():
+    with torch.inference_mode():
         for _ in range(warmup):
-            _call(module, example_inputs)
+            fn()
         for _ in range(repeats):
             start = time.perf_counter()
-            _call(module, example_inputs)
+            fn()
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
