@@ -17,8 +17,11 @@ nothing in the training loss tells it from a variable that matters. Held-out dat
    also trains further, and on a model short of convergence that gain alone can hide what a
    closing costs). A closing stands when the held-out loss rises over the control's by at most
    ``tolerance`` of it or ``share`` of ``null_loss`` (the loss of a constant prediction), or
-   by fewer than ``z_min`` standard errors of the paired difference (a rise the held-out data
-   cannot tell from noise is no evidence for the feature).
+   when the held-out data cannot tell the rise from noise: under ``z_min`` standard errors of
+   the paired difference *and* under ``z_min`` in a sign test (as many samples got better as
+   worse). The sign test is there because held-out losses are heavy-tailed: a few outlying
+   samples can blow up the standard error of a rise that nearly every sample shows, and the
+   mean test alone closed three of coulomb's four variables on 500 rows.
 3. **Answer.** The evidence again, for the features that stay; those still under ``z_min``
    are *unsure* and the selection *unstable*.
 
@@ -92,7 +95,8 @@ def confirm_features(
         share: ... or by at most this fraction of ``null_loss``.
         candidate: features whose rise is under this share of the largest are tested.
         z_min: features whose rise is under this many standard errors are tested, and a
-            closing whose rise over the control is under this many stands.
+            closing whose rise over the control is under this many, in both the paired
+            mean and the sign test, stands.
 
     Returns:
         A :class:`FeatureEvidence`.
@@ -205,10 +209,10 @@ class _Confirmation:
         if losses.shape == self.control.shape:
             diff = losses - self.control
             rise = float(diff.mean())
-            z = _z(diff)
+            unclear = _z(diff) < self.z_min and _sign_z(diff) < self.z_min
         else:  # held_out_losses() changed its length: no pairing, every rise is sure
-            rise, z = float(losses.mean()) - base, math.inf
-        if rise <= allowed or z < self.z_min:
+            rise, unclear = float(losses.mean()) - base, False
+        if rise <= allowed or unclear:
             self.stood = copy.deepcopy(self.sm.state_dict())
             return True
         self.sm.load_state_dict(self.stood)
@@ -245,6 +249,13 @@ class _Confirmation:
             out.dropped[name] = [i for n, i in dropped if n == name]
             out.unsure[name] = [i for (n, i), v in z.items() if n == name and v < self.z_min]
         return out
+
+
+def _sign_z(diff: Tensor) -> float:
+    """How many more samples got worse than better, in standard deviations of a fair coin."""
+    worse, better = int((diff > 0).sum()), int((diff < 0).sum())
+    n = worse + better
+    return (worse - better) / math.sqrt(n) if n else 0.0
 
 
 def _z(diff: Tensor) -> float:
