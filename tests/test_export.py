@@ -286,8 +286,33 @@ def test_fold_batchnorm_leaves_what_it_cannot_fold_exactly():
 def test_fast_export_refuses_what_torchscript_cannot_compile(tmp_path):
     class Untyped(nn.Module):
         def forward(self, x):
-            return {k: x for k in range(2)}[0] * len({1, 2})  # sets do not script
+            if float(x.sum()) > 0:  # data-dependent control flow: fx cannot trace it either
+                return x * len({1, 2})  # sets do not script
+            return x
 
     with pytest.raises(lumos.UnsupportedModelError, match="fast format"):
         export_model(Untyped(), (torch.randn(2, 3),), tmp_path, "fast")
     assert not (tmp_path / "model.fast.pt").exists()
+
+
+def _scaled(x, **options):  # **kwargs do not script; fx inlines the call
+    return x * options.get("scale", 2.0)
+
+
+def test_a_model_torchscript_rejects_is_scripted_from_its_fx_trace(tmp_path):
+    class Helper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return _scaled(self.lin(x), scale=3.0)
+
+    net, x = Helper().eval(), torch.randn(4, 3)
+    with pytest.raises(Exception):  # noqa: B017 - the premise: torch.jit alone refuses it
+        torch.jit.script(net)
+    for fmt in ("torchscript", "fast"):
+        result = export_model(net, (x,), tmp_path / fmt, fmt)
+        loaded = torch.jit.load(str(tmp_path / fmt / result.files[0]))
+        other = torch.randn(7, 3)
+        torch.testing.assert_close(loaded(other), net(other))

@@ -154,15 +154,22 @@ def _script(model: nn.Module, fmt: str) -> torch.jit.ScriptModule:
             "cannot be TorchScripted and reloaded (a torch-geometric limitation, not LUMOS's). "
             "Export with --format onnx or --format state_dict instead."
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        try:
             return torch.jit.script(model)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"TorchScript cannot compile this model ({_first_line(exc)}), which the {fmt} "
-            "format needs; export with --format onnx or --format state_dict instead."
-        ) from None
+        except Exception as exc:  # noqa: BLE001 - the reason is reported below
+            first = exc
+        # Python the compiler rejects (string annotations, unscriptable helpers) is often
+        # gone from the model's fx trace, whose generated code scripts; the reload check
+        # after writing still compares its outputs with the model's.
+        if not isinstance(model, torch.fx.GraphModule):
+            with contextlib.suppress(Exception):
+                return torch.jit.script(torch.fx.symbolic_trace(model))
+    raise UnsupportedModelError(
+        f"TorchScript cannot compile this model ({_first_line(first)}), which the {fmt} "
+        "format needs; export with --format onnx or --format state_dict instead."
+    ) from None
 
 
 def _save_and_reload(scripted, path: Path, inputs, expected, fmt: str) -> tuple[object, float]:
