@@ -305,7 +305,7 @@ def test_a_model_torchscript_rejects_is_scripted_from_its_fx_trace(tmp_path):
             super().__init__()
             self.lin = nn.Linear(3, 2)
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # a string annotation (future)
             return _scaled(self.lin(x), scale=3.0)
 
     net, x = Helper().eval(), torch.randn(4, 3)
@@ -316,3 +316,20 @@ def test_a_model_torchscript_rejects_is_scripted_from_its_fx_trace(tmp_path):
         loaded = torch.jit.load(str(tmp_path / fmt / result.files[0]))
         other = torch.randn(7, 3)
         torch.testing.assert_close(loaded(other), net(other))
+
+
+def test_a_fast_form_that_does_not_load_back_is_not_offered(tmp_path):
+    # torch 2.x: optimize_for_inference on a Conv3d net writes a file torch.jit.load rejects
+    # ("required keyword attribute 'value' is undefined"); the export must ship a form that loads
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.LeakyReLU(),
+                        nn.AvgPool3d(2), nn.Conv3d(4, 4, 3), nn.AdaptiveAvgPool3d(1),
+                        nn.Flatten(), nn.Linear(4, 1)).eval()
+    x = torch.randn(2, 1, 8, 8, 8)
+    result = export_model(net, (x,), tmp_path, "fast")
+    assert result.details["form"] not in result.details["forms_not_offered"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.fast.pt"]
+    loaded = torch.jit.load(str(tmp_path / "model.fast.pt"))
+    other = torch.randn(3, 1, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(other), net(other), rtol=1e-4, atol=1e-5)

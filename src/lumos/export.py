@@ -160,28 +160,46 @@ def _script(model: nn.Module, fmt: str) -> torch.jit.ScriptModule:
             return torch.jit.script(model)
         except Exception as exc:  # noqa: BLE001 - the reason is reported below
             first = exc
-        # Python the compiler rejects (string annotations, unscriptable helpers) is often
-        # gone from the model's fx trace, whose generated code scripts; the reload check
-        # after writing still compares its outputs with the model's.
-        if not isinstance(model, torch.fx.GraphModule):
-            with contextlib.suppress(Exception):
-                return torch.jit.script(torch.fx.symbolic_trace(model))
+        # Python the compiler rejects (unscriptable helpers, string annotations under
+        # ``from __future__ import annotations``) is often gone from the model's fx trace,
+        # whose generated code scripts once its type annotations are dropped (fx writes a
+        # string annotation as an unknown name such as ``_torch_Tensor_``); the reload check
+        # after writing still compares the outputs with the model's.
+        with contextlib.suppress(Exception):
+            return torch.jit.script(_untyped_trace(model))
     raise UnsupportedModelError(
         f"TorchScript cannot compile this model ({_first_line(first)}), which the {fmt} "
         "format needs; export with --format onnx or --format state_dict instead."
     ) from None
 
 
+def _untyped_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """The model's fx graph (a copy, for a GraphModule) with no type annotations."""
+    gm = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) \
+        else torch.fx.symbolic_trace(model)
+    for node in gm.graph.nodes:
+        node.type = None
+    gm.recompile()
+    return gm
+
+
 def _save_and_reload(scripted, path: Path, inputs, expected, fmt: str) -> tuple[object, float]:
+    """Write ``scripted``, load it back and compare its outputs; a file that does not load or
+    does not reproduce the model is removed, not left for the user to find."""
     scripted.save(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reloaded = torch.jit.load(str(path))
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                reloaded = torch.jit.load(str(path))
+            except RuntimeError as exc:
+                raise UnsupportedModelError(
+                    f"the {fmt} file was written but torch.jit.load cannot read it back "
+                    f"({_first_line(exc)}); use another --format.") from None
         with torch.no_grad():
             return reloaded, _check(expected, reloaded(*inputs), fmt)
     except Exception:
-        path.unlink(missing_ok=True)  # a file that does not reproduce the model is not left
+        path.unlink(missing_ok=True)
         raise
 
 
@@ -193,7 +211,12 @@ def _torchscript(model, inputs, names, expected, folder: Path) -> ExportResult:
 
 
 def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
-    """Fold BatchNorm, freeze, and keep the faster of two frozen TorchScript forms."""
+    """Fold BatchNorm, script, and keep the fastest TorchScript form that survives a reload.
+
+    Every form is saved, loaded back and checked before it is timed, and the loaded copy is
+    what is timed: some frozen or ``optimize_for_inference`` graphs run in memory but do not
+    load again (torch raises on ``torch.jit.load``), and those are not offered.
+    """
     folded, n_folded = fold_batchnorm(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -205,30 +228,40 @@ def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
     batches = _batch_sizes(model, inputs, expected)
     plain = {label: latency(model, x) for label, x in batches.items()}
     timings: dict[str, dict[str, float]] = {}
-    for name, form in list(forms.items()):
+    diffs: dict[str, float] = {}
+    dropped: dict[str, str] = {}
+    for i, (name, form) in enumerate(forms.items()):
+        candidate = folder / f".fast-candidate-{i}.pt"
         try:
-            with torch.no_grad():
-                _check(expected, form(*inputs), "fast")
-        except Exception:  # noqa: BLE001 - a form that changes the outputs is not offered
-            del forms[name]
+            loaded, diffs[name] = _save_and_reload(form, candidate, inputs, expected, "fast")
+        except Exception as exc:  # noqa: BLE001 - a form that fails its reload is not offered
+            dropped[name] = _first_line(exc)
+            diffs.pop(name, None)
             continue
-        timings[name] = {label: _latency_of(form, x) for label, x in batches.items()}
-    if not forms:
+        timings[name] = {label: _latency_of(loaded, x) for label, x in batches.items()}
+    if not timings:
         raise UnsupportedModelError(
-            "no frozen TorchScript form of this model reproduces its outputs; export with "
-            "--format torchscript, --format onnx or --format state_dict instead.")
+            "no TorchScript form of this model reloads with its outputs ("
+            + "; ".join(f"{k}: {v}" for k, v in dropped.items()) + "); export with "
+            "--format onnx or --format state_dict instead.")
     # the form whose worst ratio to the plain module (over the batch sizes timed) is lowest
-    best = min(forms, key=lambda f: max(timings[f][b] / plain[b] for b in batches))
+    best = min(timings, key=lambda f: max(timings[f][b] / plain[b] for b in batches))
     path = folder / "model.fast.pt"
-    _, diff = _save_and_reload(forms[best], path, inputs, expected, "fast")
+    for i, name in enumerate(forms):
+        candidate = folder / f".fast-candidate-{i}.pt"
+        if name == best:
+            candidate.replace(path)
+        else:
+            candidate.unlink(missing_ok=True)
     details = {
         "form": best,
         "batchnorm_folded": n_folded,
         "threads": torch.get_num_threads(),
         "latency_s": {"plain compacted": plain} | timings,
         "speedup_vs_plain": {b: plain[b] / timings[best][b] for b in batches},
+        "forms_not_offered": dropped,
     }
-    return ExportResult("fast", [path.name], names, diff, "torch.jit.load", details)
+    return ExportResult("fast", [path.name], names, diffs[best], "torch.jit.load", details)
 
 
 def _latency_of(module, inputs) -> float:
