@@ -63,9 +63,11 @@ def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert main(["demo", "--epochs", "3", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     for row in ("R² (validation)", "parameters", "FLOPs / sample", "latency, batch 256",
-                "input features"):
+                "latency, batch 1, fast export", "input features"):
         assert row in printed
     record = json.loads(out.read_text())
+    # the fast export form of both models was made and timed at both batch sizes
+    assert set(record["fast_lumos"]) == set(record["fast_dense"]) == {"batch 1", "batch 256"}
     assert record["params_lumos"] < record["params_dense"]
     assert record["speedup_b256"] > 0
 

@@ -7,6 +7,7 @@ printed speed-up is a ratio of two timings taken side by side on this machine.
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,10 @@ class DemoResult:
     latency_b1_lumos: float
     train_seconds_dense: float
     train_seconds_lumos: float
+    #: ``lumos export --format fast`` of each model: {"batch 1": s, "batch 256": s}, or the
+    #: reason it could not be made
+    fast_dense: dict | str
+    fast_lumos: dict | str
     features_total: int
     features_kept: list[str]
     true_features: list[str]
@@ -121,6 +126,8 @@ def run_demo(
         latency_b1_lumos=latency(small, x1, repeats=500),
         train_seconds_dense=t_dense,
         train_seconds_lumos=t_lumos,
+        fast_dense=_fast_latency(dense.eval(), x256),
+        fast_lumos=_fast_latency(small, x256),
         features_total=d,
         features_kept=sm.selected_features()["input"],
         true_features=[data.feature_names[i] for i in data.true_features],
@@ -128,6 +135,20 @@ def run_demo(
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"torch threads, torch {torch.__version__}",
     )
+
+
+def _fast_latency(model: nn.Module, example: torch.Tensor) -> dict | str:
+    """The latencies ``lumos export --format fast`` measured for the form it chose."""
+    from .errors import LumosError
+    from .export import export_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            details = export_model(model, (example,), folder, "fast").details
+        except LumosError as exc:
+            return str(exc)
+    return {label.replace(f"batch {example.shape[0]}", "batch 256"): seconds
+            for label, seconds in details["latency_s"][details["form"]].items()}
 
 
 def _speed(ratio: float) -> str:
@@ -150,6 +171,14 @@ def format_table(r: DemoResult) -> str:
          f"{r.latency_b256_lumos * 1e6:.0f} µs", _speed(r.speedup_b256)),
         ("latency, batch 1", f"{r.latency_b1_dense * 1e6:.0f} µs",
          f"{r.latency_b1_lumos * 1e6:.0f} µs", _speed(r.speedup_b1)),
+    ]
+    for label in ("batch 256", "batch 1"):
+        if isinstance(r.fast_dense, dict) and isinstance(r.fast_lumos, dict) \
+                and label in r.fast_dense and label in r.fast_lumos:
+            d, f = r.fast_dense[label], r.fast_lumos[label]
+            rows.append((f"latency, {label}, fast export", f"{d * 1e6:.0f} µs",
+                         f"{f * 1e6:.0f} µs", _speed(d / f)))
+    rows += [
         ("input features", f"{r.features_total}", f"{len(r.features_kept)}",
          f"true kept {true_kept}/{len(r.true_features)}, noise dropped "
          f"{noise_dropped}/{len(r.noise_features)}"),
