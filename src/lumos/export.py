@@ -186,8 +186,8 @@ def _untyped_trace(model: nn.Module) -> torch.fx.GraphModule:
 def _save_and_reload(scripted, path: Path, inputs, expected, fmt: str) -> tuple[object, float]:
     """Write ``scripted``, load it back and compare its outputs; a file that does not load or
     does not reproduce the model is removed, not left for the user to find."""
-    scripted.save(str(path))
     try:
+        scripted.save(str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -220,9 +220,10 @@ def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
     folded, n_folded = fold_batchnorm(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        forms = {"scripted": _script(folded, "fast").eval(),
-                 "frozen": torch.jit.freeze(_script(folded, "fast").eval())}
+        forms = {"scripted": _script(folded, "fast").eval()}
         with contextlib.suppress(Exception):  # an optimisation that does not apply is skipped
+            forms["frozen"] = torch.jit.freeze(_script(folded, "fast").eval())
+        with contextlib.suppress(Exception):
             forms["frozen+optimize_for_inference"] = torch.jit.optimize_for_inference(
                 torch.jit.freeze(_script(folded, "fast").eval()))
     batches = _batch_sizes(model, inputs, expected)
@@ -230,15 +231,20 @@ def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
     timings: dict[str, dict[str, float]] = {}
     diffs: dict[str, float] = {}
     dropped: dict[str, str] = {}
-    for i, (name, form) in enumerate(forms.items()):
-        candidate = folder / f".fast-candidate-{i}.pt"
-        try:
-            loaded, diffs[name] = _save_and_reload(form, candidate, inputs, expected, "fast")
-        except Exception as exc:  # noqa: BLE001 - a form that fails its reload is not offered
-            dropped[name] = _first_line(exc)
-            diffs.pop(name, None)
-            continue
-        timings[name] = {label: _latency_of(loaded, x) for label, x in batches.items()}
+    candidates = {name: folder / f".fast-candidate-{i}.pt" for i, name in enumerate(forms)}
+    try:
+        for name, form in forms.items():
+            try:
+                loaded, diffs[name] = _save_and_reload(form, candidates[name], inputs, expected,
+                                                       "fast")
+            except Exception as exc:  # noqa: BLE001 - a form that fails its reload is not offered
+                dropped[name] = _first_line(exc)
+                continue
+            timings[name] = {label: _latency_of(loaded, x) for label, x in batches.items()}
+    except BaseException:
+        for candidate in candidates.values():
+            candidate.unlink(missing_ok=True)
+        raise
     if not timings:
         raise UnsupportedModelError(
             "no TorchScript form of this model reloads with its outputs ("
@@ -247,8 +253,7 @@ def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
     # the form whose worst ratio to the plain module (over the batch sizes timed) is lowest
     best = min(timings, key=lambda f: max(timings[f][b] / plain[b] for b in batches))
     path = folder / "model.fast.pt"
-    for i, name in enumerate(forms):
-        candidate = folder / f".fast-candidate-{i}.pt"
+    for name, candidate in candidates.items():
         if name == best:
             candidate.replace(path)
         else:
