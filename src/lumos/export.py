@@ -220,12 +220,14 @@ def _fast(model, inputs, names, expected, folder: Path) -> ExportResult:
     folded, n_folded = fold_batchnorm(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        forms = {"scripted": _script(folded, "fast").eval()}
+        scripted = _script(folded, "fast").eval()
+        forms = {"scripted": scripted}
+        # torch.jit.freeze returns a frozen clone, so each form starts from the same script
         with contextlib.suppress(Exception):  # an optimisation that does not apply is skipped
-            forms["frozen"] = torch.jit.freeze(_script(folded, "fast").eval())
+            forms["frozen"] = torch.jit.freeze(scripted)
         with contextlib.suppress(Exception):
             forms["frozen+optimize_for_inference"] = torch.jit.optimize_for_inference(
-                torch.jit.freeze(_script(folded, "fast").eval()))
+                torch.jit.freeze(scripted))
     batches = _batch_sizes(model, inputs, expected)
     plain = {label: latency(model, x) for label, x in batches.items()}
     timings: dict[str, dict[str, float]] = {}
