@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lumos
+import lumos.gates as gates_module
 from lumos.gates import (
     GateBank,
     HardConcreteConfig,
@@ -185,6 +186,29 @@ def test_an_essential_group_never_draws_all_closed_and_the_redraw_is_the_open_co
     assert abs(float(redrawn.mean() - reference.mean())) < 5 * float(reference.std()) / math.sqrt(
         len(redrawn)) + 1e-3
     assert abs(float(redrawn.median() - reference.median())) < 0.05
+
+
+def test_the_redraw_without_a_host_read_draws_the_same_gates_and_gradients(monkeypatch):
+    """On a device where reading back costs a wait the redraw always resamples; it must give
+    the gates (and log-alpha gradients) the CPU's early return gives."""
+    log_alpha = [-3.0, -2.0, -4.0, -1.0, 2.0]
+
+    def run():
+        bank, zs, grads = _bank_at(log_alpha, [True, True]), [], []
+        for _ in range(200):
+            bank.log_alpha.grad = None
+            z = bank()
+            (z * torch.arange(1.0, 6.0)).sum().backward()
+            zs.append(z.detach())
+            grads.append(bank.log_alpha.grad.clone())
+        return torch.stack(zs), torch.stack(grads)
+
+    early_z, early_g = run()
+    monkeypatch.setattr(gates_module, "host_reads_are_free", lambda device: False)
+    always_z, always_g = run()
+    assert bool((early_z[:, :3].amax(1) > 0).all())
+    torch.testing.assert_close(always_z, early_z, rtol=0, atol=0)
+    torch.testing.assert_close(always_g, early_g, rtol=0, atol=0)
 
 
 def test_the_redrawn_gate_carries_a_gradient_and_shut_gates_stay_shut():

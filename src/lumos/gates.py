@@ -147,6 +147,7 @@ class GateBank(nn.Module):
         self.draws = 0
         self.frozen = False
         self._open_mask_key: tuple | None = None
+        self._path_layout_key: tuple | None = None
         self._any_shut_key: tuple | None = None
         self._register_paths([
             slice(offsets[g], offsets[g + 1]) for g, flag in enumerate(essential or []) if flag
@@ -211,21 +212,39 @@ class GateBank(nn.Module):
         keeps one gate of each open), so training draws from the same condition. No extra
         random number: given closed, ``u / u0`` is uniform, where ``u0`` is the draw below
         which the gate closes; ``u0 + (1 - u0) * u / u0`` is then uniform over the open draws.
-        No host sync: groups that kept a gate open are written back unchanged.
+
+        The redraw only moves the uniform draw, so it is found without autograd and the gates
+        are sampled again from the moved draw: the gradient graph stays the plain sample's
+        (index and scatter nodes on the gate vector cost more than the whole draw, measured).
+        On the CPU a draw that closed no essential group (almost every one) returns at once;
+        on other devices the resample always runs, so no step waits on a host read.
         """
-        index, valid = self.path_index, self.path_valid
-        usable = valid & ~self.shut[index]
-        drawn = torch.where(usable, z[index], torch.zeros((), dtype=z.dtype, device=z.device))
-        empty = (drawn.amax(dim=1) <= 0) & usable.any(dim=1)
-        score = self.log_alpha.detach()[index].masked_fill(~usable, float("-inf"))
-        best = index.gather(1, score.argmax(dim=1, keepdim=True)).squeeze(1)
-        log_alpha = self.log_alpha[best]
         cfg = self.cfg
-        closed_below = torch.sigmoid(
-            cfg.beta * math.log(-cfg.gamma / cfg.zeta) - log_alpha.detach())  # z = 0 iff u <= it
-        redrawn_u = closed_below + (1.0 - closed_below) * (u[best] / closed_below).clamp(0, 1)
-        redrawn = sample_gates(log_alpha, cfg, redrawn_u)
-        return z.scatter(0, best, torch.where(empty, redrawn, z[best]))
+        with torch.no_grad():
+            index, usable, any_usable = self._path_layout()
+            drawn = z.detach()[index].masked_fill_(~usable, 0.0)
+            empty = (drawn.amax(dim=1) <= 0) & any_usable
+            if host_reads_are_free(z.device) and not bool(empty.any()):
+                return z
+            log_alpha = self.log_alpha.detach()
+            score = log_alpha[index].masked_fill_(~usable, float("-inf"))
+            best = index.gather(1, score.argmax(dim=1, keepdim=True)).squeeze(1)
+            closed_below = torch.sigmoid(  # z = 0 iff u <= it
+                cfg.beta * math.log(-cfg.gamma / cfg.zeta) - log_alpha[best])
+            u_best = u[best]
+            redrawn_u = closed_below + (1.0 - closed_below) * (u_best / closed_below).clamp(0, 1)
+            u = u.scatter(0, best, torch.where(empty, redrawn_u, u_best))
+        return sample_gates(self.log_alpha, cfg, u)
+
+    def _path_layout(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The essential groups' index matrix, which of its entries can still open (not
+        padding, not shut) and which rows have any; cached until ``shut`` changes."""
+        key = (self.shut._version, self.shut.data_ptr(), self.shut.device)
+        if self._path_layout_key != key:
+            usable = self.path_valid & ~self.shut[self.path_index]
+            self._path_layout_cache = (self.path_index, usable, usable.any(dim=1))
+            self._path_layout_key = key
+        return self._path_layout_cache
 
     def freeze(self, kept: Tensor) -> None:
         """Fix every gate where it is: closed where not ``kept``, else at its deterministic
@@ -301,6 +320,11 @@ class GateBank(nn.Module):
     def shut_gates(self, index: Tensor) -> None:
         """Close these gates for good: they stay 0 whatever log alpha does next."""
         self.shut[index] = True
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a value back to Python costs no wait (the CPU: no queue to drain)."""
+    return device.type == "cpu"
 
 
 def _run_eagerly_when_compiled() -> None:
