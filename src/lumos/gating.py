@@ -102,14 +102,25 @@ def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
     sites_per_node: dict[fx.Node, int] = {}
     for site in graph.records.sites:
         sites_per_node[site.node] = sites_per_node.get(site.node, 0) + 1
+    # One gated node per (value, dim, gates): a layer that reads one tensor through several
+    # arguments (self-attention's query, key and value) must still see one tensor, or it
+    # takes its slower separate-input path (measured: three projections and their copies
+    # instead of one packed one in nn.MultiheadAttention). Reused only by a later node.
+    order = {node: position for position, node in enumerate(g.nodes)}
+    shared: dict[tuple, tuple[fx.Node, int]] = {}
     for k, site in enumerate(graph.records.sites):
         index = graph.gate_index(site.layout)
         if not bool((index < graph.num_gates).any()):
             continue
-        buffer = f"{SITE_INDEX_PREFIX}{k}"
-        gm.register_buffer(buffer, index, persistent=False)
         value = (site.node.args[site.arg] if isinstance(site.arg, int)
                  else site.node.kwargs[site.arg])
+        key = (value, site.dim, tuple(index.tolist()))
+        earlier = shared.get(key)
+        if earlier is not None and earlier[1] <= order[site.node]:
+            _replace_arg(site, earlier[0])
+            continue
+        buffer = f"{SITE_INDEX_PREFIX}{k}"
+        gm.register_buffer(buffer, index, persistent=False)
         folds = _weight_side(gm, graph, site, value, sites_per_node, param_specs)
         if folds:
             param_specs.setdefault(site.node, []).extend(
@@ -117,6 +128,7 @@ def insert_gates(gm: fx.GraphModule, graph: ChannelGraph) -> None:
             continue
         with g.inserting_before(site.node):
             gated = g.call_function(apply_gates, (value, gates_node, g.get_attr(buffer), site.dim))
+        shared[key] = (gated, order[site.node])
         # one graph node even when fx re-traces the code (unpickling a SparseModel)
         gated.meta["is_wrapped"] = True
         _replace_arg(site, gated)
