@@ -318,6 +318,25 @@ def test_nan_in_example_inputs_and_training_batch():
         sm(bad)
 
 
+def test_the_finite_check_is_exact_whatever_the_sum_does():
+    """The per-forward check reads one sum first: a sum that overflows on finite values must
+    still pass, and +Inf with -Inf (a NaN sum) or half-precision inputs must still be told."""
+    sm = lumos.sparsify(MLP(), _x()).train()
+    huge = torch.full((4, 6), 3e38)  # finite, but the sum is inf
+    assert torch.isinf(huge.sum())
+    sm(huge)
+    both = _x()
+    both[0, 0], both[1, 1] = float("inf"), float("-inf")
+    with pytest.raises(lumos.InputError, match="contains 2 NaN/Inf"):
+        sm(both)
+    half = lumos.sparsify(MLP().half(), _x().half()).train()
+    big = torch.full((4, 6), 60000.0, dtype=torch.float16)  # a float16 sum would overflow
+    half(big)
+    big[2, 3] = float("nan")
+    with pytest.raises(lumos.InputError, match="contains 1 NaN/Inf"):
+        half(big)
+
+
 def test_input_shape_mismatch():
     sm = lumos.sparsify(MLP(), _x())
     with pytest.raises(lumos.InputError, match="sparsified with 6 features"):

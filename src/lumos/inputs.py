@@ -33,14 +33,27 @@ def as_call(example_inputs) -> tuple[tuple, dict]:
 
 
 def check_finite(name: str, value, when: str) -> None:
-    """Raise :class:`InputError` when a floating tensor holds NaN or Inf."""
-    if isinstance(value, Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+    """Raise :class:`InputError` when a floating tensor holds NaN or Inf.
+
+    This runs on every forward of a SparseModel, so it first reads one sum (a NaN or Inf
+    anywhere makes it non-finite; one pass over the input, where ``isfinite(x).all()`` makes
+    five: 1.5 ms a step on the CT images) and checks element-wise only when the sum is not
+    finite, which an overflowing sum of finite values also is.
+    """
+    if isinstance(value, Tensor) and value.is_floating_point() and value.numel() and \
+            not bool(torch.isfinite(value.sum(dtype=_sum_dtype(value.dtype)))) and \
+            not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
         raise InputError(
             f"input '{name}' of the {when} contains {bad} NaN/Inf value(s). LUMOS cannot learn "
             "gates from non-finite data: drop or impute those rows (e.g. torch.nan_to_num, or "
             "filter with torch.isfinite(x).all(dim=-1)) before passing them."
         )
+
+
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are summed in float32, so an ordinary batch does not overflow."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 #: values that can only steer Python (never flow as data): traced as constants
