@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these workloads / sets (friedman1, law:drag, ...)")
     parser.add_argument("--part", choices=("structured", "features", "all"), default="all")
     parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--budget-on", choices=("params", "flops"), default="params",
+                        help="structured part: LUMOS's budget and the peers' target in "
+                             "parameters (default) or FLOPs per sample; flops writes "
+                             "peers_flops.md beside the parameter results")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     known = set(workload_names())
-    stem = "peers_smoke" if args.smoke else "peers"
+    stem = "peers" + ("_flops" if args.budget_on == "flops" else "") + (
+        "_smoke" if args.smoke else "")
+    if args.budget_on == "flops" and args.part == "all":
+        args.part = "structured"  # feature selection does not depend on what the budget counts
     per = args.out / stem
     per.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.peers " + " ".join(
@@ -120,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             if not wanted(name):
                 continue
             key = {"size": size_of(name), "budget": args.budget, "seed": args.seed}
+            if args.budget_on != "params":
+                key["budget_on"] = args.budget_on
             path = per / f"structured_{name}_{size_of(name)}.json"
             record = _reuse(path, key, args.resume)
             if record is not None:
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 start = time.perf_counter()
                 record = structured.run_structured(name, size_of(name), args.budget, args.seed,
-                                                   args.cache_dir)
+                                                   args.cache_dir, budget_on=args.budget_on)
                 record["wall_s"] = time.perf_counter() - start
                 record["run_key"] = key
                 path.write_text(json.dumps(record, indent=2))
@@ -189,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         "peer_versions": peer_versions(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "budget": args.budget,
+        "budget_on": args.budget_on,
+        "records": f"docs/results/{stem}/",
         "seed": args.seed,
         "workload_size": workload_size,
         "sizes_note": sizes_note,

@@ -114,9 +114,12 @@ def failure_notes(records: list[dict]) -> list[str]:
             elif method.startswith("tp_") and v["params"] == dense:
                 notes.append(f"- {label}: {NOT_PRUNED_NOTE}")
             elif method.startswith("tp_") and not v.get("reached_target", True):
+                flops = r.get("budget_on") == "flops"
+                reached, target, unit = ((v["flops"], r["target_flops"], "FLOPs") if flops
+                                         else (v["params"], r["target_params"], "parameters"))
                 notes.append(
-                    f"- {label}: stopped at {v['params']:,} parameters, above the target "
-                    f"{r['target_params']:,}, after all 100 pruning steps (the last at ratio "
+                    f"- {label}: stopped at {reached:,} {unit}, above the target "
+                    f"{target:,}, after all 100 pruning steps (the last at ratio "
                     "0.99): the channel groups it found leave the rest unprunable.")
     return notes
 
@@ -182,11 +185,19 @@ def summary_rows(structured: list[dict], features: list[dict]) -> list[str]:
     ]
     if structured:
         t = tally([structured_verdict(r)["verdict"] for r in structured])
+        counted = _counted({"budget_on": structured[0].get("budget_on")})
         lines.append(
             f"| structured pruning: task metric vs. best Torch-Pruning variant at LUMOS's "
-            f"parameter count (tie: within {100 * TIE_METRIC:.0f}%) | {t.get('win', 0)} | "
+            f"{counted} (tie: within {100 * TIE_METRIC:.0f}%) | {t.get('win', 0)} | "
             f"{t.get('tie', 0)} | {t.get('loss', 0)} | {t.get('peer failed', 0)} |"
         )
+        speed = [_speed_verdict(r) for r in structured]
+        speed = [v for v in speed if v is not None]
+        if speed:
+            lines.append(
+                "| structured pruning: batch-256 speed-up vs. the faster Torch-Pruning variant "
+                f"(tie: within 5%) | {speed.count('win')} | {speed.count('tie')} | "
+                f"{speed.count('loss')} | – |")
         faster = [structured_verdict(r)["cost_ratio"] for r in structured]
         faster = [c for c in faster if c is not None]
         if faster:
@@ -215,6 +226,26 @@ def summary_rows(structured: list[dict], features: list[dict]) -> list[str]:
     return lines
 
 
+def _speed_verdict(record: dict) -> str | None:
+    """LUMOS's batch-256 speed-up against the fastest Torch-Pruning model that reached the
+    target (None when none did)."""
+    m = record["methods"]
+    peers = [v["speedup_b256"] for k, v in m.items() if k.startswith("tp_")
+             and v["status"] == "ok" and v.get("reached_target", True)]
+    if not peers or m["lumos"]["status"] != "ok":
+        return None
+    ratio = m["lumos"]["speedup_b256"] / max(peers)
+    return "tie" if abs(ratio - 1.0) <= 0.05 else ("win" if ratio > 1 else "loss")
+
+
+def _counted(meta: dict) -> str:
+    return "FLOPs per sample" if meta.get("budget_on") == "flops" else "parameter count"
+
+
+def _budget_on_note(meta: dict) -> str:
+    return ' with `budget_on="flops"`' if meta.get("budget_on") == "flops" else ""
+
+
 def write_markdown(structured: list[dict], features: list[dict], meta: dict, path: Path,
                    plots: list[str]) -> None:
     m = meta["machine"]
@@ -239,15 +270,18 @@ def write_markdown(structured: list[dict], features: list[dict], meta: dict, pat
     ]
     if structured:
         lines += [
-            "## 1. Structured pruning at equal parameter count",
+            f"## 1. Structured pruning at equal {_counted(meta)}",
             "",
-            "LUMOS trains once with `budget=` and compacts. Each Torch-Pruning variant gets the "
+            f"LUMOS trains once with `budget=`{_budget_on_note(meta)} and compacts. Each "
+            "Torch-Pruning variant gets the "
             "same number of epochs: dense pre-training for half of them, then rounds of "
-            "(prune towards LUMOS's compacted parameter count on a geometric schedule, "
+            f"(prune towards LUMOS's compacted {_counted(meta)} on a geometric schedule, "
             "fine-tune) for the other half; pruning goes in 1% channel steps with TP's default "
             "uniform per-layer ratios and stops at the first step at or below the target. "
-            "Global magnitude masks (`torch.nn.utils.prune.global_unstructured`, L1) follow the "
-            "same schedule to the same non-zero count. Latency: each model against the dense "
+            + ("Global magnitude masks (`torch.nn.utils.prune.global_unstructured`, L1) follow "
+               "the same schedule to the same non-zero count. " if meta.get("budget_on") !=
+               "flops" else "Unstructured masks are left out: they remove no FLOPs. ")
+            + "Latency: each model against the dense "
             "one in alternating rounds in the same process (`benchmarks.suite.paired_latency`)."
             " Wall time is the whole procedure (for LUMOS: sparsify + train + compact).",
             "",

@@ -169,10 +169,11 @@ def output_layers(model: nn.Module, inputs: tuple) -> list[nn.Module]:
 
 
 # ---- Torch-Pruning ---------------------------------------------------------------------------
-def tp_prune(setup: Setup, model: nn.Module, importance: str) -> Callable[[int], int]:
-    """A function ``prune_to(params)`` that removes channels with Torch-Pruning until the model
-    has at most ``params`` parameters (1% channel steps, TP's default uniform layer ratios);
-    it returns the number of pruner steps taken."""
+def tp_prune(setup: Setup, model: nn.Module, importance: str,
+             size_of: Callable[[nn.Module], int] = count_params) -> Callable[[int], int]:
+    """A function ``prune_to(goal)`` that removes channels with Torch-Pruning until
+    ``size_of(model)`` (parameters, or FLOPs per sample) is at most ``goal`` (1% channel steps,
+    TP's default uniform layer ratios); it returns the number of pruner steps taken."""
     import torch_pruning as tp
 
     imp = (tp.importance.GroupMagnitudeImportance(p=2) if importance == "magnitude"
@@ -186,9 +187,9 @@ def tp_prune(setup: Setup, model: nn.Module, importance: str) -> Callable[[int],
             ignored_layers=output_layers(model, setup.example), num_heads=heads,
         )
 
-    def prune_to(params: int) -> int:
+    def prune_to(goal: int) -> int:
         taken = 0
-        while count_params(model) > params and pruner.current_step < pruner.iterative_steps:
+        while size_of(model) > goal and pruner.current_step < pruner.iterative_steps:
             if importance == "taylor":
                 model.train()
                 model.zero_grad()
@@ -203,12 +204,13 @@ def tp_prune(setup: Setup, model: nn.Module, importance: str) -> Callable[[int],
     return prune_to
 
 
-def run_tp(setup: Setup, importance: str, target: int, dense_out: torch.Tensor) -> nn.Module:
+def run_tp(setup: Setup, importance: str, target: int, dense_out: torch.Tensor,
+           size_of: Callable[[nn.Module], int] = count_params) -> nn.Module:
     model = setup.build()
     pre, per = schedule(setup.recipe.epochs)
     setup.fit(model, pre)
-    prune_to = tp_prune(setup, model, importance)
-    goals = targets(count_params(model), target, len(per))
+    prune_to = tp_prune(setup, model, importance, size_of)
+    goals = targets(size_of(model), target, len(per))
     for k, (goal, epochs) in enumerate(zip(goals, per, strict=True)):
         prune_to(goal)
         _check_output(model, setup, dense_out)
@@ -285,9 +287,19 @@ def measure(setup: Setup, dense: nn.Module, model: nn.Module, wall_s: float) -> 
 
 
 def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir=None,
-                   methods: tuple[str, ...] = PEER_METHODS) -> dict:
-    """Dense, LUMOS and every peer in ``methods`` on workload ``name`` (see module doc)."""
+                   methods: tuple[str, ...] = PEER_METHODS, budget_on: str = "params") -> dict:
+    """Dense, LUMOS and every peer in ``methods`` on workload ``name`` (see module doc).
+
+    ``budget_on="flops"``: LUMOS's budget is on FLOPs and every peer is pruned to LUMOS's
+    FLOPs per sample instead of its parameter count; unstructured masks, which remove no
+    FLOPs, are left out."""
     setup = Setup(name, size, seed, cache_dir)
+    if budget_on == "flops":
+        methods = tuple(m for m in methods if m != "unstructured_magnitude")
+
+    def size_of(model: nn.Module) -> int:
+        return count_params(model) if budget_on == "params" else count_flops(model, setup.one)
+
     wl, recipe = setup.workload, setup.recipe
     results: dict[str, dict] = {}
 
@@ -304,17 +316,17 @@ def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir
     base = setup.build()
     arg = feature_argument(base, setup.data.feature_arg)
     # as a user runs it (and as benchmarks.suite does): feature gates on the scored input
-    sm = sparsify_features(base, setup.data, budget=budget)
+    sm = sparsify_features(base, setup.data, budget=budget, budget_on=budget_on)
     setup.fit(sm, recipe.epochs)
     small = sm.compact()
     results["lumos"] = measure(setup, dense, small, time.perf_counter() - start)
     features_kept = sm.selected_features()[arg]
     feature_scores = sm.feature_scores()[arg].tolist()
-    target = results["lumos"]["params"]
+    target = results["lumos"][budget_on]
 
     runners = {
-        "tp_magnitude": lambda: run_tp(setup, "magnitude", target, dense_out),
-        "tp_taylor": lambda: run_tp(setup, "taylor", target, dense_out),
+        "tp_magnitude": lambda: run_tp(setup, "magnitude", target, dense_out, size_of),
+        "tp_taylor": lambda: run_tp(setup, "taylor", target, dense_out, size_of),
         "unstructured_magnitude": lambda: run_unstructured(setup, target, dense_out),
     }
     for method in methods:
@@ -336,7 +348,8 @@ def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir
             r["params_ratio"] = r["params"] / results["dense"]["params"]
             r["nonzero_ratio"] = r["nonzero_params"] / results["dense"]["params"]
             r["flops_ratio"] = r["flops"] / max(results["dense"]["flops"], 1)
-            r["reached_target"] = r["nonzero_params"] <= target * 1.001 or method == "dense"
+            reached = (r["nonzero_params"] if budget_on == "params" else r["flops"])
+            r["reached_target"] = reached <= target * 1.001 or method == "dense"
     pre, per = schedule(recipe.epochs)
     return {
         "workload": name,
@@ -344,6 +357,7 @@ def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir
         "architecture": wl.architecture,
         "size": size,
         "budget": budget,
+        "budget_on": budget_on,
         "seed": seed,
         "epochs": recipe.epochs,
         "peer_schedule": {"pretrain_epochs": pre, "prune_rounds": len(per),
@@ -351,7 +365,8 @@ def run_structured(name: str, size: str, budget: float, seed: int = 0, cache_dir
         "feature_argument": arg,
         "metric": wl.primary,
         "higher_is_better": wl.higher_is_better,
-        "target_params": target,
+        "target_params": results["lumos"]["params"],
+        "target_flops": results["lumos"]["flops"],
         "features_kept": features_kept,
         "feature_scores": feature_scores,
         "methods": results,
