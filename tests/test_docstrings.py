@@ -30,6 +30,7 @@ MODULES = [
     "lumos.testing",
     "lumos.selection",
     "lumos.export",
+    "lumos.latency",
 ]
 
 #: public functions and classes that must show at least one example ("module:qualified name")
@@ -48,6 +49,7 @@ MUST_HAVE_EXAMPLES = [
     "lumos.testing:assert_compacts_exactly",
     "lumos.selection:confirm_features",
     "lumos.export:fold_batchnorm",
+    "lumos.latency:layer_seconds",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -193,7 +193,7 @@ def test_random_state_reproduces_and_leaves_global_rng_alone():
         ({"activation": "swish"}, "activation"),
         ({"device": "tpu:what"}, "device"),
         ({"confirm": "yes"}, "confirm"),
-        ({"budget_on": "latency"}, "budget_on"),
+        ({"budget_on": "memory"}, "budget_on"),
     ],
 )
 def test_bad_parameters_raise_lumos_errors(params, needle):

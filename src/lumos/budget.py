@@ -175,7 +175,8 @@ def reopen_within(
 
 
 #: how a budget's measure reads in messages
-MEASURES = {"params": "the parameters", "flops": "the FLOPs"}
+MEASURES = {"params": "the parameters", "flops": "the FLOPs",
+            "latency": "the estimated latency"}
 
 
 def unreachable_message(pinned_origins: Sequence[str], budget: float, reached: float,

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("source", metavar="WORKLOAD|CONFIG.yaml")
     size = fit.add_mutually_exclusive_group()
     size.add_argument("--budget", type=float, help="keep at most this parameter fraction")
-    fit.add_argument("--budget-on", choices=("params", "flops"),
+    fit.add_argument("--budget-on", choices=("params", "flops", "latency"),
                      help="what --budget (and --tolerance's walk) measures (default: params)")
     size.add_argument("--tolerance", type=float,
                       help="smallest model within this relative loss of the dense metric")

@@ -81,6 +81,22 @@ class CostModel(nn.Module):
             )
             self.labels[kind] = [label for _, _, label in terms]
 
+    def add_weighted_kind(self, kind: str, base: str, weights: dict[str, float]) -> None:
+        """A cost kind made of ``base``'s terms, each coefficient multiplied by its label's
+        weight (``budget_on="latency"``: FLOP terms times each layer's measured seconds per
+        FLOP, see :mod:`lumos.latency`). Calling it again replaces the kind.
+
+        Raises:
+            KeyError: a ``base`` term's label has no weight.
+        """
+        coeff = getattr(self, f"{base}_coeff")
+        scale = torch.tensor([weights[label] for label in self.labels[base]],
+                             dtype=coeff.dtype, device=coeff.device)
+        self.register_buffer(f"{kind}_coeff", coeff * scale, False)
+        self.register_buffer(f"{kind}_factors", getattr(self, f"{base}_factors").clone(), False)
+        self.labels[kind] = list(self.labels[base])
+        self._converted = {k: v for k, v in self._converted.items() if k[0] != f"{kind}_coeff"}
+
     def _as(self, name: str, like: Tensor) -> Tensor:
         """Buffer ``name`` in ``like``'s dtype, converted once (this runs every training step)."""
         buffer = getattr(self, name)

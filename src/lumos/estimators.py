@@ -164,10 +164,10 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                 f"feature_penalty must be a number >= 0 (0 turns feature selection off), "
                 f"got {fp!r}."
             )
-        if self.budget_on not in ("params", "flops"):
+        if self.budget_on not in ("params", "flops", "latency"):
             raise ConfigurationError(
-                f"budget_on must be 'params' or 'flops' (what budget measures), got "
-                f"{self.budget_on!r}.")
+                f"budget_on must be 'params', 'flops' or 'latency' (what budget measures), "
+                f"got {self.budget_on!r}.")
         if not isinstance(self.confirm, (bool, np.bool_)):
             raise ConfigurationError(
                 f"confirm must be True (test the weakest kept columns on held-out rows) or "
@@ -561,9 +561,10 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         Where to train and predict (``None``: CPU). The fitted models stay on this device.
     verbose : int, default=0
         1: a progress bar; 2: also one line per epoch.
-    budget_on : {"params", "flops"}, default="params"
-        What ``budget`` measures: the parameter count, or the multiply-adds of a forward (for
-        an MLP nearly the same; it matters for models with convolutions).
+    budget_on : {"params", "flops", "latency"}, default="params"
+        What ``budget`` measures: the parameter count, the multiply-adds of a forward (for
+        an MLP nearly the same; it matters for models with convolutions), or each layer's
+        FLOPs weighted by its time per FLOP measured on the device (:mod:`lumos.latency`).
     confirm : bool, default=True
         Hold out 20% of the rows (tables of 100 rows or more, features selected) and test the
         weakest kept columns on them: each kept column with under 10% of the largest

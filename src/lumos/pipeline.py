@@ -55,9 +55,11 @@ def sparsify(
         example_inputs: a tensor, tuple of positional inputs, or dict of keyword inputs.
         budget: keep at most this fraction of the parameters (0 < budget <= 1); a Lagrangian
             controller finds the penalty strength. Give ``budget`` or ``lam``, not both.
-        budget_on: what ``budget`` (or ``lam``) measures: ``"params"`` (the parameter count)
-            or ``"flops"`` (the multiply-adds of a forward on ``example_inputs``, what
-            inference time follows; high-resolution channels cost more than late ones).
+        budget_on: what ``budget`` (or ``lam``) measures: ``"params"`` (the parameter count),
+            ``"flops"`` (the multiply-adds of a forward on ``example_inputs``, what
+            inference time follows; high-resolution channels cost more than late ones) or
+            ``"latency"`` (each layer's FLOPs weighted by its time per FLOP, measured once on
+            the model's device at this call: :mod:`lumos.latency`).
         lam: fixed penalty strength on the expected fraction of live parameters.
         features: gate the features of every floating input (True), of none (False), or of
             the named arguments only.
@@ -258,19 +260,15 @@ def _check_model(model: object) -> None:
 
 
 #: what a budget may measure (``sparsify(budget_on=...)``)
-BUDGET_MEASURES = ("params", "flops")
+BUDGET_MEASURES = ("params", "flops", "latency")
 
 
 def _check_budget_on(budget_on: object) -> None:
-    if budget_on == "latency":
-        raise ConfigurationError(
-            "budget_on='latency' is not available yet: LUMOS does not measure per-layer "
-            "latency tables. Use budget_on='flops' (the multiply-adds on the example inputs, "
-            "what CPU/GPU inference time follows for dense layers) or 'params'.")
     if budget_on not in BUDGET_MEASURES:
         raise ConfigurationError(
-            f"budget_on={budget_on!r}: a budget measures 'params' (the parameter count) or "
-            "'flops' (multiply-adds on the example inputs), e.g. budget_on='flops'.")
+            f"budget_on={budget_on!r}: a budget measures 'params' (the parameter count), "
+            "'flops' (multiply-adds on the example inputs) or 'latency' (each layer's time on "
+            "this device, measured once), e.g. budget_on='flops'.")
 
 
 def _check_strengths(budget, lam, feature_penalty) -> tuple[float | None, float | None, float]:

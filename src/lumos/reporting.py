@@ -38,7 +38,10 @@ def summary(sm) -> dict:
         },
         "params": {"dense": sm.dense_params, "compacted": counts["params"]},
         "flops": {"dense": sm.dense_flops, "compacted": counts["flops"]},
+        **({"latency_ns": {"dense": sm.dense_latency, "compacted": counts["latency"]}}
+           if "latency" in counts else {}),
         "budget": sm.budget,
+        "budget_on": sm.budget_on,
         "ungated": [
             {"where": s.origin, "reason": s.pinned}
             for s in sm.graph_info.pinned_spaces()
@@ -62,18 +65,29 @@ def report(sm) -> str:
         shown = ", ".join(map(str, kept[:20])) + (" ..." if len(kept) > 20 else "")
         lines.append(f"features of '{name}': {len(kept)}/{f['total']} kept: [{shown}]")
     p, fl = s["params"], s["flops"]
+
+    def budget_note(kind: str) -> str:
+        on = s["budget"] is not None and s["budget_on"] == kind
+        return f", budget {100 * s['budget']:.0f}%" if on else ""
+
     lines.append(
         f"params: {_fmt_count(p['dense'])} -> {_fmt_count(p['compacted'])} "
-        f"({100 * p['compacted'] / max(p['dense'], 1):.1f}%"
-        + (f", budget {100 * s['budget']:.0f}%)" if s["budget"] is not None else ")")
+        f"({100 * p['compacted'] / max(p['dense'], 1):.1f}%{budget_note('params')})"
     )
     rows = next((int(t.shape[0]) for t in sm.example_args
                  if isinstance(t, torch.Tensor) and t.dim()), None)
     lines.append(
         f"FLOPs:  {_fmt_count(fl['dense'])} -> {_fmt_count(fl['compacted'])} "
-        f"({100 * fl['compacted'] / max(fl['dense'], 1):.1f}%; one call on the example "
-        f"inputs{f', {rows} rows' if rows is not None else ''}, not per sample)"
+        f"({100 * fl['compacted'] / max(fl['dense'], 1):.1f}%{budget_note('flops')}; one call "
+        f"on the example inputs{f', {rows} rows' if rows is not None else ''}, not per sample)"
     )
+    if "latency_ns" in s:
+        lat = s["latency_ns"]
+        lines.append(
+            f"latency (estimated, layers with FLOPs): {lat['dense'] / 1e3:.1f} us -> "
+            f"{lat['compacted'] / 1e3:.1f} us "
+            f"({100 * lat['compacted'] / max(lat['dense'], 1):.1f}%{budget_note('latency')}; "
+            "measured once on this device, see lumos.latency)")
     if s["ungated"]:
         lines.append("")
         lines.append("kept whole (not gated):")

@@ -31,6 +31,7 @@ from .errors import (
 from .gates import GateBank
 from .gating import GATES_PLACEHOLDER
 from .inputs import InputSpec
+from .latency import layer_seconds, owner_of, seconds_per_flop
 from .options import GateOptions, number
 from .schedules import Schedule
 from .step_hook import register as _register
@@ -91,7 +92,12 @@ class SparseModel(nn.Module):
         self.cost = CostModel(graph)
         self.dense_params = self.cost.dense("params")
         self.dense_flops = self.cost.dense("flops")
-        self._budget_dense = self.dense_params if budget_on == "params" else self.dense_flops
+        #: nanoseconds per FLOP of each FLOP term's layer (``budget_on="latency"``, else None)
+        self.latency_weights: dict[str, float] | None = None
+        self.dense_latency: float | None = None
+        if budget_on == "latency":
+            self._use_latency_weights(self._measure_latency_weights())
+        self._budget_dense = self.dense_cost(budget_on)
         self.lam = lam
         self.feature_penalty = float(feature_penalty)
         self.controller = (BudgetController(budget, gate_options.budget_warmup)
@@ -117,6 +123,53 @@ class SparseModel(nn.Module):
         self._auto_stepped = False
         self._steps_taken = 0
         _register(self)
+
+    def dense_cost(self, kind: str) -> float:
+        """The dense model's parameters, FLOPs per call of the example inputs, or estimated
+        latency of that call in nanoseconds (``kind``: "params", "flops", "latency")."""
+        if kind == "params":
+            return self.dense_params
+        if kind == "flops":
+            return self.dense_flops
+        if self.dense_latency is None:
+            self._use_latency_weights(self._measure_latency_weights())
+        assert self.dense_latency is not None
+        return self.dense_latency
+
+    def _measure_latency_weights(self) -> dict[str, float]:
+        """Time the layers behind the FLOP terms once on the model's device (see
+        :mod:`lumos.latency`): each FLOP term's weight is its layer's nanoseconds per FLOP
+        (nanoseconds: the cost model's fractions divide by at least 1)."""
+        ones = torch.ones(self.cost.num_gates, dtype=torch.float64)
+        flops = self.cost.by_label(ones, "flops")
+        paths = [name for name, _ in self.model.named_modules() if name]
+        owners = {owner_of(label, paths) for label in flops} - {None}
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        gates = torch.ones(self.gates.num_gates + 1, dtype=self.gates.log_alpha.dtype,
+                           device=self.gates.log_alpha.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            seconds = layer_seconds(
+                self.model, lambda: self.model(*self.inputs.example_args,
+                                               **{GATES_PLACEHOLDER: gates}),
+                sorted(owners), device)  # type: ignore[arg-type]
+        finally:
+            self.model.train(was_training)
+        rates, mean = seconds_per_flop(flops, seconds)
+        weights = {label: 1e9 * rates.get(owner_of(label, rates) or "", mean) for label in flops}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every process budgets rank 0's times: one cost model, the same gates shut
+            shared = [weights]
+            dist.broadcast_object_list(shared, src=0)
+            weights = shared[0]
+        return weights
+
+    def _use_latency_weights(self, weights: dict[str, float]) -> None:
+        self.cost.add_weighted_kind("latency", "flops", weights)
+        self.latency_weights = dict(weights)
+        self.dense_latency = self.cost.dense("latency")
 
     # what the model was built from (kept as attributes for code that read them before)
     @property
@@ -157,8 +210,7 @@ class SparseModel(nn.Module):
     def expected_fraction(self, kind: str = "params") -> Tensor:
         """Expected kept fraction of parameters (or FLOPs) under the current gate probabilities."""
         keep = self.gates.prob_nonzero()
-        dense = self.dense_params if kind == "params" else self.dense_flops
-        return self.cost.total(keep, kind) / max(dense, 1.0)
+        return self.cost.total(keep, kind) / max(self.dense_cost(kind), 1.0)
 
     #: optimiser steps whose mean task loss sets the unit of the pressure (then it is fixed):
     #: the first one, the loss of the untrained model (for a standardised target about 1,
@@ -403,7 +455,8 @@ class SparseModel(nn.Module):
         # resumed from a checkpoint refreshes on the steps the uninterrupted run did
         return {"realized": self._realized, "realized_calls": self._realized_calls,
                 "loss_scale": self._loss_scale, "loss_count": self._loss_count,
-                "loss_sum": None if self._loss_sum is None else float(self._loss_sum)}
+                "loss_sum": None if self._loss_sum is None else float(self._loss_sum),
+                "latency_weights": self.latency_weights}
 
     def set_extra_state(self, state: dict) -> None:
         realized = state.get("realized")
@@ -417,6 +470,10 @@ class SparseModel(nn.Module):
         self._loss_sum = None if total is None else torch.tensor(
             float(total), dtype=self.gates.log_alpha.dtype, device=self.gates.log_alpha.device)
         self._pending_loss = None
+        weights = state.get("latency_weights")
+        if weights is not None:  # what the first run measured, not this machine's times
+            self._use_latency_weights(dict(weights))
+            self._budget_dense = self.dense_cost(self.budget_on)
 
     def set_progress(self, fraction: float) -> None:
         """Tell the budget schedule how far training is (0 = start, 1 = end)."""
@@ -627,13 +684,14 @@ class SparseModel(nn.Module):
         summaries all read it, so they cannot disagree.
         """
         kind = self.budget_on if kind is None else kind
-        dense = self.dense_params if kind == "params" else self.dense_flops
-        return projection.kept_fraction(self.cost, self.kept_mask(), dense, kind)
+        return projection.kept_fraction(self.cost, self.kept_mask(), self.dense_cost(kind), kind)
 
     def compacted_counts(self) -> dict[str, float]:
-        """Parameters and FLOPs that compaction will leave, from the cost model."""
+        """Parameters and FLOPs (and the estimated latency in nanoseconds, when it was
+        measured: ``budget_on="latency"``) that compaction will leave, from the cost model."""
         keep = self.kept_mask().double()
-        return {k: float(self.cost.total(keep, k)) for k in ("params", "flops")}
+        kinds = ("params", "flops") + (("latency",) if self.latency_weights is not None else ())
+        return {k: float(self.cost.total(keep, k)) for k in kinds}
 
     def compact(self, inputs: str = "full", verify: bool = True) -> fx.GraphModule:
         """A plain PyTorch module without the closed channels (see :mod:`lumos.compaction`).

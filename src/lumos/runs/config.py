@@ -48,7 +48,8 @@ def _budget(value) -> str | None:
 
 
 def _budget_on(value) -> str | None:
-    return None if value in ("params", "flops") else "must be 'params' or 'flops'"
+    return None if value in ("params", "flops", "latency") else \
+        "must be 'params', 'flops' or 'latency'"
 
 
 def _tolerance(value) -> str | None:
@@ -96,8 +97,9 @@ class RunConfig:
     seed: int = _key(0, "seed of data generation, model initialisation, batch order and gates")
     budget: float | None = _key(None, "keep at most this fraction of the dense parameters "
                                 "(0, 1]", _budget)
-    budget_on: str = _key("params", "what budget measures: 'params' (parameter count) or "
-                          "'flops' (multiply-adds of a forward on the example inputs)",
+    budget_on: str = _key("params", "what budget measures: 'params' (parameter count), "
+                          "'flops' (multiply-adds of a forward on the example inputs) or "
+                          "'latency' (layer times measured once on the device)",
                           _budget_on)
     tolerance: float | None = _key(None, "instead of budget: smallest model within this "
                                    "relative loss of the dense validation metric", _tolerance)
