@@ -369,3 +369,59 @@ def test_a_flops_budget_cuts_the_expensive_high_resolution_channels_first():
 def test_an_unknown_budget_measure_is_refused_with_the_choices(on, needle):
     with pytest.raises(lumos.ConfigurationError, match=needle):
         lumos.sparsify(_mlp(), torch.randn(4, 9), budget=0.5, budget_on=on)
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(budget=st.floats(0.15, 0.8), seed=st.integers(0, 10_000), multiple=st.sampled_from([4, 8]))
+def test_width_multiple_cuts_widths_to_multiples_within_the_budget(budget, seed, multiple):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(9, 64), nn.ReLU(), nn.Linear(64, 40), nn.ReLU(),
+                        nn.Linear(40, 1))
+    x = torch.randn(8, 9)
+    sm = lumos.sparsify(net, x, budget=budget, features=False,
+                        gates=lumos.GateOptions(width_multiple=multiple))
+    with torch.no_grad():
+        sm.gates.log_alpha.normal_(1.0, 3.0)
+    sm.set_progress(0.95)  # the budget is enforced (and the gates frozen) here
+    assert sm.kept_fraction() <= budget + 1e-9
+    small = sm.eval().compact()  # checks compacted == gated
+    for width in _widths(small):
+        assert width % multiple == 0 or width < multiple, _widths(small)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x), rtol=1e-4, atol=1e-5)
+
+
+def test_width_multiple_one_changes_nothing():
+    masks = []
+    for options in (None, lumos.GateOptions(width_multiple=1)):
+        torch.manual_seed(3)
+        sm = lumos.sparsify(_mlp(), torch.randn(4, 9), budget=0.3, features=False,
+                            gates=options)
+        with torch.no_grad():
+            sm.gates.log_alpha.normal_(1.0, 3.0)
+        sm.set_progress(0.95)
+        masks.append(sm.kept_mask())
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_width_multiple_holds_after_training():
+    torch.manual_seed(0)
+    x = torch.randn(256, 9)
+    y = x[:, :3].sum(1, keepdim=True)
+    net = nn.Sequential(nn.Linear(9, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 1))
+    sm = lumos.sparsify(net, x[:8], budget=0.3, gates=lumos.GateOptions(width_multiple=8))
+    train(sm, (x, y), epochs=8, lr=3e-3, progress=False)
+    small = sm.compact()
+    assert sm.kept_fraction() <= 0.3 + 1e-9
+    assert all(w % 8 == 0 or w < 8 for w in _widths(small)), _widths(small)
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, True, "8"])
+def test_a_bad_width_multiple_is_refused(bad):
+    with pytest.raises(lumos.ConfigurationError, match="width_multiple"):
+        lumos.GateOptions(width_multiple=bad)

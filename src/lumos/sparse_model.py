@@ -536,17 +536,47 @@ class SparseModel(nn.Module):
         if projection.kept_fraction(self.cost, kept, self._budget_dense,
                                     self.budget_on) <= budget:
             if not fill:
-                return 0
+                return self._round_widths(protected)
             reopened = projection.reopen_within(*parts)
             if reopened:
                 self._realized = None
-            return -reopened
+            return self._round_widths(protected) - reopened
         shut, reached = projection.shut_to_budget(*parts)
         self.gates.shut_gates(torch.nonzero(shut).flatten())
         self._realized = None
         if reached > budget + 1e-9 and not self._warned_unreachable:
             self._warned_unreachable = True
             warnings.warn(self.unreachable_message(budget, reached), LumosWarning, stacklevel=2)
+        return int(shut.sum()) + self._round_widths(protected)
+
+    #: group kinds that are a matmul's width (``GateOptions.width_multiple`` rounds them)
+    WIDTH_KINDS = ("neuron", "channel", "hidden", "embedding", "rank")
+
+    def _round_widths(self, protected: Tensor) -> int:
+        """Shut the weakest open gates of every width group wider than
+        ``gate_options.width_multiple`` down to a multiple of it; returns how many. Only ever
+        shuts, so a budget that held still holds; ``protected`` gates (a path kept open)
+        stay, and a group whose protected gates are more than the multiple below keeps them."""
+        multiple = self.gate_options.width_multiple
+        if multiple <= 1:
+            return 0
+        kept = self.kept_mask()
+        log_alpha = self.gates.log_alpha.detach()
+        shut = torch.zeros_like(kept)
+        for group in self.graph_info.groups:
+            if group.kind not in self.WIDTH_KINDS or group.size <= multiple:
+                continue
+            sl = slice(group.offset, group.offset + group.size)
+            open_ = torch.nonzero(kept[sl]).flatten()
+            extra = len(open_) % multiple
+            if len(open_) <= multiple or extra == 0:
+                continue
+            candidates = open_[~protected[sl][open_]]
+            weakest = candidates[torch.argsort(log_alpha[sl][candidates])][:extra]
+            shut[group.offset + weakest] = True
+        if bool(shut.any()):
+            self.gates.shut_gates(torch.nonzero(shut).flatten())
+            self._realized = None
         return int(shut.sum())
 
     def _essential_groups(self) -> list:
