@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload_size": workload_size,
         "sizes_note": sizes_note,
     }
-    plots = report.plot(struct_records, feat_records, args.out) if not args.smoke else []
+    plots = report.plot(struct_records, feat_records, args.out, stem) if not args.smoke else []
     summary = {"meta": meta, "structured": struct_records, "features": feat_records,
                "summary": report.summary_rows(struct_records, feat_records)}
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2))

@@ -353,7 +353,10 @@ def write_markdown(structured: list[dict], features: list[dict], meta: dict, pat
 
 
 # ---- plots -------------------------------------------------------------------------------------
-def plot(structured: list[dict], features: list[dict], out: Path) -> list[str]:
+def plot(structured: list[dict], features: list[dict], out: Path, stem: str = "peers"
+         ) -> list[str]:
+    """The structured and feature figures, ``OUT/{stem}_structured.png`` and
+    ``{stem}_features.png`` (one stem per results page, so no run overwrites another's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -383,7 +386,8 @@ def plot(structured: list[dict], features: list[dict], out: Path) -> list[str]:
         names = [r["workload"] for r in structured]
         axes[0].axhline(0, color="0.4", lw=0.8)
         axes[0].set_ylabel("metric vs. dense (%; >0 better)")
-        axes[0].set_title("Task metric at LUMOS's parameter count")
+        counted = _counted({"budget_on": structured[0].get("budget_on")})
+        axes[0].set_title(f"Task metric at LUMOS's {counted}")
         axes[1].axhline(1, color="0.4", lw=0.8)
         axes[1].set_ylabel("CPU speed-up vs. dense, batch 256")
         axes[1].set_title("Inference speed (x marks: peer failed)")
@@ -395,9 +399,9 @@ def plot(structured: list[dict], features: list[dict], out: Path) -> list[str]:
                     axes[1].plot(j + (i - 1.5) * w, 0.1, "kx")
         axes[1].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "peers_structured.png", dpi=110)
+        fig.savefig(out / f"{stem}_structured.png", dpi=110)
         plt.close(fig)
-        written.append("peers_structured.png")
+        written.append(f"{stem}_structured.png")
     if features:
         methods = ["lumos", "stg", "lassonet", "rf_at_k", "mi_at_k"]
         fig, ax = plt.subplots(figsize=(13, 4.2))
@@ -412,7 +416,7 @@ def plot(structured: list[dict], features: list[dict], out: Path) -> list[str]:
         ax.set_title("Feature selection against the ground truth")
         ax.legend(fontsize=8, ncol=5, loc="lower left")
         fig.tight_layout()
-        fig.savefig(out / "peers_features.png", dpi=110)
+        fig.savefig(out / f"{stem}_features.png", dpi=110)
         plt.close(fig)
-        written.append("peers_features.png")
+        written.append(f"{stem}_features.png")
     return written
