@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -40,14 +42,37 @@ def test_walk_finds_a_small_model_inside_the_tolerance():
     assert [p.epoch for p in result.walk] == list(range(16)) and points == result.walk
     walked = [p.kept_fraction for p in result.walk if p.phase == "walk"]
     assert min(walked) < 0.5
-    # the returned model is the one reported, and it compacts to that size
-    small = result.model.compact()
+    # the returned model is the one reported, and it compacts to that size, quietly: the
+    # walk enforced its budgets itself (it warned "budget enforced at inf" before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        small = result.model.compact()
     with torch.no_grad():
         assert r2(small(val_data[0]), val_data[1]) == pytest.approx(result.metric, abs=1e-6)
     assert lumos.count_params(small) / result.model.dense_params == pytest.approx(
         result.kept_fraction)
     kept = set(result.model.selected_features()["input"])
     assert set(data.true_features) <= kept
+
+
+def test_a_walk_whose_best_model_came_early_compacts_quietly():
+    """The walk restores its best snapshot, which can predate the end of training (and the
+    progress at which a budget is enforced): compact() must not enforce it again and warn."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    calls = []
+
+    def metrics(pred, target):
+        calls.append(1)  # good for the first epochs only, then out of tolerance
+        return {"r2": 1.0 if len(calls) <= 4 else 0.0}
+
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
+        metrics=metrics, primary="r2", higher_is_better=True, reference=1.0,
+        epochs=10, tolerance=0.01, lr=2e-3, batch_size=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        result.model.compact()
 
 
 def test_bad_tolerance_arguments_are_lumos_errors():

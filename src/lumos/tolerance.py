@@ -203,6 +203,7 @@ def fit_within_tolerance(
             best = _snapshot(sm, optimizer, point)
     if best is not None:
         best.restore(sm, optimizer)
+    controller.settled = True  # the walk enforced its budgets: compact() has nothing to add
     sm.eval()
     metric = score(sm)
     fraction = sm.kept_fraction()
