@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.suite import RESULTS, machine_info
+from benchmarks.suite import RESULTS, chosen_workloads, machine_info
 from lumos.errors import LumosError
 from lumos.export import export_model
 from lumos.measure import call_latency
-from lumos.workloads import build_dense, build_sparse, get_workload, train_recipe, workload_names
+from lumos.workloads import build_dense, build_sparse, get_workload, train_recipe
 
 
 def _timed_forms(dense, small, inputs: tuple, folder: Path) -> tuple[dict, dict]:
@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    names = args.only or workload_names()
-    unknown = [n for n in names if n not in workload_names()]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; available: {workload_names()}")
+    names = chosen_workloads(parser, args.only)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python -m benchmarks.latency " + " ".join(argv if argv is not None

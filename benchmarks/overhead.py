@@ -37,11 +37,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
-from benchmarks.suite import RESULTS, machine_info, paired_epoch_times
+from benchmarks.suite import RESULTS, chosen_workloads, machine_info, paired_epoch_times
 from lumos.sparse_model import SparseModel
 from lumos.training import make_optimizer
 from lumos.training.batches import batch_pair, call_model
-from lumos.workloads import build_dense, build_sparse, get_workload, workload_names
+from lumos.workloads import build_dense, build_sparse, get_workload
 
 PARTS = ("forward", "loss + backward", "optimizer", "bookkeeping")
 
@@ -237,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    names = args.only or workload_names()
-    unknown = [n for n in names if n not in workload_names()]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; available: {workload_names()}")
+    names = chosen_workloads(parser, args.only)
     torch.set_num_threads(1)
     command = "python -m benchmarks.overhead " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])

@@ -16,6 +16,7 @@ resumes with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -118,6 +119,15 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def chosen_workloads(parser: argparse.ArgumentParser, only: list[str] | None) -> list[str]:
+    """The workloads ``--only`` names (all by default); an unknown name is a usage error."""
+    names = only or workload_names()
+    unknown = [n for n in names if n not in workload_names()]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; available: {workload_names()}")
+    return names
+
+
 def paired_latency(dense, small, inputs, rounds: int = 5, budget_s: float = 0.4) -> tuple:
     """Median latencies of two models timed in alternating rounds (drift hits both alike).
 
@@ -143,8 +153,6 @@ def paired_latency(dense, small, inputs, rounds: int = 5, budget_s: float = 0.4)
 def without_denormals(model):
     """A copy of ``model`` whose denormal parameters and buffers are 0 (a change below
     1.2e-38 per value in float32: the outputs do not move)."""
-    import copy
-
     if not isinstance(model, torch.nn.Module):
         return model
     model = copy.deepcopy(model)
@@ -492,10 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is None and args.tolerance is None:
         args.budget = 0.25
     size = "smoke" if args.smoke else "full"
-    names = args.only or workload_names()
-    unknown = [n for n in names if n not in workload_names()]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; available: {workload_names()}")
+    names = chosen_workloads(parser, args.only)
     stem = "suite" if size == "full" else "suite_smoke"
     per = args.out / stem
     per.mkdir(parents=True, exist_ok=True)

@@ -144,11 +144,13 @@ def call_seconds(device: torch.device, repeats: int = 200) -> float:
 
 def _exclusive(inclusive: dict[str, float]) -> dict[str, float]:
     """Each module's time without the timed modules nested in it (never below zero)."""
+    def inside(p: str, q: str) -> bool:
+        return p != q and (q == "" or p.startswith(q + "."))
+
     out = {}
     for path, seconds in inclusive.items():
-        nested = [p for p in inclusive if p != path and (path == "" or p.startswith(path + "."))]
-        direct = [p for p in nested if owner_of(p, [q for q in nested if q != p] + [path])
-                  == path]
+        nested = [p for p in inclusive if inside(p, path)]
+        direct = [p for p in nested if not any(inside(p, q) for q in nested)]
         out[path] = max(seconds - sum(inclusive[p] for p in direct), 0.0)
     return out
 
