@@ -56,6 +56,9 @@ class GateOptions:
             and GEMM kernels favour such widths: measured on this project's CPU, a Linear at
             256 rows ran 169 -> 86 in 51 us and 176 -> 88 in 42 us; 3x3 convolutions showed
             no gain. 8 suits most CPUs and float16 GPUs.
+        fourier_modes: gate the Fourier modes of spectral convs (``lumos.layers``): one gate
+            per kept frequency row or column, cut by compaction, so an FNO can shed the modes
+            it does not need as well as channels. False gates their channels only.
 
     Raises:
         ConfigurationError: for any value outside its range (named in the message).
@@ -76,6 +79,7 @@ class GateOptions:
     init_keep_probability: float | dict[str, float] = 0.99
     budget_warmup: float = 0.5
     width_multiple: int = 1
+    fourier_modes: bool = True
 
     def __post_init__(self) -> None:
         b = Schedule.of(self.noise_interval)
@@ -116,6 +120,15 @@ class GateOptions:
             raise ConfigurationError(
                 f"width_multiple must be a whole number >= 1 (1: any width; 8 suits most "
                 f"CPUs), got {self.width_multiple!r}.")
+        if not isinstance(self.fourier_modes, bool):
+            raise ConfigurationError(
+                f"fourier_modes must be True or False, got {self.fourier_modes!r}.")
+
+    def fixed_kinds(self) -> dict[str, str]:
+        """Unit kinds these options keep whole, with the reason ``report()`` shows."""
+        if self.fourier_modes:
+            return {}
+        return {"mode": "Fourier modes are not gated (GateOptions(fourier_modes=False))"}
 
     def hard_concrete(self, progress: float = 0.0) -> HardConcreteConfig:
         """The gate distribution at ``progress`` (temperature read from its schedule)."""

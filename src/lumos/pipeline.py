@@ -174,7 +174,7 @@ def sparsify(
                               {n.target: v for n, v in zip(placeholders, example_args)})
 
     graph = ChannelGraph(gm, tuple(example_args), feature_inputs, strict=strict,
-                         shapes_known=True, keep=kept_whole)
+                         shapes_known=True, keep=kept_whole, fixed_kinds=options.fixed_kinds())
     if strict:
         _refuse_ungated(graph)
     insert_gates(gm, graph)

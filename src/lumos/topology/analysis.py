@@ -88,6 +88,7 @@ class ChannelGraph:
         strict: bool = False,
         shapes_known: bool = False,
         keep: frozenset[str] = frozenset(),
+        fixed_kinds: dict[str, str] | None = None,
     ) -> None:
         self.gm = gm
         #: modules the user asked to keep whole (``sparsify(keep=...)``)
@@ -96,6 +97,10 @@ class ChannelGraph:
             propagate_shapes(gm, example_args)
         self._run_rules(feature_inputs, strict)
         self.ctx.finish()
+        for space in self.ctx.spaces:  # unit kinds the options keep whole
+            reason = (fixed_kinds or {}).get(space.kind)
+            if reason is not None:
+                space.pin(reason)
         self.records = self.ctx.records
         self.spaces = self.ctx.spaces
         self._count_unclaimed_params()
@@ -139,7 +144,7 @@ class ChannelGraph:
                 calls.setdefault(str(n.target), []).append(n)
         for psite in self.records.param_sites:  # units inside a layer: all its reads cut
             roots = {id(seg.space.find()) for seg in psite.layout.segments}
-            if len(roots) == 1:
+            if len(roots) == 1 and psite.cuts:
                 cut = cuts.setdefault(roots.pop(), set())
                 for n in calls.get(psite.owner, []):
                     cut.update((n, a) for a in n.all_input_nodes)

@@ -163,15 +163,18 @@ class RuleContext:
         self.site(node, 0, dim, layout)
         self.records.stat_inputs.append(StatInput(target_path(node), layout, dim))
 
-    def param_site(self, owner: str, param: str, dim: int, layout: Layout) -> None:
+    def param_site(self, owner: str, param: str, dim: int, layout: Layout,
+                   cuts: bool = True) -> None:
         """Gate ``layout``'s channels inside leaf ``owner`` by scaling ``owner.param`` on ``dim``;
-        compaction folds the gate values into the same parameter."""
+        compaction folds the gate values into the same parameter. ``cuts=False`` says the
+        layer still reads its input when all of them close (one of several parallel parts),
+        so they are never the only path from the inputs to the output."""
         mod_path, _, name = f"{owner}.{param}".rpartition(".")
         self.role(mod_path, name, dim, layout, fold=True)  # a second call: layouts tied
         if any((s.owner, s.param, s.dim) == (owner, param, dim)
                for s in self.records.param_sites):
             return  # one layer called twice (a cell in a loop): its parameter is gated once
-        self.records.param_sites.append(ParamSite(owner, param, dim, layout))
+        self.records.param_sites.append(ParamSite(owner, param, dim, layout, cuts))
 
     def cost(self, kind: str, coeff: float, factors: tuple[Layout, ...], label: str) -> None:
         """``coeff * prod(live(layout))`` parameters or FLOPs (``kind``); FLOPs follow torch's

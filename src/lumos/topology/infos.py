@@ -87,6 +87,9 @@ class ParamSite:
     param: str  # parameter path relative to the owner, e.g. "out_proj.weight"
     dim: int
     layout: Layout
+    #: closing every unit leaves the layer's output independent of its inputs (False for
+    #: units that are one of several parallel parts, such as one corner of a spectrum)
+    cuts: bool = True
 
 
 @dataclass

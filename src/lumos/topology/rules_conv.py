@@ -15,7 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..layers import SpectralConv1d, SpectralConv2d
+from ..layers import SpectralConv1d, SpectralConv2d, frequencies_present
 from .context import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
@@ -297,6 +297,11 @@ def _spectral(ctx: RuleContext, node: fx.Node, module: SpectralConv1d | Spectral
     """FNO spectral conv: per kept mode a complex Linear over channels; FFTs are channel-wise.
 
     Input channels are read (gated, folded into weight dim 0), output channels are a new space.
+    Its Fourier modes are units too: one per frequency along each axis (1-D: the modes; 2-D:
+    the rows of each corner and the columns both corners share), gated by scaling the weight's
+    slices and cut with the layer's frequency buffers, so a compacted layer applies each kept
+    weight to its own frequency. Modes the example's resolution does not reach are kept whole
+    (their weight is unused there, so no gate could learn them).
     """
     nd = 1 if isinstance(module, SpectralConv1d) else 2
     cdim = -(nd + 1)
@@ -311,29 +316,73 @@ def _spectral(ctx: RuleContext, node: fx.Node, module: SpectralConv1d | Spectral
     out_layout = Layout.of(ctx.new_space(module.out_channels, "channel", owner))
     in_layout.require_nonempty()
     out_layout.require_nonempty()
-    names = ("weight",) if nd == 1 else ("weight1", "weight2")
     shape = ctx.shape(x)
     batch = math.prod(shape[:cdim]) if shape and len(shape) > nd + 1 else 1
-    for name in names:
+    layouts: dict[str, Layout] = {}  # per frequency buffer (2-D: both corners share columns)
+    for name, axes in _mode_axes(module).items():
         ctx.role(owner, name, 0, in_layout, fold=True)
         ctx.role(owner, name, 1, out_layout)
-        ctx.param_cost(owner, name, (in_layout, out_layout))
-        modes = _used_modes(module, shape)
+        modes = []
+        for dim, (buffer, signed, axis) in enumerate(axes, start=2):
+            if buffer not in layouts:
+                layouts[buffer] = _mode_layout(ctx, owner, buffer, shape, signed, axis)
+            layout = layouts[buffer]
+            if layout.segments[0].space.pinned is None:
+                # a 2-D layer's corner rows are one of two parallel parts; its columns cut
+                ctx.param_site(owner, name, dim, layout, cuts=not signed)
+                ctx.role(owner, buffer, 0, layout)
+            modes.append(layout)
+        ctx.param_cost(owner, name, (in_layout, out_layout, *modes))
         # the mode-wise product is a batched complex matmul: 2 * modes * batch * in * out
-        ctx.cost("flops", 2 * modes * batch, (in_layout, out_layout), f"{owner}.{name}")
+        used = [_used(ctx.attr(owner, buf), shape, signed, axis) for buf, signed, axis in axes]
+        if all(u == m.length for u, m in zip(used, modes)):
+            ctx.cost("flops", 2 * batch, (in_layout, out_layout, *modes), f"{owner}.{name}")
+        else:
+            ctx.cost("flops", 2 * batch * math.prod(used), (in_layout, out_layout),
+                     f"{owner}.{name}")
     return TensorInfo(cdim, out_layout)
 
 
-def _used_modes(module: SpectralConv1d | SpectralConv2d, shape) -> int:
+def _mode_axes(module: SpectralConv1d | SpectralConv2d) -> dict[str, tuple]:
+    """Per complex weight, its mode dims (2, 3, ...): (frequency buffer, signed, input axis
+    from the end)."""
     if isinstance(module, SpectralConv1d):
-        return min(module.modes, shape[-1] // 2 + 1)
-    h, w = shape[-2], shape[-1]
-    return min(module.modes1, h // 2) * min(module.modes2, w // 2 + 1)
+        return {"weight": (("freqs", False, -1),)}
+    cols = ("col_freqs", False, -1)
+    return {"weight1": (("freqs1", True, -2), cols), "weight2": (("freqs2", True, -2), cols)}
+
+
+def _used(freqs, shape, signed: bool, axis: int) -> int:
+    """How many of ``freqs`` the example's FFT holds along ``axis`` (rfft on the last)."""
+    if shape is None:
+        return freqs.numel()
+    n = shape[axis] if signed else shape[axis] // 2 + 1
+    return int(frequencies_present(freqs, n, signed).sum())
+
+
+def _mode_layout(ctx: RuleContext, owner: str, buffer: str, shape, signed: bool,
+                 axis: int) -> Layout:
+    """The units of one frequency buffer: a mode space, pinned when the example's resolution
+    does not reach every frequency in it."""
+    origin = f"{owner}.{buffer}"
+    freqs = ctx.attr(owner, buffer)
+    space = ctx.new_space(freqs.numel(), "mode", origin)
+    used = _used(freqs, shape, signed, axis)
+    if used < freqs.numel():
+        space.pin(f"the example's resolution holds {used} of {origin}'s {freqs.numel()} "
+                  "Fourier modes: modes are gated only when the example reaches them all")
+    return Layout.of(space)
 
 
 def _resize_spectral(module: SpectralConv1d | SpectralConv2d) -> None:
     w = module.weight if isinstance(module, SpectralConv1d) else module.weight1
     module.in_channels, module.out_channels = w.shape[0], w.shape[1]
+    if isinstance(module, SpectralConv1d):
+        module.modes = module.freqs.numel()
+    else:
+        module.modes1 = max(module.freqs1.numel(), module.freqs2.numel())
+        module.modes2 = module.col_freqs.numel()
+    module.refresh()
 
 
 register_rule(SpectralConv1d, _spectral, resize=_resize_spectral, input_dim=1)
