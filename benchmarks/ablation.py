@@ -1,12 +1,15 @@
-"""Gate-training ablation: which noise/temperature schedule and whether to freeze-and-fine-tune.
+"""Gate ablations: which noise/temperature schedule and whether to freeze-and-fine-tune
+(``--study gates``), and which units to gate (``--study units``: an FNO's channels only, or
+its channels and Fourier modes).
 
-    python -m benchmarks.ablation [--only NAME ...] [--size full] [--epochs-scale 1.0]
+    python -m benchmarks.ablation [--study gates|units] [--only NAME ...] [--size full]
 
 For each workload: one dense model (the reference metric), then one LUMOS run per gate
 configuration, all from the same initial weights, the same recipe and data order, and the same
-budget. Records metric (compacted model), kept parameter fraction and budget error, irrelevant
-inputs dropped / true inputs kept, and training time. Results: ``docs/results/ablation.json``
-and ``ablation.md``; ``lumos.GateOptions`` defaults are chosen from them.
+budget. Records metric (compacted model), kept parameter and FLOP fractions and budget error,
+irrelevant inputs dropped / true inputs kept, and training time. Results:
+``docs/results/ablation.{json,md}`` (gates) and ``ablation_units.{json,md}`` (units);
+``lumos.GateOptions`` defaults are chosen from them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lumos import GateOptions, Schedule
-from lumos.measure import count_params
+from lumos.measure import count_flops, count_params
 from lumos.training import predict
 from lumos.workloads import (
     build_dense,
@@ -44,6 +47,16 @@ CONFIGS: dict[str, GateOptions] = {
 FINETUNE = 0.1
 DEFAULT_WORKLOADS = ["atomistic_energy", "cosmo_power_spectrum", "cfd_pressure", "darcy",
                      "boiling_point", "mesh_pde", "combustion"]
+#: which units an FNO gates (GateOptions.fourier_modes): the first is the baseline
+UNIT_CONFIGS: dict[str, GateOptions] = {
+    "channels": GateOptions(fourier_modes=False),
+    "channels+modes": GateOptions(fourier_modes=True),
+}
+#: per study: its configs, the baseline the others are compared with, default workloads
+STUDIES = {
+    "gates": ("stochastic", DEFAULT_WORKLOADS),
+    "units": ("channels", ["darcy"]),
+}
 
 
 def all_configs() -> dict[str, GateOptions]:
@@ -70,6 +83,8 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
     pred, target = predict(dense, val)
     dense_metric = wl.metrics(pred, target)[wl.primary]
     dense_params = count_params(dense)
+    one = data.example_batch("val", 1)[0]  # FLOPs per sample, as in the suite
+    dense_flops = count_flops(dense, one)
     records = []
     for config, opts in configs.items():
         base = build_dense(wl, data, seed=seed)
@@ -82,6 +97,7 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
         pred, _ = predict(small, val)
         metric = wl.metrics(pred, target)[wl.primary]
         kept_fraction = count_params(small) / dense_params
+        flops_fraction = count_flops(small, one) / dense_flops
         kept = {data.feature_names.index(n) for n in sm.selected_features()[arg]}
         irrelevant, true = set(data.irrelevant_features), set(data.true_features)
         rel = (metric - dense_metric) / max(abs(dense_metric), 1e-12)
@@ -93,6 +109,7 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
             "metric_dense": dense_metric, "metric_lumos": metric,
             "metric_relative_change": rel if wl.higher_is_better else -rel,  # + is better
             "kept_fraction": kept_fraction, "budget_error": kept_fraction - budget,
+            "flops_fraction": flops_fraction,
             "irrelevant_dropped": len(irrelevant - kept) / max(len(irrelevant), 1),
             "true_kept": len(true & kept) / max(len(true), 1),
             "train_epoch_s": statistics.median(_steady(history.epoch_seconds)),
@@ -106,12 +123,12 @@ def run_workload(name: str, size: str, budget: float, seed: int, epochs_scale: f
     return records
 
 
-def summarize(records: list[dict]) -> dict[str, dict]:
+def summarize(records: list[dict], baseline_config: str = "stochastic") -> dict[str, dict]:
     """Per config: means over workloads, the median metric change (one workload that every
-    config finds hard must not decide alone), and wins against plain hard-concrete gating
-    (``stochastic``) on the same workload."""
+    config finds hard must not decide alone), and wins against the baseline (plain
+    hard-concrete gating, ``stochastic``, in the gates study) on the same workload."""
     baseline = {r["workload"]: r["metric_relative_change"] for r in records
-                if r["config"] == "stochastic"}
+                if r["config"] == baseline_config}
     out = {}
     for config in dict.fromkeys(r["config"] for r in records):
         rs = [r for r in records if r["config"] == config]
@@ -121,10 +138,12 @@ def summarize(records: list[dict]) -> dict[str, dict]:
                                                            for r in rs),
             "median_metric_relative_change": statistics.median(r["metric_relative_change"]
                                                                for r in rs),
-            "better_than_stochastic": sum(r["metric_relative_change"] > baseline[r["workload"]]
-                                          for r in paired),
-            "worse_than_stochastic": sum(r["metric_relative_change"] < baseline[r["workload"]]
-                                         for r in paired),
+            "better_than_baseline": sum(r["metric_relative_change"] > baseline[r["workload"]]
+                                        for r in paired),
+            "worse_than_baseline": sum(r["metric_relative_change"] < baseline[r["workload"]]
+                                       for r in paired),
+            "mean_flops_fraction": statistics.mean(r.get("flops_fraction", float("nan"))
+                                                   for r in rs),
             "mean_abs_budget_error": statistics.mean(abs(r["budget_error"]) for r in rs),
             "max_budget_overshoot": max(r["budget_error"] for r in rs),
             "irrelevant_dropped": statistics.mean(r["irrelevant_dropped"] for r in rs),
@@ -137,37 +156,43 @@ def summarize(records: list[dict]) -> dict[str, dict]:
 
 
 def write_markdown(records: list[dict], summary: dict, meta: dict, path: Path) -> None:
+    title = {"gates": "Gate-training ablation", "units": "Unit ablation (what an FNO gates)"}
     lines = [
-        "# Gate-training ablation", "",
+        f"# {title[meta.get('study', 'gates')]}", "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
         f"torch {meta['machine']['torch']}  ",
         f"Date: {meta['date']}; size: {meta['size']}; epochs x{meta['epochs_scale']}; "
         f"budget {meta['budget']}; seed {meta['seed']}", "",
         "Metric change is relative to the dense model, signed so that + is better.", "",
-        "| config | mean metric change | median | better / worse than stochastic | "
-        "mean abs budget error | max overshoot | irrelevant dropped | true kept | "
+        f"| config | mean metric change | median | better / worse than {meta['baseline']} | "
+        "FLOPs kept | mean abs budget error | max overshoot | irrelevant dropped | true kept | "
         "train overhead |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config, s in summary.items():
         lines.append(
             f"| {config} | {100 * s['mean_metric_relative_change']:+.2f}% | "
             f"{100 * s['median_metric_relative_change']:+.2f}% | "
-            f"{s['better_than_stochastic']} / {s['worse_than_stochastic']} | "
+            f"{s['better_than_baseline']} / {s['worse_than_baseline']} | "
+            f"{100 * s['mean_flops_fraction']:.1f}% | "
             f"{100 * s['mean_abs_budget_error']:.2f} pp | "
             f"{100 * s['max_budget_overshoot']:+.2f} pp | "
             f"{100 * s['irrelevant_dropped']:.1f}% | {100 * s['true_kept']:.1f}% | "
             f"{100 * s['train_overhead']:+.1f}% |"
         )
     lines += ["", "## Per workload", "",
-              "| workload | config | dense | LUMOS | change | kept | noise dropped | true kept |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| workload | config | dense | LUMOS | change | kept | FLOPs kept | noise dropped "
+              "| true kept |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        flops = r.get("flops_fraction")
         lines.append(
             f"| {r['workload']} | {r['config']} | {r['metric_dense']:.4f} | "
             f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
-            f"{100 * r['kept_fraction']:.1f}% | {100 * r['irrelevant_dropped']:.0f}% | "
+            f"{100 * r['kept_fraction']:.1f}% | "
+            f"{'-' if flops is None else f'{100 * flops:.1f}%'} | "
+            f"{100 * r['irrelevant_dropped']:.0f}% | "
             f"{100 * r['true_kept']:.0f}% |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -176,7 +201,8 @@ def write_markdown(records: list[dict], summary: dict, meta: dict, path: Path) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", metavar="NAME", default=DEFAULT_WORKLOADS)
+    parser.add_argument("--study", choices=tuple(STUDIES), default="gates")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=None)
     parser.add_argument("--configs", nargs="+", metavar="CONFIG", default=None)
     parser.add_argument("--size", choices=("smoke", "full"), default="full")
     parser.add_argument("--epochs-scale", type=float, default=1.0)
@@ -187,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", nargs="+", metavar="CONFIG",
                         help="run these configs again even where OUT/ablation/ has them")
     args = parser.parse_args(argv)
-    configs = all_configs()
+    baseline, default_workloads = STUDIES[args.study]
+    configs = all_configs() if args.study == "gates" else dict(UNIT_CONFIGS)
     if args.configs:
         configs = {k: v for k, v in configs.items() if k in args.configs}
-    per = args.out / "ablation"
+    stem = "ablation" if args.study == "gates" else f"ablation_{args.study}"
+    args.only = args.only or default_workloads
+    per = args.out / stem
     per.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.ablation " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -211,14 +240,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ablation] {name}: reused {path}", flush=True)
         records += sorted((r for r in same if r["config"] in configs),
                           key=lambda r: list(configs).index(r["config"]))
-    summary = summarize(records)
-    meta = {"command": command, "machine": machine_info(),
+    summary = summarize(records, baseline)
+    meta = {"command": command, "study": args.study, "baseline": baseline,
+            "machine": machine_info(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
             "epochs_scale": args.epochs_scale, "budget": args.budget, "seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablation.json").write_text(
+    (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "records": records}, indent=2))
-    write_markdown(records, summary, meta, args.out / "ablation.md")
+    write_markdown(records, summary, meta, args.out / f"{stem}.md")
     return 0
 
 
