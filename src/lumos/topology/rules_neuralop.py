@@ -19,7 +19,10 @@ contraction linear), output channels are a new space shared by every layer of th
 ``in_channels``/``out_channels`` attribute holds them all, so all layers keep the same ones).
 A jointly factorized weight, a tensor-train weight, ``separable=True`` (whose forward fails in
 neuraloperator 0.3.0, so it cannot be checked) or a layer index computed at run time keep the
-layer whole. Registered when ``neuralop`` is imported: LUMOS does not import it itself.
+layer whole. Its Fourier modes are not units: its forward slices a centred window of
+``n_modes``, so only a nested cut (outermost modes first) would compact exactly, which
+independent gates cannot promise; ``report()`` says so. Registered when ``neuralop`` is
+imported: LUMOS does not import it itself.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from .infos import TensorInfo
 from .registry import REGISTRY
 from .rule_helpers import node_arg, positive_dim, stored_tensor, target_path
 from .spaces import Layout
+
+
+#: why this layer's Fourier modes are not units (its channels and ranks are)
+MODES_KEPT = ("its Fourier modes are kept: neuraloperator's forward slices a centred window "
+              "of modes, so only nested cuts would be exact (lumos.layers.SpectralConv1d/2d "
+              "gate their modes); its channels and ranks are gated")
 
 
 def _weight_rows(weight: nn.Module) -> tuple[str, str, str] | None:
@@ -69,6 +78,7 @@ def _spectral_conv(ctx: RuleContext, node: fx.Node, module: Any) -> object:
         problems.append("a layer index computed at run time")
     if problems:
         return ctx.kept_whole(node, info, problems, module.out_channels, cdim)
+    ctx.ungated(describe(node), MODES_KEPT)
     if info is not None:
         in_layout = info.layout
         ctx.site(node, 0, cdim, in_layout)
