@@ -127,21 +127,28 @@ def summarize(records: list[dict], baseline_config: str = "stochastic") -> dict[
     """Per config: means over workloads, the median metric change (one workload that every
     config finds hard must not decide alone), and wins against the baseline (plain
     hard-concrete gating, ``stochastic``, in the gates study) on the same workload."""
-    baseline = {r["workload"]: r["metric_relative_change"] for r in records
+    baseline = {(r["workload"], r["budget"]): r["metric_relative_change"] for r in records
                 if r["config"] == baseline_config}
+    several = len({r["budget"] for r in records}) > 1
+
+    def label(r: dict) -> str:
+        return f"{r['config']} @ {r['budget']}" if several else r["config"]
+
     out = {}
-    for config in dict.fromkeys(r["config"] for r in records):
-        rs = [r for r in records if r["config"] == config]
-        paired = [r for r in rs if r["workload"] in baseline]
+    for config in dict.fromkeys(label(r) for r in records):
+        rs = [r for r in records if label(r) == config]
+        paired = [r for r in rs if (r["workload"], r["budget"]) in baseline]
         out[config] = {
             "mean_metric_relative_change": statistics.mean(r["metric_relative_change"]
                                                            for r in rs),
             "median_metric_relative_change": statistics.median(r["metric_relative_change"]
                                                                for r in rs),
-            "better_than_baseline": sum(r["metric_relative_change"] > baseline[r["workload"]]
-                                        for r in paired),
-            "worse_than_baseline": sum(r["metric_relative_change"] < baseline[r["workload"]]
-                                       for r in paired),
+            "better_than_baseline": sum(
+                r["metric_relative_change"] > baseline[(r["workload"], r["budget"])]
+                for r in paired),
+            "worse_than_baseline": sum(
+                r["metric_relative_change"] < baseline[(r["workload"], r["budget"])]
+                for r in paired),
             "mean_flops_fraction": statistics.mean(r.get("flops_fraction", float("nan"))
                                                    for r in rs),
             "mean_abs_budget_error": statistics.mean(abs(r["budget_error"]) for r in rs),
@@ -182,13 +189,13 @@ def write_markdown(records: list[dict], summary: dict, meta: dict, path: Path) -
             f"{100 * s['train_overhead']:+.1f}% |"
         )
     lines += ["", "## Per workload", "",
-              "| workload | config | dense | LUMOS | change | kept | FLOPs kept | noise dropped "
-              "| true kept |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| workload | config | budget | dense | LUMOS | change | kept | FLOPs kept | "
+              "noise dropped | true kept |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         flops = r.get("flops_fraction")
         lines.append(
-            f"| {r['workload']} | {r['config']} | {r['metric_dense']:.4f} | "
+            f"| {r['workload']} | {r['config']} | {r['budget']} | {r['metric_dense']:.4f} | "
             f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
             f"{100 * r['kept_fraction']:.1f}% | "
             f"{'-' if flops is None else f'{100 * flops:.1f}%'} | "
@@ -206,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", metavar="CONFIG", default=None)
     parser.add_argument("--size", choices=("smoke", "full"), default="full")
     parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--budget", type=float, nargs="+", default=[0.25],
+                        help="kept fraction(s); several give one summary row per budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -227,24 +235,30 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         path = per / f"{name}.json"
         previous = json.loads(path.read_text()) if path.exists() else []
-        same = [r for r in previous if r["size"] == args.size and r["budget"] == args.budget
-                and r["seed"] == args.seed and r.get("epochs_scale", 1.0) == args.epochs_scale]
-        done = {r["config"] for r in same} - set(args.rerun or [])
-        todo = {k: v for k, v in configs.items() if k not in done}
-        if todo:
-            rs = run_workload(name, args.size, args.budget, args.seed, args.epochs_scale, todo,
-                              args.cache_dir)
-            same = [r for r in same if r["config"] not in todo] + rs
-            path.write_text(json.dumps(same, indent=2))
-        else:
-            print(f"[ablation] {name}: reused {path}", flush=True)
-        records += sorted((r for r in same if r["config"] in configs),
-                          key=lambda r: list(configs).index(r["config"]))
+        for budget in args.budget:
+            same = [r for r in previous if r["size"] == args.size and r["budget"] == budget
+                    and r["seed"] == args.seed
+                    and r.get("epochs_scale", 1.0) == args.epochs_scale]
+            done = {r["config"] for r in same} - set(args.rerun or [])
+            todo = {k: v for k, v in configs.items() if k not in done}
+            if todo:
+                rs = run_workload(name, args.size, budget, args.seed, args.epochs_scale, todo,
+                                  args.cache_dir)
+                fresh = {r["config"] for r in rs}
+                previous = [r for r in previous if not (r in same and r["config"] in fresh)]
+                previous += rs
+                same = [r for r in same if r["config"] not in fresh] + rs
+                path.write_text(json.dumps(previous, indent=2))
+            else:
+                print(f"[ablation] {name} at budget {budget}: reused {path}", flush=True)
+            records += sorted((r for r in same if r["config"] in configs),
+                              key=lambda r: list(configs).index(r["config"]))
     summary = summarize(records, baseline)
     meta = {"command": command, "study": args.study, "baseline": baseline,
             "machine": machine_info(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
-            "epochs_scale": args.epochs_scale, "budget": args.budget, "seed": args.seed}
+            "epochs_scale": args.epochs_scale, "budget": ", ".join(map(str, args.budget)),
+            "seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "records": records}, indent=2))

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
-from lumos.tolerance import fit_within_tolerance
+from lumos.tolerance import DECISION_RULES, fit_within_tolerance
 from lumos.training import predict, train
 from lumos.workloads import (
     build_dense,
@@ -204,7 +204,8 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
 
 
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
-                 tolerance: float | None = None, budget_on: str = "params") -> dict:
+                 tolerance: float | None = None, budget_on: str = "params",
+                 decide_on: str = "settled", fourier_modes: bool = True) -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -229,8 +230,9 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     m_dense = wl.metrics(pred_dense, target)
     m_dense_select = wl.metrics(*predict(dense, select))
     walk = None
+    gates = lumos.GateOptions(fourier_modes=fourier_modes)
     if tolerance is None:
-        sm = sparsify_features(base, data, budget=budget, budget_on=budget_on)
+        sm = sparsify_features(base, data, budget=budget, budget_on=budget_on, gates=gates)
         h_lumos = fit(sm)
         epoch_lumos = statistics.median(_steady(h_lumos.epoch_seconds))
     else:
@@ -241,7 +243,8 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
             reference=m_dense_select[wl.primary],
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-            budget_on=budget_on, **feature_options(base, data),
+            budget_on=budget_on, decide_on=decide_on, gates=gates,
+            **feature_options(base, data),
         )
         sm, walk = result.model, result.to_dict()
         epoch_lumos = statistics.median(_steady([p.train_seconds for p in result.walk]))
@@ -295,6 +298,8 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "budget": budget if tolerance is None else None,
         "budget_on": budget_on,
         "tolerance": tolerance,
+        "decide_on": decide_on if tolerance is not None else None,
+        "fourier_modes": fourier_modes,
         "tolerance_walk": walk,
         "seed": seed,
         "epochs": recipe.epochs,
@@ -491,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="smallest model within this relative metric tolerance instead")
     parser.add_argument("--budget-on", choices=("params", "flops"), default="params",
                         help="what --budget (or the tolerance walk) measures")
+    parser.add_argument("--decide-on", choices=DECISION_RULES, default="settled",
+                        help="how the tolerance walk judges a cut (lumos.tolerance)")
+    parser.add_argument("--channels-only", action="store_true",
+                        help="GateOptions(fourier_modes=False): an FNO gates channels only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -512,14 +521,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and record_path.exists():
             record = json.loads(record_path.read_text())
             key = (record["budget"], record.get("tolerance"), record["seed"], record["size"],
-                   record.get("budget_on", "params"))
-            if key == (args.budget, args.tolerance, args.seed, size, args.budget_on):
+                   record.get("budget_on", "params"), record.get("decide_on"),
+                   record.get("fourier_modes", False))
+            decide_on = args.decide_on if args.tolerance is not None else None
+            if key == (args.budget, args.tolerance, args.seed, size, args.budget_on, decide_on,
+                       not args.channels_only):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
         start = time.perf_counter()
         record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance,
-                              args.budget_on)
+                              args.budget_on, args.decide_on, not args.channels_only)
         record["wall_s"] = time.perf_counter() - start
         record["command"] = command
         record["machine"] = machine_info()
@@ -541,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         "budget": args.budget,
         "budget_on": args.budget_on,
         "tolerance": args.tolerance,
+        "decide_on": args.decide_on if args.tolerance is not None else None,
+        "fourier_modes": not args.channels_only,
         "seed": args.seed,
     }
     summary = {"meta": meta, "averages": averages(records) if records else {},

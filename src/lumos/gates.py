@@ -261,6 +261,11 @@ class GateBank(nn.Module):
         self.frozen_values = (values * self.open_mask).to(self.log_alpha.dtype)
         self.frozen = True
 
+    def unfreeze(self) -> None:
+        """Let the gates train again from their log alpha; the gates ``freeze`` closed stay
+        shut (the tolerance walk freezes a cut's structure for one epoch, then goes on)."""
+        self.frozen = False
+
     def draw_uniform(self) -> Tensor:
         """The next uniform draw in [b, 1 - b], identical on every process for the same draw."""
         generator = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + self.draws)

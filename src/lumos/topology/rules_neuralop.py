@@ -38,7 +38,6 @@ from .registry import REGISTRY
 from .rule_helpers import node_arg, positive_dim, stored_tensor, target_path
 from .spaces import Layout
 
-
 #: why this layer's Fourier modes are not units (its channels and ranks are)
 MODES_KEPT = ("its Fourier modes are kept: neuraloperator's forward slices a centred window "
               "of modes, so only nested cuts would be exact (lumos.layers.SpectralConv1d/2d "
