@@ -1,5 +1,6 @@
 """The suite's timing copies: denormal weights (which the CPU multiplies tens of times slower,
-and which flushing does not reach on worker threads) are zeroed, nothing else changes."""
+and which flushing does not reach on worker threads) are zeroed, nothing else changes; and its
+convergence evidence for the dense recipes."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def test_paired_latency_times_both_models():
     dense, small = paired_latency(model, model, (torch.randn(4, 8),), rounds=2, budget_s=0.01)
     assert dense > 0 and small > 0
     torch.set_flush_denormal(before)
+
+
+def test_last_change_says_whether_a_validation_curve_still_moves():
+    from benchmarks.suite import last_change
+
+    flat = [0.5, 0.8, 0.9] + [0.95] * 17
+    rising = [0.5 + 0.02 * k for k in range(20)]
+    assert last_change(flat, higher_is_better=True) == 0.0
+    assert last_change(rising, higher_is_better=True) > 0.03
+    falling_loss = [1.0 - 0.04 * k for k in range(20)]  # lower is better: still improving
+    assert last_change(falling_loss, higher_is_better=False) > 0
+    assert last_change([0.1, 0.2, 0.3], higher_is_better=True) is None

@@ -129,6 +129,7 @@ def test_tolerance_runs_write_the_walk_and_export_like_budget_runs(run, capsys):
     pytest.importorskip("matplotlib")
     assert main(["report", str(out)]) == 0
     assert (out / "plots" / "gates.png").exists()
+    assert (out / "plots" / "tolerance.png").exists()  # the walk with its intervals
     assert main(["export", str(out), "--format", "state_dict"]) == 0
     assert (out / "export" / "state_dict" / "state_dict.pt").exists()
 

@@ -31,6 +31,8 @@ MODULES = [
     "lumos.selection",
     "lumos.export",
     "lumos.latency",
+    "lumos.layers",
+    "lumos.tolerance",
 ]
 
 #: public functions and classes that must show at least one example ("module:qualified name")
@@ -50,6 +52,9 @@ MUST_HAVE_EXAMPLES = [
     "lumos.selection:confirm_features",
     "lumos.export:fold_batchnorm",
     "lumos.latency:layer_seconds",
+    "lumos.layers:SpectralConv1d",
+    "lumos.layers:SpectralConv2d",
+    "lumos.tolerance:bootstrap_interval",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -277,6 +277,61 @@ def plot_metric_vs_params(metrics: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
+                        higher_is_better: bool = True) -> Path:
+    """A tolerance walk (``ToleranceResult.to_dict()``): the validation metric per epoch with
+    its bootstrap interval, the points the walk judged (inside or outside the tolerance), the
+    dense reference and the tolerance limit, and the kept fraction on a second axis."""
+    plt = _matplotlib()
+    walk = result["walk"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    reference, tolerance = result["reference"], result["tolerance"]
+    slack = tolerance * abs(reference)
+    limit = reference - slack if higher_is_better else reference + slack
+    ax.axhline(reference, color=_DENSE, lw=1, label="dense reference")
+    ax.axhline(limit, color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
+    styles = {"warm": ("o", _DROPPED), "cut": ("x", _DROPPED), "walk": ("o", _KEPT),
+              "finetune": ("s", "#2ca02c")}
+    for phase, (marker, colour) in styles.items():
+        points = [p for p in walk if p["phase"] == phase]
+        if not points:
+            continue
+        epochs = [p["epoch"] for p in points]
+        values = [p["metric"] for p in points]
+        have = [p for p in points if p.get("low") is not None]
+        if have:
+            ax.errorbar([p["epoch"] for p in have], [p["metric"] for p in have],
+                        yerr=[[p["metric"] - p["low"] for p in have],
+                              [p["high"] - p["metric"] for p in have]],
+                        fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.7)
+        label = {"warm": "warm (all gates open)", "cut": "cut (gates training)",
+                 "walk": "judged", "finetune": "fine-tune"}[phase]
+        ax.scatter(epochs, values, marker=marker, color=colour, s=18, label=label, zorder=3)
+        if phase == "walk":
+            outside = [p for p in points if not p["within"]]
+            ax.scatter([p["epoch"] for p in outside], [p["metric"] for p in outside],
+                       facecolors="none", edgecolors="#d62728", s=60, zorder=4,
+                       label="judged outside")
+    ax.set_xlabel("epoch")
+    better = "higher is better" if higher_is_better else "lower is better"
+    ax.set_ylabel(f"validation {primary} ({better}); bars: 90% bootstrap")
+    finite = sorted(p["metric"] for p in walk)
+    if finite:  # the first epochs of a fresh model would squash the walk into a line
+        lo, hi = finite[len(finite) // 10], finite[-1 - len(finite) // 10]
+        pad = 0.5 * (hi - lo) + 2 * slack
+        ax.set_ylim(min(lo, limit) - pad, max(hi, reference) + pad)
+    twin = ax.twinx()
+    twin.step([p["epoch"] for p in walk], [p["kept_fraction"] for p in walk], where="post",
+              color="#7f7f7f", lw=1)
+    twin.set_ylabel("kept fraction", color="#7f7f7f")
+    twin.set_ylim(0, 1.05)
+    state = "met" if result["within"] else "missed"
+    ax.set_title(f"tolerance walk: {state} at {100 * result['kept_fraction']:.1f}% kept "
+                 f"({result.get('decide_on', 'last')} decisions)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    return _save(fig, path)
+
+
 def plot_run(metrics: dict, folder: str | Path) -> list[Path]:
     """All run plots from a run's ``metrics.json`` content; returns the PNG paths."""
     folder = Path(folder)
@@ -287,6 +342,10 @@ def plot_run(metrics: dict, folder: str | Path) -> list[Path]:
         paths.append(plot_feature_ranking(features["names"], features["scores"],
                                           features["kept"], folder / "features.png",
                                           features.get("irrelevant")))
+    if metrics.get("tolerance_result", {}).get("walk"):
+        paths.append(plot_tolerance_walk(metrics["tolerance_result"], folder / "tolerance.png",
+                                         metrics["primary"],
+                                         bool(metrics.get("higher_is_better", True))))
     if metrics.get("gate_trajectories"):
         paths.append(plot_gate_trajectories(metrics["gate_trajectories"], features["kept"],
                                             folder / "gates.png"))

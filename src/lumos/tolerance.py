@@ -5,7 +5,8 @@ One training run walks the budget down: the first epochs train with every gate o
 still judged), then each cut starts at a tighter budget (the weakest gates are shut, the rest
 of the epoch lets the network adapt) and ends with a validation of the compactable model. The
 smallest model inside the tolerance is kept; when a step falls outside, the walk returns to it
-and continues with smaller steps. The last epochs fine-tune the best model. Every point of the
+and continues with smaller steps, which grow again with every step that holds. The last epochs
+fine-tune the best model. Every point of the
 walk (kept fraction, metric, a bootstrap interval over the validation samples) is returned, so
 the trade-off curve and how sure each decision was are visible.
 
@@ -67,11 +68,13 @@ class ToleranceResult:
     walk: list[WalkPoint] = field(default_factory=list)
     #: every gate's probability of being open after each epoch of the walk (for gates.png)
     gate_probabilities: list[list[float]] = field(default_factory=list)
+    decide_on: str = "settled"
 
     def to_dict(self) -> dict:
         return {
             "reference": self.reference,
             "tolerance": self.tolerance,
+            "decide_on": self.decide_on,
             "metric": self.metric,
             "kept_fraction": self.kept_fraction,
             "within": self.within,
@@ -109,6 +112,7 @@ def fit_within_tolerance(
     seed: int = 0,
     on_epoch: Callable[[WalkPoint], None] | None = None,
     decide_on: str = "settled",
+    interval_rounds: int = 200,
     **sparsify_kwargs,
 ) -> ToleranceResult:
     """Train ``model`` with LUMOS and return the smallest version within ``tolerance``.
@@ -117,7 +121,9 @@ def fit_within_tolerance(
     first trained dense with the same recipe to measure it. ``metrics(pred, target)`` must
     contain ``primary``. ``floor`` is the smallest kept fraction the walk will try;
     ``patience`` the further tries a cut gets to recover before the walk steps back;
-    ``decide_on`` how a cut is judged (``"settled"`` or ``"last"``, see the module docstring).
+    ``decide_on`` how a cut is judged (``"settled"`` or ``"last"``, see the module docstring);
+    ``interval_rounds`` the bootstrap resamples behind each point's interval (each calls
+    ``metrics`` once; 0 skips the intervals).
     """
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise ConfigurationError(
@@ -146,8 +152,11 @@ def fit_within_tolerance(
                 f"metrics() returned {sorted(values)}, which lacks the primary metric "
                 f"{primary!r}; pass primary= one of those."
             )
+        if interval_rounds <= 0:
+            return float(values[primary]), None, None
         return (float(values[primary]),
-                *bootstrap_interval(pred, target, lambda p, t: metrics(p, t)[primary], seed))
+                *bootstrap_interval(pred, target, lambda p, t: metrics(p, t)[primary], seed,
+                                    interval_rounds))
 
     def score(m: nn.Module) -> float:
         return scored(m)[0]
@@ -172,6 +181,7 @@ def fit_within_tolerance(
     walking = max(1, epochs - warm - finetune)
     per_cut = 2 if decide_on == "settled" and walking >= 2 else 1
     shrink = floor ** (1.0 / max(1, walking // per_cut))  # reaches the floor if every step holds
+    boldest = shrink
 
     seconds = [0.0]
 
@@ -222,6 +232,7 @@ def fit_within_tolerance(
             if best is None or point.kept_fraction <= best.point.kept_fraction:
                 best = _snapshot(sm, optimizer, point)
             held = 0
+            shrink = max(boldest, shrink * shrink)  # it held: bolder again, up to the first
             target = max(floor, point.kept_fraction * shrink)  # the next cut
         else:
             held += 1  # recover at this budget for up to `patience` more epochs
@@ -250,7 +261,7 @@ def fit_within_tolerance(
     return ToleranceResult(
         sm, reference, tolerance, metric, fraction,
         within_tolerance(metric, reference, tolerance, higher_is_better), walk,
-        gate_probabilities,
+        gate_probabilities, decide_on,
     )
 
 
@@ -260,9 +271,29 @@ DECISION_RULES = ("settled", "last")
 def bootstrap_interval(pred: Tensor, target: Tensor, metric: Callable[[Tensor, Tensor], float],
                        seed: int = 0, rounds: int = 200,
                        level: float = 0.9) -> tuple[float | None, float | None]:
-    """The ``level`` percentile interval of ``metric`` over ``rounds`` resamples of the rows
-    (seeded, so a rerun draws the same), or (None, None) for fewer than 10 rows or a metric
-    a resample leaves undefined."""
+    """The ``level`` percentile interval of ``metric`` over ``rounds`` resamples of the rows.
+
+    How far a validation metric could move on another draw of the same number of samples:
+    the tolerance walk shows it with every point it judges.
+
+    Args:
+        pred, target: predictions and targets, one row per sample.
+        metric: ``metric(pred, target) -> float``.
+        seed: seeds the resampling, so a rerun draws the same rows.
+        rounds: resamples; level: the interval's coverage.
+
+    Returns:
+        ``(low, high)``, or ``(None, None)`` for fewer than 10 rows or a metric that a
+        resample leaves undefined (not finite).
+
+    Example:
+        >>> import torch
+        >>> from lumos.metrics import r2
+        >>> target = torch.linspace(-1, 1, 200).unsqueeze(1)
+        >>> low, high = bootstrap_interval(target + 0.1 * torch.sin(40 * target), target, r2)
+        >>> 0.95 < low <= r2(target + 0.1 * torch.sin(40 * target), target) <= high < 1.0
+        True
+    """
     n = pred.shape[0]
     if n < 10:
         return None, None

@@ -1,0 +1,131 @@
+"""Tolerance decision rules: how the tolerance walk judges a cut, on the workloads whose
+validation metric is noisy from epoch to epoch.
+
+    python -m benchmarks.tolerance_rules [--only NAME ...] [--rules settled last]
+                                         [--tolerance 0.01] [--cache-dir DIR]
+
+Each (workload, rule) is one suite run in tolerance mode (``benchmarks.suite.run_workload``:
+the same dense model, recipe, data order, selection and report halves of the validation set),
+differing only in ``decide_on``. Recorded per run: the kept fraction and the metric of the
+compacted model on the report half, whether it is within the tolerance, and the walk's own
+noise: the spread (standard deviation) of the judged points' metric and the share of judged
+points inside the tolerance. Results: ``docs/results/tolerance_rules.{json,md}`` and a plot of
+every walk (``tolerance_rules/<workload>_<rule>.png``); ``fit_within_tolerance``'s default
+``decide_on`` is chosen from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lumos.plots import plot_tolerance_walk
+from lumos.tolerance import DECISION_RULES
+
+from .suite import RESULTS, chosen_workloads, machine_info, run_workload
+
+DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
+
+
+def walk_noise(record: dict) -> dict:
+    """How steady the judged points of one walk were (the decisions' evidence)."""
+    judged = [p for p in record["tolerance_walk"]["walk"] if p["phase"] == "walk"]
+    metrics = [p["metric"] for p in judged]
+    widths = [p["high"] - p["low"] for p in judged if p.get("low") is not None]
+    return {
+        "judged": len(judged),
+        "judged_within": sum(p["within"] for p in judged) / max(len(judged), 1),
+        "judged_metric_sd": statistics.pstdev(metrics) if len(metrics) > 1 else 0.0,
+        "judged_interval_width": statistics.median(widths) if widths else None,
+    }
+
+
+def summarize(record: dict, rule: str, tolerance: float) -> dict:
+    return {
+        "workload": record["workload"], "rule": rule, "metric": record["metric"],
+        "metric_dense": record["metric_dense"], "metric_lumos": record["metric_lumos"],
+        "metric_relative_change": record["metric_relative_change"],
+        "within": record["metric_relative_change"] >= -tolerance,  # + is better
+        "kept_fraction": 1.0 - record["param_reduction"],
+        "flops_kept_fraction": 1.0 - record["flop_reduction"],
+        "wall_s": record["wall_s"], **walk_noise(record),
+    }
+
+
+def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
+    lines = [
+        "# Tolerance decision rules", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
+        f"torch {meta['machine']['torch']}  ",
+        f"Date: {meta['date']}; tolerance {meta['tolerance']}; seed {meta['seed']}", "",
+        "`settled`: each cut trains one epoch with its gates learning, one with them frozen, "
+        "and is judged after the second; `last`: one epoch per cut, judged right after it. "
+        "Metric change is on the report half of the validation set, relative to the dense "
+        "model, + is better. The walk's noise: spread (sd) of the judged points' metric, the "
+        "median width of their 90% bootstrap interval, and the share judged inside.", "",
+        f"| workload | rule | dense | LUMOS | change | within {100 * meta['tolerance']:g}% | "
+        "params kept | FLOPs kept | "
+        "judged | judged inside | judged sd | interval width | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        width = r["judged_interval_width"]
+        lines.append(
+            f"| {r['workload']} | {r['rule']} | {r['metric_dense']:.4f} | "
+            f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
+            f"{'yes' if r['within'] else 'no'} | {100 * r['kept_fraction']:.1f}% | "
+            f"{100 * r['flops_kept_fraction']:.1f}% | {r['judged']} | "
+            f"{100 * r['judged_within']:.0f}% | {r['judged_metric_sd']:.4f} | "
+            f"{'-' if width is None else f'{width:.4f}'} | {r['wall_s']:.0f} s |")
+    lines += ["", "Walks: `tolerance_rules/<workload>_<rule>.png`."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tolerance_rules",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=DEFAULT_WORKLOADS)
+    parser.add_argument("--rules", nargs="+", choices=DECISION_RULES, default=list(DECISION_RULES))
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    names = chosen_workloads(parser, args.only)
+    command = "python -m benchmarks.tolerance_rules " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    plots = args.out / "tolerance_rules"
+    plots.mkdir(parents=True, exist_ok=True)
+    rows, records = [], []
+    for name in names:
+        for rule in args.rules:
+            start = time.perf_counter()
+            record = run_workload(name, "full", None, args.seed, args.cache_dir,
+                                  args.tolerance, decide_on=rule)
+            record["wall_s"] = time.perf_counter() - start
+            records.append(record)
+            rows.append(summarize(record, rule, args.tolerance))
+            plot_tolerance_walk(record["tolerance_walk"], plots / f"{name}_{rule}.png",
+                                record["metric"], record["higher_is_better"])
+            r = rows[-1]
+            print(f"[tolerance_rules] {name} {rule}: {r['metric']} {r['metric_dense']:.4f} -> "
+                  f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, judged sd "
+                  f"{r['judged_metric_sd']:.4f}, {r['wall_s']:.0f}s", flush=True)
+    meta = {"command": command, "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "tolerance": args.tolerance, "seed": args.seed}
+    (args.out / "tolerance_rules.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "records": records}, indent=2))
+    write_markdown(rows, meta, args.out / "tolerance_rules.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
