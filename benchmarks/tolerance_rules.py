@@ -33,15 +33,26 @@ DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
 
 
 def walk_noise(record: dict) -> dict:
-    """How steady the judged points of one walk were (the decisions' evidence)."""
-    judged = [p for p in record["tolerance_walk"]["walk"] if p["phase"] == "walk"]
-    metrics = [p["metric"] for p in judged]
+    """How the walk's readings behaved: the share of judged points inside the tolerance, the
+    median width of their bootstrap intervals and, for settled walks, each cut read twice —
+    right after its epoch of gate training (what ``last`` judges) and after the settling
+    epoch (what ``settled`` judges)."""
+    walk = record["tolerance_walk"]["walk"]
+    judged = [p for p in walk if p["phase"] == "walk"]
     widths = [p["high"] - p["low"] for p in judged if p.get("low") is not None]
+    sign = 1.0 if record["higher_is_better"] else -1.0
+    pairs = [(a, b) for a, b in zip(walk, walk[1:]) if a["phase"] == "cut"
+             and b["phase"] == "walk" and a["budget"] == b["budget"]]
     return {
         "judged": len(judged),
         "judged_within": sum(p["within"] for p in judged) / max(len(judged), 1),
-        "judged_metric_sd": statistics.pstdev(metrics) if len(metrics) > 1 else 0.0,
         "judged_interval_width": statistics.median(widths) if widths else None,
+        "settling_gain": statistics.median(
+            sign * (b["metric"] - a["metric"]) / max(abs(a["metric"]), 1e-12)
+            for a, b in pairs) if pairs else None,
+        "outside_before_settling": (sum(not a["within"] and b["within"] for a, b in pairs)
+                                    / max(sum(b["within"] for _, b in pairs), 1))
+        if pairs else None,
     }
 
 
@@ -62,18 +73,25 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         "# Tolerance decision rules", "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} cores, "
-        f"torch {meta['machine']['torch']}  ",
+        f"torch {meta['machine']['torch']}, code {meta['machine'].get('code', '?')}  ",
         f"Date: {meta['date']}; tolerance {meta['tolerance']}; seed {meta['seed']}", "",
         "`settled`: each cut trains one epoch with its gates learning, one with them frozen, "
         "and is judged after the second; `last`: one epoch per cut, judged right after it. "
         "Metric change is on the report half of the validation set, relative to the dense "
-        "model, + is better. The walk's noise: spread (sd) of the judged points' metric, the "
-        "median width of their 90% bootstrap interval, and the share judged inside.", "",
+        "model, + is better. The walk's readings: cuts judged and the share inside, the median "
+        "width of their 90% bootstrap interval (validation-sample noise alone), and for "
+        "settled walks the median gain of the settled reading over the one right after the "
+        "cut's epoch of gate training (what `last` judges), with the share of accepted cuts "
+        "that reading would have rejected.", "",
         f"| workload | rule | dense | LUMOS | change | within {100 * meta['tolerance']:g}% | "
-        "params kept | FLOPs kept | "
-        "judged | judged inside | judged sd | interval width | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "params kept | FLOPs kept | judged | judged inside | interval width | settling gain "
+        "| accepted, rejected unsettled | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def pct(value, signed=False):
+        return "-" if value is None else f"{100 * value:{'+' if signed else ''}.1f}%"
+
     for r in rows:
         width = r["judged_interval_width"]
         lines.append(
@@ -81,8 +99,9 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
             f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
             f"{'yes' if r['within'] else 'no'} | {100 * r['kept_fraction']:.1f}% | "
             f"{100 * r['flops_kept_fraction']:.1f}% | {r['judged']} | "
-            f"{100 * r['judged_within']:.0f}% | {r['judged_metric_sd']:.4f} | "
-            f"{'-' if width is None else f'{width:.4f}'} | {r['wall_s']:.0f} s |")
+            f"{100 * r['judged_within']:.0f}% | {'-' if width is None else f'{width:.4f}'} | "
+            f"{pct(r['settling_gain'], True)} | {pct(r['outside_before_settling'])} | "
+            f"{r['wall_s']:.0f} s |")
     lines += ["", "Walks: `tolerance_rules/<workload>_<rule>.png`."]
     path.write_text("\n".join(lines) + "\n")
 
@@ -97,13 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite OUT/tolerance_rules.{md,png} from OUT/tolerance_rules.json")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        saved = json.loads((args.out / "tolerance_rules.json").read_text())
+        meta, records = saved["meta"], saved["records"]
+        rules = [row["rule"] for row in saved["rows"]]
+        rows = [summarize(r, rule, meta["tolerance"]) for r, rule in zip(records, rules)]
+        write_all(args.out, meta, rows, records)
+        return 0
     names = chosen_workloads(parser, args.only)
     command = "python -m benchmarks.tolerance_rules " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    plots = args.out / "tolerance_rules"
-    plots.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
+    meta = {"command": command, "machine": machine_info(), "tolerance": args.tolerance,
+            "seed": args.seed}
     for name in names:
         for rule in args.rules:
             start = time.perf_counter()
@@ -112,19 +140,26 @@ def main(argv: list[str] | None = None) -> int:
             record["wall_s"] = time.perf_counter() - start
             records.append(record)
             rows.append(summarize(record, rule, args.tolerance))
-            plot_tolerance_walk(record["tolerance_walk"], plots / f"{name}_{rule}.png",
-                                record["metric"], record["higher_is_better"])
             r = rows[-1]
             print(f"[tolerance_rules] {name} {rule}: {r['metric']} {r['metric_dense']:.4f} -> "
-                  f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, judged sd "
-                  f"{r['judged_metric_sd']:.4f}, {r['wall_s']:.0f}s", flush=True)
-    meta = {"command": command, "machine": machine_info(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "tolerance": args.tolerance, "seed": args.seed}
-    (args.out / "tolerance_rules.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "records": records}, indent=2))
-    write_markdown(rows, meta, args.out / "tolerance_rules.md")
+                  f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, "
+                  f"{r['wall_s']:.0f}s", flush=True)
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_all(args.out, meta, rows, records)
     return 0
+
+
+def write_all(out: Path, meta: dict, rows: list[dict], records: list[dict]) -> None:
+    """The JSON, the markdown table and one plot per walk."""
+    plots = out / "tolerance_rules"
+    plots.mkdir(parents=True, exist_ok=True)
+    for record, row in zip(records, rows):
+        plot_tolerance_walk(record["tolerance_walk"],
+                            plots / f"{record['workload']}_{row['rule']}.png",
+                            record["metric"], record["higher_is_better"])
+    (out / "tolerance_rules.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "records": records}, indent=2))
+    write_markdown(rows, meta, out / "tolerance_rules.md")
 
 
 if __name__ == "__main__":
