@@ -411,7 +411,7 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
         lines.append(
             f"| {r['workload']} | {r['architecture']} | {r['metric']} | "
             f"{r['metric_dense']:.4f} | {r['metric_lumos']:.4f} | "
-            f"{100 * _signed_better(r):+.2f}% | "
+            f"{100 * signed_better(r):+.2f}% | "
             f"{_fmt_pct(1 - r['param_reduction'])} | {_fmt_pct(1 - r['flop_reduction'])} | "
             f"{r['speedup_b1']:.2f}x | {r['speedup_b256']:.2f}x | "
             f"{r['speedup_b256_over_flop_ratio']:.2f} | {100 * r['train_overhead']:+.1f}% | "
@@ -448,7 +448,7 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _signed_better(record: dict) -> float:
+def signed_better(record: dict) -> float:
     """Relative metric change signed so that + means LUMOS is better (errors fall, scores rise)."""
     change = record["metric_relative_change"]
     return change if record["higher_is_better"] else -change

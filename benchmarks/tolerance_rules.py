@@ -27,7 +27,7 @@ from pathlib import Path
 from lumos.plots import plot_tolerance_walk
 from lumos.tolerance import DECISION_RULES
 
-from .suite import RESULTS, chosen_workloads, machine_info, run_workload
+from .suite import RESULTS, chosen_workloads, machine_info, run_workload, signed_better
 
 DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
 
@@ -60,8 +60,8 @@ def summarize(record: dict, rule: str, tolerance: float) -> dict:
     return {
         "workload": record["workload"], "rule": rule, "metric": record["metric"],
         "metric_dense": record["metric_dense"], "metric_lumos": record["metric_lumos"],
-        "metric_relative_change": record["metric_relative_change"],
-        "within": record["metric_relative_change"] >= -tolerance,  # + is better
+        "metric_change_better": signed_better(record),  # + is better
+        "within": signed_better(record) >= -tolerance,
         "kept_fraction": 1.0 - record["param_reduction"],
         "flops_kept_fraction": 1.0 - record["flop_reduction"],
         "wall_s": record["wall_s"], **walk_noise(record),
@@ -96,7 +96,7 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         width = r["judged_interval_width"]
         lines.append(
             f"| {r['workload']} | {r['rule']} | {r['metric_dense']:.4f} | "
-            f"{r['metric_lumos']:.4f} | {100 * r['metric_relative_change']:+.2f}% | "
+            f"{r['metric_lumos']:.4f} | {100 * r['metric_change_better']:+.2f}% | "
             f"{'yes' if r['within'] else 'no'} | {100 * r['kept_fraction']:.1f}% | "
             f"{100 * r['flops_kept_fraction']:.1f}% | {r['judged']} | "
             f"{100 * r['judged_within']:.0f}% | {'-' if width is None else f'{width:.4f}'} | "

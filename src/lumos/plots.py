@@ -284,7 +284,7 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
     dense reference and the tolerance limit, and the kept fraction on a second axis."""
     plt = _matplotlib()
     walk = result["walk"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     reference, tolerance = result["reference"], result["tolerance"]
     slack = tolerance * abs(reference)
     limit = reference - slack if higher_is_better else reference + slack
@@ -328,7 +328,8 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
     state = "met" if result["within"] else "missed"
     ax.set_title(f"tolerance walk: {state} at {100 * result['kept_fraction']:.1f}% kept "
                  f"({result.get('decide_on', 'last')} decisions)", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.1, 1.0))
+    fig.tight_layout()
     return _save(fig, path)
 
 
