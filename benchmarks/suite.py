@@ -247,7 +247,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
             reference=m_dense_select[wl.primary],
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-            budget_on=budget_on, decide_on=decide_on, gates=gates,
+            lr_schedule=recipe.lr_schedule, budget_on=budget_on, decide_on=decide_on, gates=gates,
             **feature_options(base, data),
         )
         sm, walk = result.model, result.to_dict()

@@ -223,3 +223,46 @@ def test_load_state_dict_from_another_architecture_names_what_differs():
         small.load_state_dict(wide.state_dict())
     twin = lumos.sparsify(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)), x, budget=0.5)
     twin.load_state_dict(small.state_dict())  # the same model loads as before
+
+
+def test_an_lr_schedule_sets_every_groups_rate_from_progress_and_resumes_exactly(tmp_path):
+    """lr_schedule multiplies each group's own rate (weights and gates) at every step; a run
+    stopped and resumed from its checkpoint steps with the same rates as one that was not."""
+    from lumos.training import make_optimizer, train
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 12), torch.randn(256, 1)
+    schedule = lumos.Schedule("linear", 1.0, 0.25)
+
+    def run(folder, stop_after=None, resume=False):
+        sm = _sm()
+        optimizer = make_optimizer(sm, 1e-2, None, 0.0)
+        seen = []
+
+        def on_epoch(epoch, history):
+            seen.append([g["lr"] for g in optimizer.param_groups])
+            if stop_after is not None and epoch == stop_after:
+                raise KeyboardInterrupt  # the run is killed here
+
+        train(sm, (x, y), epochs=4, batch_size=64, lr=1e-2, optimizer=optimizer,
+              lr_schedule=schedule, checkpoint_dir=tmp_path / folder, resume=resume,
+              on_epoch=on_epoch)
+        return sm, optimizer, seen
+
+    sm, optimizer, seen = run("whole")
+    initial = [g["initial_lr"] for g in optimizer.param_groups]
+    assert len(set(initial)) == 2  # weights and gates keep their own rates
+    last_step = (4 * 4 - 1) / (4 * 4)  # the rate set for the last step of the run
+    assert seen[-1] == pytest.approx([r * schedule(last_step) for r in initial])
+    assert seen[0][0] > seen[1][0] > seen[2][0] > seen[3][0]
+    with pytest.raises(KeyboardInterrupt):
+        run("parts", stop_after=1)
+    resumed, _, later = run("parts", resume=True)
+    assert later and later == seen[-len(later):]
+    for a, b in zip(sm.state_dict().values(), resumed.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+    with pytest.raises(lumos.ConfigurationError, match="lr_schedule"):
+        train(_sm(), (x, y), epochs=1, lr_schedule=0.5)
+    with pytest.raises(lumos.ConfigurationError, match="stay >= 0"):
+        train(_sm(), (x, y), epochs=1, lr_schedule=lumos.Schedule("constant", 0.0))

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .errors import ConfigurationError
 from .options import GateOptions
 from .pipeline import sparsify
+from .schedules import Schedule
 from .sparse_model import SparseModel
 from .training import as_loader, make_optimizer, predict, train
 
@@ -113,6 +114,7 @@ def fit_within_tolerance(
     on_epoch: Callable[[WalkPoint], None] | None = None,
     decide_on: str = "settled",
     interval_rounds: int = 200,
+    lr_schedule: Schedule | None = None,
     **sparsify_kwargs,
 ) -> ToleranceResult:
     """Train ``model`` with LUMOS and return the smallest version within ``tolerance``.
@@ -123,7 +125,9 @@ def fit_within_tolerance(
     ``patience`` the further tries a cut gets to recover before the walk steps back;
     ``decide_on`` how a cut is judged (``"settled"`` or ``"last"``, see the module docstring);
     ``interval_rounds`` the bootstrap resamples behind each point's interval (each calls
-    ``metrics`` once; 0 skips the intervals).
+    ``metrics`` once; 0 skips the intervals); ``lr_schedule`` the learning-rate multiplier over
+    the whole run (the dense reference is trained with it too), as in
+    :func:`lumos.training.train`.
     """
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise ConfigurationError(
@@ -139,7 +143,7 @@ def fit_within_tolerance(
             f"decide_on must be one of {DECISION_RULES}, got {decide_on!r}: 'settled' judges "
             "a cut after an epoch with its gates frozen, 'last' right after the cut's epoch.")
     fit_kwargs = {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                  "seed": seed, "progress": False}
+                  "seed": seed, "progress": False, "lr_schedule": lr_schedule}
     if loss_fn is not None:
         fit_kwargs["loss_fn"] = loss_fn
     train_loader = as_loader(train_data, batch_size, shuffle=True, seed=seed)

@@ -289,11 +289,17 @@ def resolved(config: RunConfig, workload=None) -> RunConfig:
     return filled
 
 
-def recipe_of(config: RunConfig):
-    """The training recipe a resolved config describes (a :class:`~lumos.workloads.TrainRecipe`)."""
+def recipe_of(config: RunConfig, workload=None):
+    """The training recipe a resolved config describes (a :class:`~lumos.workloads.TrainRecipe`);
+    the learning-rate schedule is the workload's recipe's (a config sets the rate, not its
+    shape)."""
     from ..workloads import TrainRecipe
+    from .catalog import resolve_workload
 
-    return TrainRecipe(**{key: getattr(config, key) for key in RECIPE_KEYS})
+    workload = workload or resolve_workload(config.workload)
+    schedule = workload.recipes[config.size].lr_schedule
+    return TrainRecipe(**{key: getattr(config, key) for key in RECIPE_KEYS},
+                       lr_schedule=schedule)
 
 
 def write_config(config: RunConfig, path: Path) -> None:

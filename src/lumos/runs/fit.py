@@ -141,7 +141,8 @@ def _fit_budget(run: _Setup, out: Path, resume) -> RunResult | None:
     # recorded in, and checked against, every checkpoint (the keys --resume may not change)
     with run_config(resume_compared(config.to_dict())):
         history = train_recipe(
-            sm, workload, data, recipe_of(config), seed=config.seed, gate_lr=config.gate_lr,
+            sm, workload, data, recipe_of(config, workload), seed=config.seed,
+            gate_lr=config.gate_lr,
             val_data=data.loader("val", 256, shuffle=False), metrics=workload.metrics,
             on_epoch=write_progress, record_gates=config.record_gates,
             grad_clip=config.grad_clip, device=run.device, progress=run.show,
@@ -165,7 +166,8 @@ def _dense_baseline(run: _Setup) -> dict:
 
     config = run.config
     dense = build_dense(run.workload, run.data, seed=config.seed)
-    train_recipe(dense, run.workload, run.data, recipe_of(config), seed=config.seed,
+    train_recipe(dense, run.workload, run.data, recipe_of(config, run.workload),
+                 seed=config.seed,
                  grad_clip=config.grad_clip, device=run.device, progress=run.show)
     return {"metrics": validation_metrics(dense, run.data, run.workload, run.device),
             "params": count_params(dense)}
@@ -210,6 +212,7 @@ def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
         primary=workload.primary, higher_is_better=workload.higher_is_better,
         epochs=config.epochs, tolerance=config.tolerance, loss_fn=workload.loss, lr=config.lr,
         weight_decay=config.weight_decay, batch_size=config.batch_size, seed=config.seed,
+        lr_schedule=recipe_of(config, workload).lr_schedule,
         feature_penalty=config.feature_penalty, budget_on=config.budget_on,
         **feature_options(model, data),
     )

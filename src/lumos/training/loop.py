@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .. import distributed
 from ..checkpoint import CheckpointManager, load_file, state_bytes
 from ..errors import ConfigurationError, InputError, NonFiniteError
+from ..schedules import Schedule
 from ..sparse_model import SparseModel
 from .batches import (
     EpochBatches,
@@ -63,6 +64,7 @@ def train(
     keep_checkpoints: int = 2,
     resume: bool | str | os.PathLike = False,
     progress_range: tuple[float, float] = (0.0, 1.0),
+    lr_schedule: Schedule | None = None,
 ) -> History:
     """Train ``model`` (dense or :class:`SparseModel`) with Adam for ``epochs`` epochs.
 
@@ -71,6 +73,10 @@ def train(
     progress runs from its first to its second number), for loops that call ``train`` in
     pieces.
     ``on_epoch(epoch, history)`` may return True to stop early. Progress bars show on a TTY.
+    ``lr_schedule``: a :class:`~lumos.Schedule` over the same progress that multiplies every
+    parameter group's learning rate at each step (``Schedule("cosine", 1.0, 0.02)`` anneals
+    it, so the last epochs settle instead of hopping around at full step size); a function of
+    progress only, so a resumed run steps with the same rates.
 
     Checkpoints: with ``checkpoint_dir`` a checkpoint is written after every epoch and, with
     ``checkpoint_every=k``, every ``k`` steps inside an epoch (newest ``keep_checkpoints``
@@ -102,6 +108,7 @@ def train(
                    metrics=metrics,
                    progress_range=progress_range, checkpoint_every=checkpoint_every,
                    checkpoint_dir=checkpoint_dir, resume=resume)
+    _check_lr_schedule(lr_schedule)
     ctx = distributed.current()
     # torch.compile(sm): train the SparseModel inside (its penalty, progress, budget and
     # checkpoints), run its forward through the compiled wrapper
@@ -121,7 +128,7 @@ def train(
                epochs=epochs, seed=seed, loss_fn=loss_fn, grad_clip=grad_clip, device=device,
                progress_range=progress_range, record_gates=record_gates,
                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-               keep_checkpoints=keep_checkpoints)
+               keep_checkpoints=keep_checkpoints, lr_schedule=lr_schedule)
     torch.manual_seed(seed)
     if resume:
         run.resume(resume)
@@ -145,6 +152,20 @@ def train(
     run.finish(data, batch_size)
     model.eval()
     return run.history
+
+
+def _check_lr_schedule(schedule) -> None:
+    if schedule is None:
+        return
+    if not isinstance(schedule, Schedule):
+        raise ConfigurationError(
+            f"lr_schedule must be a lumos.Schedule of the learning-rate multiplier (e.g. "
+            f"Schedule('cosine', 1.0, 0.02)) or None, got {schedule!r}.")
+    values = [schedule(p) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    if not all(math.isfinite(v) and v >= 0 for v in values) or max(values) <= 0:
+        raise ConfigurationError(
+            f"lr_schedule multiplies the learning rate, so it must stay >= 0 and not be 0 "
+            f"throughout; {schedule!r} gives {values} at progress 0, .25, .5, .75, 1.")
 
 
 def _check_options(*, epochs, lr, batch_size, val_data, metrics, progress_range,
@@ -218,9 +239,14 @@ class _Run:
                  batches: EpochBatches, ctx: distributed.ProcessContext, *, epochs: int,
                  seed: int, loss_fn, grad_clip: float | None, device,
                  progress_range: tuple[float, float], record_gates: bool,
-                 checkpoint_dir, checkpoint_every: int | None, keep_checkpoints: int) -> None:
+                 checkpoint_dir, checkpoint_every: int | None, keep_checkpoints: int,
+                 lr_schedule: Schedule | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        if lr_schedule is not None:  # the rates the schedule multiplies, kept across calls
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
         self.batches = batches
         self.ctx = ctx
         self.epochs = epochs
@@ -303,6 +329,10 @@ class _Run:
         inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
         if self.sparse:
             model.set_progress(self.span(pos.step / self.total_steps))
+        if self.lr_schedule is not None:
+            factor = self.lr_schedule(self.span(pos.step / self.total_steps))
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
         try:
             pred = call_model(self.net, inputs)
         except ValueError as exc:

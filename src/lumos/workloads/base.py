@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigurationError, LumosError
+from ..schedules import Schedule
 
 SIZES = ("smoke", "full")
 ARCHITECTURES = ("mlp", "cnn2d", "cnn3d", "gnn", "attention", "fno")
@@ -184,6 +185,8 @@ class TrainRecipe:
     batch_size: int
     lr: float = 1e-3
     weight_decay: float = 0.0
+    #: multiplies ``lr`` over training (None: constant); see :func:`lumos.training.train`
+    lr_schedule: Schedule | None = None
 
 
 @dataclass(frozen=True)

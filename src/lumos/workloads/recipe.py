@@ -95,7 +95,7 @@ def train_recipe(model: nn.Module, workload: Workload, data: WorkloadData,
                  **train_options) -> History:
     """Train ``model`` (dense or sparse) on the workload's training split with ``recipe``:
     its batch size (batches shuffled with ``seed``), epochs (unless ``epochs`` is given),
-    learning rate and weight decay, and the workload's loss.
+    learning rate (and its schedule) and weight decay, and the workload's loss.
 
     ``train_seed`` seeds the loop (default ``seed``); ``train_options`` are further keywords
     of :func:`lumos.training.train` (``val_data``, ``device``, ``checkpoint_dir``, ...).
@@ -105,5 +105,5 @@ def train_recipe(model: nn.Module, workload: Workload, data: WorkloadData,
         model, loader, epochs=recipe.epochs if epochs is None else epochs,
         loss_fn=workload.loss, lr=recipe.lr, weight_decay=recipe.weight_decay,
         batch_size=recipe.batch_size, seed=seed if train_seed is None else train_seed,
-        progress=progress, **train_options,
+        progress=progress, lr_schedule=recipe.lr_schedule, **train_options,
     )
