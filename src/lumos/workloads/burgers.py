@@ -30,6 +30,7 @@ from ._common import (
     standardized_splits,
 )
 from .base import (
+    ANNEALED_LR,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -165,7 +166,9 @@ WORKLOAD = Workload(
     metrics=metrics,
     recipes={
         "smoke": TrainRecipe(epochs=20, batch_size=32, lr=2e-3),
-        "full": TrainRecipe(epochs=150, batch_size=32, lr=1e-3),
+        # annealed: at a constant rate the validation rel. L2 hopped 0.018-0.036 over the last
+        # 20 epochs; annealed it ends flat at 0.019 (measured)
+        "full": TrainRecipe(epochs=150, batch_size=32, lr=1e-3, lr_schedule=ANNEALED_LR),
     },
     requires=(),
     version=1,

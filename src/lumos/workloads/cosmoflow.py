@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import metrics as M
 from .base import (
+    ANNEALED_LR,
     TensorSplit,
     TrainRecipe,
     Workload,
@@ -323,6 +324,8 @@ WORKLOAD = Workload(
         # batch sizes divide the train sets (256 and 1280): no small last batch, whose
         # statistics would become BatchNorm's running statistics
         "smoke": TrainRecipe(epochs=4, batch_size=32, lr=2e-3),
-        "full": TrainRecipe(epochs=12, batch_size=32, lr=1e-3),
+        # annealed over 24 epochs: at a constant rate the validation R^2 swung 0.39-0.68
+        # between epochs (measured over 36); annealed it ends flat near 0.65
+        "full": TrainRecipe(epochs=24, batch_size=32, lr=1e-3, lr_schedule=ANNEALED_LR),
     },
 )

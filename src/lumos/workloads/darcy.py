@@ -36,6 +36,7 @@ from ._common import (
     standardized_splits,
 )
 from .base import (
+    ANNEALED_LR,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -237,7 +238,9 @@ WORKLOAD = Workload(
     metrics=metrics,
     recipes={
         "smoke": TrainRecipe(epochs=10, batch_size=12, lr=3e-3),
-        "full": TrainRecipe(epochs=15, batch_size=16, lr=2e-3),
+        # annealed: at a constant rate the validation error kept hopping by +-20% (measured
+        # over 45 epochs); over 30 annealed epochs it is flat at the end
+        "full": TrainRecipe(epochs=30, batch_size=16, lr=2e-3, lr_schedule=ANNEALED_LR),
     },
     requires=("scipy",),
     version=1,
