@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 
 from ..errors import ConfigurationError, LumosError
 
@@ -53,9 +53,14 @@ def workload_table() -> list[dict]:
             "architecture": wl.architecture,
             "task": wl.task,
             "metric": wl.primary + (" (higher is better)" if wl.higher_is_better else ""),
-            "recipes": {size: {f.name: getattr(r, f.name) for f in fields(r)}
+            "recipes": {size: {f.name: _plain(getattr(r, f.name)) for f in fields(r)}
                         for size, r in wl.recipes.items()},
             "title": wl.title,
             "unavailable": missing,
         })
     return rows
+
+
+def _plain(value):
+    """A recipe value as JSON has it (a learning-rate ``Schedule`` as its fields)."""
+    return asdict(value) if is_dataclass(value) else value
