@@ -239,6 +239,31 @@ def _load(path: Path, key: dict, resume: bool) -> dict | None:
     return rec if rec.get("key") == key else None
 
 
+#: fields run_set adds to a cached record (they come from the set, not from the method)
+_SET_FIELDS = ("law", "rows", "noise", "proxies_planted", "seed", "method", "features", "k",
+               "r2_true", "r2_all", "y_scale")
+
+
+def seed_cache(results: Path, cache: Path, skip: set[str]) -> int:
+    """Write the method records of a committed ``selection.json`` into ``cache`` as if they had
+    been run here (``--reuse-from``), except the methods in ``skip`` and those already cached:
+    after a change to one method, the peers' committed records are reused instead of re-run.
+    Records keep the code revision that made them. Returns how many were written."""
+    cache.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for row in json.loads(results.read_text())["rows"]:
+        if row["method"] in skip:
+            continue
+        c = Condition(row["rows"], row["noise"], row["proxies_planted"])
+        path = cache / f"{row['law']}__{c.tag}__s{row['seed']}__{row['method']}.json"
+        if path.exists():
+            continue
+        key = _key(row["law"], c, row["seed"], row["method"])
+        _save(path, {"key": key, **{k: v for k, v in row.items() if k not in _SET_FIELDS}})
+        written += 1
+    return written
+
+
 def _save(path: Path, rec: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec, indent=1, default=methods_mod._jsonable))
@@ -291,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo", default="", metavar="METHOD,...",
                         help="with --resume: run these methods again all the same (e.g. lumos "
                              "after changing its algorithm)")
+    parser.add_argument("--reuse-from", type=Path, default=None, metavar="JSON",
+                        help="with --resume: seed the cache with the records of a committed "
+                             "selection.json (all methods but --redo's), e.g. to re-run LUMOS "
+                             "alone on a fresh machine")
     args = parser.parse_args(argv)
 
     from lumos.workloads.laws import LAWS
@@ -312,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = "selection_smoke" if args.smoke else "selection"
     cache = args.cache_dir or args.out / stem
+    if args.reuse_from is not None:
+        if not args.resume:
+            parser.error("--reuse-from needs --resume (it fills the cache --resume reads)")
+        seed_cache(args.reuse_from, cache, set(filter(None, args.redo.split(","))))
     start = time.perf_counter()
     records = run(laws, grid, args.seeds, names, cache, args.resume,
                   set(filter(None, args.redo.split(","))), args.jobs)
