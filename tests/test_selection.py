@@ -95,3 +95,72 @@ def test_bad_losses_and_thresholds_are_refused():
         lumos.confirm_features(sm, lambda: torch.tensor([float("nan")]))
     with pytest.raises(lumos.ConfigurationError, match="tolerance"):
         lumos.confirm_features(sm, _losses(sm, x, y), tolerance=-1)
+
+
+# ---- the order of the tests, on held-out losses scripted as a function of the closed set -------
+# Columns: 0 a strong variable, 1 a weak one, 2 a proxy, 3.. memorised noise. The losses are what
+# a re-fitted model would show: closing the noise columns *together* helps every sample a little
+# (the model stops fitting them), which in one group with the weak variable hides its cost.
+_N_NOISE, _ROWS = 8, 64
+
+
+def _scripted(weak_cost, proxy_cost_beside_noise=0.0):
+    net = nn.Sequential(nn.Linear(3 + _N_NOISE, 4), nn.Tanh(), nn.Linear(4, 1))
+    sm = lumos.sparsify(net, torch.randn(8, 3 + _N_NOISE), feature_penalty=0.0)
+    sm.eval()
+    g = torch.Generator().manual_seed(0)
+    base = 1.0 + 0.1 * torch.rand(_ROWS, generator=g, dtype=torch.float64)
+    jitter = 0.02 * torch.randn(3 + _N_NOISE, _ROWS, generator=g, dtype=torch.float64)
+    start = sm._feature_gates()["input"][1].start
+
+    def held_out():
+        open_ = sm.gates.frozen_values[start:start + 3 + _N_NOISE] > 0
+        noise_open = bool(open_[3:].any())
+        loss = base.clone()
+        if not open_[0]:
+            loss += 1.0
+        if not open_[1]:
+            loss += weak_cost
+        if not open_[2]:
+            loss += proxy_cost_beside_noise if noise_open else 0.0
+        for j in range(3, 3 + _N_NOISE):  # alone: no evidence either way
+            if not open_[j]:
+                loss += 0.3 * jitter[j]
+        if not noise_open:
+            loss -= 0.06
+        return loss
+
+    return sm, held_out
+
+
+def test_a_weak_variable_with_evidence_is_judged_alone_not_in_the_noise_group():
+    # closing it costs every sample 0.05 (a small share of the strong variable's 1.0, so it is
+    # a candidate); together with the noise the closing costs nothing and would stand
+    cost = 0.05 + 0.005 * torch.randn(_ROWS, generator=torch.Generator().manual_seed(1),
+                                      dtype=torch.float64)
+    sm, held_out = _scripted(cost)
+    ev = lumos.confirm_features(sm, held_out, refit=None)
+    assert sm.selected_features()["input"] == [0, 1]  # column 2 costs nothing here
+    assert 1 in ev.tested["input"] and 1 not in ev.dropped["input"]
+    assert set(ev.dropped["input"]) == {2, *range(3, 3 + _N_NOISE)}
+
+
+def test_a_cost_nearly_every_sample_shows_counts_as_evidence_despite_an_outlier():
+    # one outlying sample blows the mean test's standard error up (z about 1), but all 64
+    # samples get worse: the sign test sees it, so the variable is judged alone and kept
+    cost = torch.full((_ROWS,), 0.05, dtype=torch.float64)
+    cost[0] = 50.0
+    sm, held_out = _scripted(cost)
+    ev = lumos.confirm_features(sm, held_out, refit=None)
+    assert 1 not in ev.dropped["input"] and 1 in ev.tested["input"]
+    assert sm.selected_features()["input"] == [0, 1]
+
+
+def test_a_feature_that_becomes_weak_after_closings_is_judged_too():
+    # the proxy carries work only while the noise columns are open: strong at first (not a
+    # candidate), worthless once they are closed, and then closed itself
+    cost = torch.full((_ROWS,), 0.05, dtype=torch.float64)
+    sm, held_out = _scripted(cost, proxy_cost_beside_noise=0.4)
+    ev = lumos.confirm_features(sm, held_out, refit=None)
+    assert sm.selected_features()["input"] == [0, 1]
+    assert 2 in ev.dropped["input"] and 2 in ev.tested["input"]
