@@ -22,6 +22,8 @@ import numpy as np
 
 from lumos.workloads.laws import LAWS, make_law_data
 
+from .unseen import UNSEEN_LAWS, mixed_noise
+
 #: share of the rows held out for the downstream R²
 HOLDOUT = 0.25
 #: default correlation of a proxy with its variable
@@ -64,16 +66,20 @@ def make_selection_data(law: str, n_rows: int, n_noise: int, n_proxies: int, see
 
     ``noise_std``: Gaussian label noise as a fraction of the clean target's std. Same arguments,
     same table."""
-    if law not in LAWS:
-        raise KeyError(f"unknown law {law!r}; available: {', '.join(LAWS)}")
+    if law not in LAWS and law not in UNSEEN_LAWS:
+        raise KeyError(f"unknown law {law!r}; available: {', '.join([*LAWS, *UNSEEN_LAWS])}")
     if not 0.0 <= rho < 1.0:
         raise ValueError(f"rho must be in [0, 1), got {rho}")
-    d = make_law_data(law, n_samples=n_rows, n_noise=n_noise, seed=seed, noise_std=noise_std,
-                      shuffle_columns=True)
+    unseen = law in UNSEEN_LAWS
+    d = make_law_data(UNSEEN_LAWS[law] if unseen else law, n_samples=n_rows, n_noise=n_noise,
+                      seed=seed, noise_std=noise_std, shuffle_columns=True)
     x = d.X.astype(np.float64)
     names = list(d.feature_names)
     true_cols = sorted(d.true_features)
     rng = _seed(seed, n_rows, n_noise, n_proxies)
+    if unseen:  # noise columns of other distributions (benchmarks/selection/unseen.py)
+        noise_cols = [j for j in range(x.shape[1]) if j not in set(true_cols)]
+        x[:, noise_cols] = mixed_noise(len(x), len(noise_cols), rng)
 
     # proxies of the true variables, cycling over them
     cols, proxy_src = [x], []

@@ -7,6 +7,8 @@ from collections import defaultdict
 
 from benchmarks.suite import results_header
 
+from .unseen import NOISE_KINDS, UNSEEN_LAWS
+
 
 def _mean(values) -> float:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -75,9 +77,17 @@ def markdown(result: dict) -> list[str]:
         lines += [f"Records from code revisions {', '.join(sources)} (reused with `--resume`).",
                   ""]
     pk = result["packages"]
+    unseen = [law for law in st["laws"] if law in UNSEEN_LAWS]
+    if unseen:
+        lines += ["**Held-out check**: laws and noise the selection rule was not developed on "
+                  f"({', '.join(unseen)}; noise columns cycle through "
+                  f"{', '.join(NOISE_KINDS)} distributions, standardised; "
+                  "`benchmarks/selection/unseen.py`). Nothing was chosen from these results.",
+                  ""]
+    noise_text = "non-Gaussian (see above)" if unseen else "N(0, 1)"
     lines += [
         f"Laws: {len(st['laws'])} ({', '.join(st['laws'])}); conditions: {len(st['grid'])}; "
-        f"seeds: {st['seeds']}. Each set: the law's variables, N(0, 1) noise columns, proxy "
+        f"seeds: {st['seeds']}. Each set: the law's variables, {noise_text} noise columns, proxy "
         f"columns (corr. {st['rho']} with a true variable, not used by the law), "
         f"{100 * st['label_noise']:.0f}% label noise, columns shuffled, target in arbitrary units "
         f"(`y = a·y_phys + b`, `a = 10^U(-3,3)`); {int(100 * st['holdout'])}% of the rows held "

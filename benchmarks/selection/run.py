@@ -18,6 +18,7 @@ from benchmarks.suite import CODE_REVISION, RESULTS, results_record, write_resul
 from . import methods as methods_mod
 from .data import HOLDOUT, RHO, SelectionSet, make_selection_data
 from .report import markdown
+from .unseen import UNSEEN_LAWS
 
 #: conditions of each named grid: (rows, noise columns, proxies)
 GRIDS: dict[str, list[tuple[int, int, int]]] = {
@@ -296,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"quick check: laws {','.join(SMOKE_LAWS)}, grid 'smoke' (about 2 "
                              "minutes)")
     parser.add_argument("--laws", default=None,
-                        help="comma-separated law names, or 'all' (default: "
+                        help="comma-separated law names, 'all', or 'unseen' (laws and noise "
+                             "the rule was not developed on, written to selection_unseen.*; "
+                             "default: "
                              f"{','.join(FULL_LAWS)}; smoke: {','.join(SMOKE_LAWS)})")
     parser.add_argument("--grid", default=None,
                         help=f"a named grid ({', '.join(GRIDS)}) or rows=500,4000:noise=12,48,"
@@ -325,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     from lumos.workloads.laws import LAWS
 
     laws_arg = args.laws or ",".join(SMOKE_LAWS if args.smoke else FULL_LAWS)
-    laws = list(LAWS) if laws_arg == "all" else laws_arg.split(",")
-    unknown = [law for law in laws if law not in LAWS]
+    unseen = laws_arg == "unseen"
+    laws = list(LAWS) if laws_arg == "all" else list(UNSEEN_LAWS) if unseen else \
+        laws_arg.split(",")
+    unknown = [law for law in laws if law not in LAWS and law not in UNSEEN_LAWS]
     names = args.only.split(",") if args.only else list(DEFAULT_METHODS)
     bad = [n for n in names if n not in methods_mod.METHODS]
     if unknown or bad:
-        parser.error(f"unknown law(s) {unknown} / method(s) {bad}; laws: {', '.join(LAWS)}; "
+        parser.error(f"unknown law(s) {unknown} / method(s) {bad}; laws: {', '.join(LAWS)} "
+                     f"(unseen: {', '.join(UNSEEN_LAWS)}); "
                      f"methods: {', '.join(methods_mod.METHODS)}")
     try:
         grid = parse_grid(args.grid or ("smoke" if args.smoke else "full"))
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
 
-    stem = "selection_smoke" if args.smoke else "selection"
+    stem = "selection_smoke" if args.smoke else "selection_unseen" if unseen else "selection"
     cache = args.cache_dir or args.out / stem
     if args.reuse_from is not None:
         if not args.resume:
