@@ -56,7 +56,11 @@ def test_reuse_from_seeds_the_cache_but_not_the_redone_method_nor_over_a_record(
     rows.append({**common, "method": "rf_at_k"})
     results.write_text(json.dumps({"rows": rows}))
 
-    assert seed_cache(results, cache, skip={"lumos"}) == 1
+    assert seed_cache(results, cache, skip={"lumos"}) == 2  # the set's baseline and stg
+    base = _load(cache / f"drag__{c.tag}__s0__baseline.json", _key("drag", c, 0, "baseline"),
+                 True)
+    assert base is not None and (base["r2_true"], base["r2_all"]) == (0.9, 0.8)
+    assert base["feature_names"] == make_selection_data("drag", 500, 12, 4).feature_names
     rec = _load(cache / f"drag__{c.tag}__s0__stg.json", _key("drag", c, 0, "stg"), True)
     assert rec is not None and rec["precision"] == 0.5 and rec["code"] == "abc1234"
     assert "law" not in rec and "r2_true" not in rec  # the set's fields come from the set

@@ -246,17 +246,28 @@ _SET_FIELDS = ("law", "rows", "noise", "proxies_planted", "seed", "method", "fea
 
 
 def seed_cache(results: Path, cache: Path, skip: set[str]) -> int:
-    """Write the method records of a committed ``selection.json`` into ``cache`` as if they had
-    been run here (``--reuse-from``), except the methods in ``skip`` and those already cached:
-    after a change to one method, the peers' committed records are reused instead of re-run.
-    Records keep the code revision that made them. Returns how many were written."""
+    """Write the records of a committed ``selection.json`` into ``cache`` as if they had been
+    run here (``--reuse-from``): each set's baseline (its downstream R² on the true and on all
+    columns) and each method's record, except the methods in ``skip``; nothing already cached
+    is replaced. After a change to one method, the peers' committed records are reused instead
+    of re-run. Records keep the code revision that made them. Returns how many were written."""
     cache.mkdir(parents=True, exist_ok=True)
     written = 0
     for row in json.loads(results.read_text())["rows"]:
+        c = Condition(row["rows"], row["noise"], row["proxies_planted"])
+        stem = f"{row['law']}__{c.tag}__s{row['seed']}"
+        if not (cache / f"{stem}__baseline.json").exists():  # the set's downstream R²s
+            d = make_selection_data(row["law"], c.rows, c.noise, c.proxies, seed=row["seed"],
+                                    noise_std=LABEL_NOISE)
+            _save(cache / f"{stem}__baseline.json", {
+                "key": _key(row["law"], c, row["seed"], "baseline"), "features": d.n_features,
+                "feature_names": d.feature_names, "true": d.true, "proxies": d.proxies,
+                "proxy_of": {str(p): v for p, v in d.proxy_of.items()}, "info": d.info,
+                "r2_true": row["r2_true"], "r2_all": row["r2_all"], "code": row["code"]})
+            written += 1
         if row["method"] in skip:
             continue
-        c = Condition(row["rows"], row["noise"], row["proxies_planted"])
-        path = cache / f"{row['law']}__{c.tag}__s{row['seed']}__{row['method']}.json"
+        path = cache / f"{stem}__{row['method']}.json"
         if path.exists():
             continue
         key = _key(row["law"], c, row["seed"], row["method"])
