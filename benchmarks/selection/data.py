@@ -78,7 +78,7 @@ def make_selection_data(law: str, n_rows: int, n_noise: int, n_proxies: int, see
     true_cols = sorted(d.true_features)
     rng = _seed(seed, n_rows, n_noise, n_proxies)
     if unseen:  # noise columns of other distributions (benchmarks/selection/unseen.py)
-        noise_cols = [j for j in range(x.shape[1]) if j not in set(true_cols)]
+        noise_cols = sorted(set(range(x.shape[1])) - set(true_cols))
         x[:, noise_cols] = mixed_noise(len(x), len(noise_cols), rng)
 
     # proxies of the true variables, cycling over them

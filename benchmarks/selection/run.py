@@ -196,13 +196,9 @@ def run_set(law: str, c: Condition, seed: int, names: list[str], cache: Path, re
     if base is None:
         d = data()
         start = time.perf_counter()
-        base = {"key": base_key, "features": d.n_features, "feature_names": d.feature_names,
-                "true": d.true, "proxies": d.proxies,
-                "proxy_of": {str(p): v for p, v in d.proxy_of.items()}, "info": d.info,
-                "r2_true": downstream_r2(d, d.true, seed),
-                "r2_all": downstream_r2(d, list(range(d.n_features)), seed)}
+        base = _baseline(d, base_key, downstream_r2(d, d.true, seed),
+                         downstream_r2(d, list(range(d.n_features)), seed), CODE_REVISION)
         base["seconds"] = time.perf_counter() - start
-        base["code"] = CODE_REVISION
         _save(cache / f"{stem}__baseline.json", base)
     records = []
     for name in names:
@@ -220,6 +216,15 @@ def run_set(law: str, c: Condition, seed: int, names: list[str], cache: Path, re
         records.append(rec)
         print(_line(rec, reused), flush=True)
     return records
+
+
+def _baseline(d: SelectionSet, key: dict, r2_true: float, r2_all: float, code: str) -> dict:
+    """A set's baseline record: its ground truth and the downstream R² on the true / all
+    columns."""
+    return {"key": key, "features": d.n_features, "feature_names": d.feature_names,
+            "true": d.true, "proxies": d.proxies,
+            "proxy_of": {str(p): v for p, v in d.proxy_of.items()}, "info": d.info,
+            "r2_true": r2_true, "r2_all": r2_all, "code": code}
 
 
 def _line(r: dict, reused: bool) -> str:
@@ -259,11 +264,9 @@ def seed_cache(results: Path, cache: Path, skip: set[str]) -> int:
         if not (cache / f"{stem}__baseline.json").exists():  # the set's downstream R²s
             d = make_selection_data(row["law"], c.rows, c.noise, c.proxies, seed=row["seed"],
                                     noise_std=LABEL_NOISE)
-            _save(cache / f"{stem}__baseline.json", {
-                "key": _key(row["law"], c, row["seed"], "baseline"), "features": d.n_features,
-                "feature_names": d.feature_names, "true": d.true, "proxies": d.proxies,
-                "proxy_of": {str(p): v for p, v in d.proxy_of.items()}, "info": d.info,
-                "r2_true": row["r2_true"], "r2_all": row["r2_all"], "code": row["code"]})
+            _save(cache / f"{stem}__baseline.json",
+                  _baseline(d, _key(row["law"], c, row["seed"], "baseline"), row["r2_true"],
+                            row["r2_all"], row["code"]))
             written += 1
         if row["method"] in skip:
             continue
@@ -358,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = "selection_smoke" if args.smoke else "selection_unseen" if unseen else "selection"
     cache = args.cache_dir or args.out / stem
+    redo = set(filter(None, args.redo.split(",")))
     if args.reuse_from is not None:
         if not args.resume:
             parser.error("--reuse-from needs --resume (it fills the cache --resume reads)")
-        seed_cache(args.reuse_from, cache, set(filter(None, args.redo.split(","))))
+        seed_cache(args.reuse_from, cache, redo)
     start = time.perf_counter()
-    records = run(laws, grid, args.seeds, names, cache, args.resume,
-                  set(filter(None, args.redo.split(","))), args.jobs)
+    records = run(laws, grid, args.seeds, names, cache, args.resume, redo, args.jobs)
     result = results_record("benchmarks.selection", [_slim(r) for r in records])
     result["settings"] = {
         "laws": laws, "grid": [vars(c) for c in grid], "seeds": args.seeds, "methods": names,
