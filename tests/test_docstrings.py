@@ -31,6 +31,7 @@ MODULES = [
     "lumos.selection",
     "lumos.export",
     "lumos.latency",
+    "lumos.widths",
     "lumos.layers",
     "lumos.tolerance",
 ]
@@ -52,6 +53,7 @@ MUST_HAVE_EXAMPLES = [
     "lumos.selection:confirm_features",
     "lumos.export:fold_batchnorm",
     "lumos.latency:layer_seconds",
+    "lumos.widths:choose_width_multiple",
     "lumos.layers:SpectralConv1d",
     "lumos.layers:SpectralConv2d",
     "lumos.tolerance:bootstrap_interval",

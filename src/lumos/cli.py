@@ -33,7 +33,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     config = load_config(
         args.source, budget=args.budget, tolerance=args.tolerance, size=args.size,
-        budget_on=args.budget_on,
+        budget_on=args.budget_on, width_multiple=args.width_multiple,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=args.device, threads=args.threads, checkpoint_every=args.checkpoint_every,
         dense_baseline=True if args.dense_baseline else None,
@@ -48,6 +48,16 @@ def _fit(args: argparse.Namespace) -> int:
         print(format_summary(result.metrics))
         print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _width_multiple(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a whole number nor 'auto'") from None
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -116,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--budget", type=float, help="keep at most this parameter fraction")
     fit.add_argument("--budget-on", choices=("params", "flops", "latency"),
                      help="what --budget (and --tolerance's walk) measures (default: params)")
+    fit.add_argument("--width-multiple", type=_width_multiple, metavar="N|auto",
+                     help="keep gated widths at multiples of N (default 1: any width); 'auto': "
+                     "the multiple this device runs fastest, measured once")
     size.add_argument("--tolerance", type=float,
                       help="smallest model within this relative loss of the dense metric")
     fit.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-SIZE)")

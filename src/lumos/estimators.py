@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 from . import SparseModel, sparsify
 from .errors import ConfigurationError, LumosWarning
 from .measure import count_params
-from .options import DEFAULT_FEATURE_PENALTY
+from .options import DEFAULT_FEATURE_PENALTY, GateOptions
 from .selection import confirm_features
 from .training import History, train
 
@@ -107,6 +107,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         verbose=0,
         confirm=True,
         budget_on="params",
+        width_multiple=1,
     ):
         self.hidden = hidden
         self.budget = budget
@@ -121,6 +122,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         self.verbose = verbose
         self.confirm = confirm
         self.budget_on = budget_on
+        self.width_multiple = width_multiple
 
     # ---- what subclasses define ----------------------------------------------------------
     def _encode_targets(self, y: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -168,6 +170,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
             raise ConfigurationError(
                 f"budget_on must be 'params', 'flops' or 'latency' (what budget measures), "
                 f"got {self.budget_on!r}.")
+        GateOptions(width_multiple=self.width_multiple)  # refuses a bad one, naming it
         if not isinstance(self.confirm, (bool, np.bool_)):
             raise ConfigurationError(
                 f"confirm must be True (test the weakest kept columns on held-out rows) or "
@@ -206,6 +209,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
                     x[: min(len(x), 8)],
                     budget=None if self.budget is None else float(self.budget),
                     budget_on=self.budget_on,
+                    gates=GateOptions(width_multiple=self.width_multiple),
                     feature_penalty=_column_pressure(float(self.feature_penalty), X.shape[1]),
                     feature_names=names if len(set(names)) == len(names) else None,
                 )
@@ -565,6 +569,10 @@ class LumosRegressor(RegressorMixin, _LumosEstimator):
         What ``budget`` measures: the parameter count, the multiply-adds of a forward (for
         an MLP nearly the same; it matters for models with convolutions), or each layer's
         FLOPs weighted by its time per FLOP measured on the device (:mod:`lumos.latency`).
+    width_multiple : int or "auto", default=1
+        Cut each hidden width the budget leaves to a multiple of this (1: any width), so the
+        compacted layers fit the device's vector and GEMM tiles; ``"auto"``: the multiple this
+        device runs fastest per unit of width, measured once (:mod:`lumos.widths`).
     confirm : bool, default=True
         Hold out 20% of the rows (tables of 100 rows or more, features selected) and test the
         weakest kept columns on them: each kept column with under 10% of the largest

@@ -55,7 +55,10 @@ class GateOptions:
             compaction stays exact (a group narrower than it keeps its width). Vector units
             and GEMM kernels favour such widths: measured on this project's CPU, a Linear at
             256 rows ran 169 -> 86 in 51 us and 176 -> 88 in 42 us; 3x3 convolutions showed
-            no gain. 8 suits most CPUs and float16 GPUs.
+            no gain. 8 suits most CPUs and float16 GPUs. ``"auto"``: the multiple this device
+            favours, measured once when the model is sparsified (:mod:`lumos.widths`: Linear
+            pairs timed at widths 64-191; 1 when no multiple runs 10% faster per unit of
+            width); the sparse model records it, so a resumed run rounds the same way.
         fourier_modes: gate the Fourier modes of spectral convs (``lumos.layers``): one gate
             per kept frequency row or column, cut by compaction, so an FNO can shed the modes
             it does not need as well as channels. False gates their channels only.
@@ -78,7 +81,7 @@ class GateOptions:
     gate_lr_scale: float = 50.0
     init_keep_probability: float | dict[str, float] = 0.99
     budget_warmup: float = 0.5
-    width_multiple: int = 1
+    width_multiple: int | str = 1
     fourier_modes: bool = True
 
     def __post_init__(self) -> None:
@@ -115,11 +118,12 @@ class GateOptions:
             raise ConfigurationError(
                 f"budget_warmup must be a fraction in (0, 1], got {self.budget_warmup!r}."
             )
-        if isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int) \
-                or self.width_multiple < 1:
+        if self.width_multiple != "auto" and (
+                isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int)
+                or self.width_multiple < 1):
             raise ConfigurationError(
                 f"width_multiple must be a whole number >= 1 (1: any width; 8 suits most "
-                f"CPUs), got {self.width_multiple!r}.")
+                f"CPUs) or 'auto' (measured on the device), got {self.width_multiple!r}.")
         if not isinstance(self.fourier_modes, bool):
             raise ConfigurationError(
                 f"fourier_modes must be True or False, got {self.fourier_modes!r}.")

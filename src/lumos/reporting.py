@@ -88,6 +88,13 @@ def report(sm) -> str:
             f"{lat['compacted'] / 1e3:.1f} us "
             f"({100 * lat['compacted'] / max(lat['dense'], 1):.1f}%{budget_note('latency')}; "
             "measured once on this device, see lumos.latency)")
+    multiple = sm.gate_options.width_multiple
+    if multiple != 1:
+        measured = sm.measured_width_multiple
+        lines.append(
+            "widths: cut to multiples of "
+            + (f"{multiple}" if multiple != "auto" else "(measured at the first projection)"
+               if measured is None else f"{measured} (measured on this device, lumos.widths)"))
     if s["ungated"]:
         lines.append("")
         lines.append("kept whole (not gated):")

@@ -36,6 +36,7 @@ from .options import GateOptions, number
 from .schedules import Schedule
 from .step_hook import register as _register
 from .topology.analysis import ChannelGraph
+from .widths import measured_width_multiple
 
 __all__ = ["SparseModel"]
 
@@ -95,6 +96,9 @@ class SparseModel(nn.Module):
         #: nanoseconds per FLOP of each FLOP term's layer (``budget_on="latency"``, else None)
         self.latency_weights: dict[str, float] | None = None
         self.dense_latency: float | None = None
+        #: the width multiple ``width_multiple="auto"`` measured (on the device of the first
+        #: projection, where the model trains), None until then
+        self.measured_width_multiple: int | None = None
         if budget_on == "latency":
             self._use_latency_weights(self._measure_latency_weights())
         self._budget_dense = self.dense_cost(budget_on)
@@ -456,7 +460,8 @@ class SparseModel(nn.Module):
         return {"realized": self._realized, "realized_calls": self._realized_calls,
                 "loss_scale": self._loss_scale, "loss_count": self._loss_count,
                 "loss_sum": None if self._loss_sum is None else float(self._loss_sum),
-                "latency_weights": self.latency_weights}
+                "latency_weights": self.latency_weights,
+                "width_multiple": self.measured_width_multiple}
 
     def set_extra_state(self, state: dict) -> None:
         realized = state.get("realized")
@@ -470,6 +475,8 @@ class SparseModel(nn.Module):
         self._loss_sum = None if total is None else torch.tensor(
             float(total), dtype=self.gates.log_alpha.dtype, device=self.gates.log_alpha.device)
         self._pending_loss = None
+        if state.get("width_multiple") is not None:  # what the first run measured
+            self.measured_width_multiple = int(state["width_multiple"])
         weights = state.get("latency_weights")
         if weights is not None:  # what the first run measured, not this machine's times
             self._use_latency_weights(dict(weights))
@@ -557,7 +564,7 @@ class SparseModel(nn.Module):
         ``gate_options.width_multiple`` down to a multiple of it; returns how many. Only ever
         shuts, so a budget that held still holds; ``protected`` gates (a path kept open)
         stay, and a group whose protected gates are more than the multiple below keeps them."""
-        multiple = self.gate_options.width_multiple
+        multiple = self.width_multiple()
         if multiple <= 1:
             return 0
         kept = self.kept_mask()
@@ -578,6 +585,24 @@ class SparseModel(nn.Module):
             self.gates.shut_gates(torch.nonzero(shut).flatten())
             self._realized = None
         return int(shut.sum())
+
+    def width_multiple(self) -> int:
+        """The multiple widths are cut to: ``gate_options.width_multiple``, or for ``"auto"``
+        what :mod:`lumos.widths` measures on the model's device (once; every process of a
+        distributed run uses rank 0's)."""
+        multiple = self.gate_options.width_multiple
+        if multiple != "auto":
+            return int(multiple)
+        if self.measured_width_multiple is None:
+            param = next(self.model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            dtype = param.dtype if param is not None and param.is_floating_point() \
+                else torch.float32
+            measured = [measured_width_multiple(device, dtype)]
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.broadcast_object_list(measured, src=0)
+            self.measured_width_multiple = int(measured[0])
+        return self.measured_width_multiple
 
     def _essential_groups(self) -> list:
         return [g for g in self.graph_info.groups

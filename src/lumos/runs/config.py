@@ -52,6 +52,12 @@ def _budget_on(value) -> str | None:
         "must be 'params', 'flops' or 'latency'"
 
 
+def _width_multiple(value) -> str | None:
+    ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                             and value >= 1)
+    return None if ok else "must be a whole number >= 1 (1: any width) or 'auto' (measured)"
+
+
 def _tolerance(value) -> str | None:
     if value is None or 0.0 < value < 1.0:
         return None
@@ -101,6 +107,9 @@ class RunConfig:
                           "'flops' (multiply-adds of a forward on the example inputs) or "
                           "'latency' (layer times measured once on the device)",
                           _budget_on)
+    width_multiple: int | str = _key(1, "keep gated widths at multiples of this (1: any "
+                                     "width; 'auto': the multiple this device runs fastest, "
+                                     "measured once, lumos.widths)", _width_multiple)
     tolerance: float | None = _key(None, "instead of budget: smallest model within this "
                                    "relative loss of the dense validation metric", _tolerance)
     epochs: int | None = _key(None, "training epochs (default: the workload's recipe)",

@@ -32,7 +32,8 @@ def build_sparse_model(config: RunConfig, workload, data):
     budget = config.budget if config.tolerance is None else 1.0
     return build_sparse(workload, data, budget=budget, seed=config.seed,
                         feature_penalty=config.feature_penalty, budget_on=config.budget_on,
-                        gates=GateOptions(budget_warmup=config.warmup))
+                        gates=GateOptions(budget_warmup=config.warmup,
+                                          width_multiple=config.width_multiple))
 
 
 @dataclass
@@ -198,6 +199,7 @@ def _fit_tolerance(config: RunConfig, out: Path, resume: bool, progress) -> RunR
 
 
 def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
+    from .. import GateOptions
     from ..checkpoint import CheckpointManager
     from ..tolerance import fit_within_tolerance
     from ..workloads import build_dense, example_inputs, feature_options
@@ -214,6 +216,7 @@ def _tolerance_walk(run: _Setup, out: Path) -> RunResult:
         weight_decay=config.weight_decay, batch_size=config.batch_size, seed=config.seed,
         lr_schedule=recipe_of(config, workload).lr_schedule,
         feature_penalty=config.feature_penalty, budget_on=config.budget_on,
+        gates=GateOptions(width_multiple=config.width_multiple),
         **feature_options(model, data),
     )
     seconds = time.perf_counter() - start
