@@ -12,12 +12,15 @@ device's (and its library's) business, so it is measured, not assumed:
 2. **Choice.** For each candidate multiple ``n`` (:data:`CANDIDATES`), every probed width
    ``w`` that is not a multiple is compared with its cut ``n * (w // n)``: the time saved
    (``t(w) / t(cut)``) over the width given up (``w / cut``). Without tiles the two are about
-   equal (time grows with width); the median over the widths is the gain of cutting to ``n``.
+   equal (time grows with width); the mean over the widths is the gain of cutting to ``n``.
    It must reach :data:`MIN_GAIN` (a gain in the timing noise would cost width for nothing);
    of the multiples within :data:`NEAR_BEST` of the best gain, the smallest is taken: it gives
-   up the least width. Pairing each width with its own cut keeps the choice stable where
-   comparing all multiples with all other widths flipped between runs (this project's CPU,
-   1 thread: 8 in each of 4 probes, gain 1.077-1.084).
+   up the least width. Pairing each width with its own cut, and the mean (the cuts to 4 mix
+   widths that land on a multiple of 8 with widths that do not, where a median jumps between
+   the two), keep the choice stable where comparing all multiples with all other widths
+   flipped between runs (this project's CPU, 1 thread: 8 in each of 4 probes, gain
+   1.084-1.094; at 2 threads the gains are 1.05-1.09 and the choice varies, see
+   ``docs/results/widths.md``).
 
 Measured once per process for each (device, dtype, threads); the sparse model records what it
 used (its state_dict), so a resumed run rounds as the first one did.
@@ -77,7 +80,7 @@ def choose_width_multiple(seconds: dict[int, float], candidates: tuple[int, ...]
 
 
 def cut_gain(seconds: dict[int, float], n: int) -> float | None:
-    """The median, over the probed widths that are not multiples of ``n`` (and whose cut was
+    """The mean, over the probed widths that are not multiples of ``n`` (and whose cut was
     probed), of the time saved by cutting to the multiple below over the width given up;
     None when no width qualifies."""
     ratios = []
@@ -85,7 +88,7 @@ def cut_gain(seconds: dict[int, float], n: int) -> float | None:
         cut = n * (w // n)
         if cut != w and seconds.get(cut, 0) > 0 and t > 0:
             ratios.append((t / seconds[cut]) / (w / cut))
-    return statistics.median(ratios) if ratios else None
+    return statistics.fmean(ratios) if ratios else None
 
 
 def probe_seconds(device: torch.device, dtype: torch.dtype = torch.float32,
