@@ -93,7 +93,7 @@ def write_markdown(result: dict) -> list[str]:
     lines += ["## The probe (lumos.widths)", "",
               "The time saved by cutting each probe width (64-191) to the multiple of n below, "
               "over the width given up (mean over the widths); `auto` takes the smallest n "
-              "within 25% of the best gain when that reaches 1.05, else 1.", "",
+              "within 10% of the best gain when that reaches 1.05, else 1.", "",
               "| torch threads | " + " | ".join(f"n={n}" for n in CANDIDATES)
               + " | chosen | probe s |", "|---|" + "---|" * (len(CANDIDATES) + 2)]
     for p in result["probe"]:
