@@ -57,8 +57,9 @@ class GateOptions:
             256 rows ran 169 -> 86 in 51 us and 176 -> 88 in 42 us; 3x3 convolutions showed
             no gain. 8 suits most CPUs and float16 GPUs. ``"auto"``: the multiple this device
             favours, measured once when the model is sparsified (:mod:`lumos.widths`: Linear
-            pairs timed at widths 64-191; 1 when no multiple runs 10% faster per unit of
-            width); the sparse model records it, so a resumed run rounds the same way.
+            pairs timed at widths 64-191, each against its cut; 1 when no multiple saves 5%
+            more time than the width it gives up); the sparse model records it, so a resumed
+            run rounds the same way.
         fourier_modes: gate the Fourier modes of spectral convs (``lumos.layers``): one gate
             per kept frequency row or column, cut by compaction, so an FNO can shed the modes
             it does not need as well as channels. False gates their channels only.
