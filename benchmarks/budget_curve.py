@@ -2,6 +2,7 @@
 
     python -m benchmarks.budget_curve [--only NAME ...] [--budgets 1.0 0.85 0.7 0.5 0.25]
                                       [--size full] [--seed 0] [--cache-dir DIR]
+                                      [--gates KEY=VALUE ...] [--out DIR]
 
 What is measured (GitHub issue 18: "no workload above 60% kept unless the note shows why no
 smaller model within tolerance exists, for example the tolerance curve of budgets"). The
@@ -14,18 +15,25 @@ model's metric on the half of the validation set the suite reports on (the toler
 selects on the other half), its change against the dense model (signed, + better) and whether
 it is within the 1% tolerance.
 
-Results: ``docs/results/budget_curve.{json,md}``.
+``--gates`` sets ``lumos.GateOptions`` fields for the LUMOS models (``finetune=0.3``,
+``fourier_modes=False``, ``noise_interval=0.5``, ``gate_lr_scale=10``): what a gate setting
+costs the curve. Results: ``docs/results/budget_curve.{json,md}`` (``--out`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import sys
 import time
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
 from benchmarks.suite import chosen_workloads, results_header, results_record, write_results
+from lumos import GateOptions
+from lumos.errors import ConfigurationError
 from lumos.measure import count_flops, count_params
 from lumos.training import predict
 from lumos.workloads import (
@@ -45,7 +53,23 @@ def _change(metric: float, dense: float, higher_is_better: bool) -> float:
     return sign * (metric - dense) / abs(dense)
 
 
-def workload_rows(name: str, size: str, budgets: list[float], seed: int, cache_dir) -> dict:
+def parse_gates(pairs: list[str]) -> dict:
+    """``["finetune=0.3", "fourier_modes=False"]`` -> GateOptions keywords (values as Python
+    literals)."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--gates takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--gates {pair!r}: {text!r} is not a Python literal") from None
+    return out
+
+
+def workload_rows(name: str, size: str, budgets: list[float], seed: int, cache_dir,
+                  gates: dict | None = None) -> dict:
     wl = get_workload(name)
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
     recipe = wl.recipes[size]
@@ -60,14 +84,16 @@ def workload_rows(name: str, size: str, budgets: list[float], seed: int, cache_d
     dense = build_dense(wl, data, seed=seed)
     train_recipe(dense, wl, data, recipe, seed=seed)
     m_dense = metric(dense)
-    record = {"workload": name, "size": size, "seed": seed, "primary": wl.primary,
+    record = {"workload": name, "size": size, "seed": seed, "gates": gates or {},
+              "primary": wl.primary,
               "higher_is_better": wl.higher_is_better, "epochs": recipe.epochs,
               "dense": {"metric": m_dense, "params": count_params(dense),
                         "flops": count_flops(dense, example),
                         "train_s": time.perf_counter() - start}, "budgets": []}
     for budget in budgets:
         start = time.perf_counter()
-        sm = sparsify_features(build_dense(wl, data, seed=seed), data, budget=budget)
+        sm = sparsify_features(build_dense(wl, data, seed=seed), data, budget=budget,
+                               gates=GateOptions(**(gates or {})))
         train_recipe(sm, wl, data, recipe, seed=seed)
         small = sm.eval().compact()
         m = metric(small)
@@ -91,7 +117,9 @@ def write_markdown(result: dict) -> list[str]:
               "against dense, + better; *within*: within the 1% tolerance.", ""]
     for r in result["rows"]:
         d = r["dense"]
-        lines += [f"## {r['workload']} ({r['size']}, {r['epochs']} epochs)", "",
+        gates = ", ".join(f"{k}={v!r}" for k, v in r.get("gates", {}).items())
+        lines += [f"## {r['workload']} ({r['size']}, {r['epochs']} epochs"
+                  + (f"; GateOptions({gates})" if gates else "") + ")", "",
                   f"Dense: {r['primary']} {d['metric']:.4f}, {d['params']:,} parameters.", "",
                   "| budget | params kept | FLOPs kept | metric | change | within 1% |",
                   "|---|---|---|---|---|---|"]
@@ -112,14 +140,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("smoke", "full"), default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--gates", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="lumos.GateOptions fields for the LUMOS models")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write budget_curve.{json,md} here (default: docs/results)")
     args = parser.parse_args(argv)
     names = chosen_workloads(parser, args.only)
     bad = [b for b in args.budgets if not 0.0 < b <= 1.0]
     if bad:
         parser.error(f"--budgets must be fractions in (0, 1], got {bad}")
-    rows = [workload_rows(n, args.size, args.budgets, args.seed, args.cache_dir) for n in names]
+    try:
+        gates = parse_gates(args.gates)
+        GateOptions(**gates)
+    except (ValueError, TypeError, ConfigurationError) as exc:
+        parser.error(str(exc))
+    rows = [workload_rows(n, args.size, args.budgets, args.seed, args.cache_dir, gates)
+            for n in names]
     result = results_record("benchmarks.budget_curve", rows)
-    write_results("budget_curve", result, write_markdown(result))
+    if args.out is None:
+        write_results("budget_curve", result, write_markdown(result))
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "budget_curve.json").write_text(json.dumps(result, indent=2))
+        (args.out / "budget_curve.md").write_text("\n".join(write_markdown(result)) + "\n")
     return 0
 
 
