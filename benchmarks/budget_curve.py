@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import time
 from pathlib import Path
@@ -157,12 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [workload_rows(n, args.size, args.budgets, args.seed, args.cache_dir, gates)
             for n in names]
     result = results_record("benchmarks.budget_curve", rows)
-    if args.out is None:
-        write_results("budget_curve", result, write_markdown(result))
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "budget_curve.json").write_text(json.dumps(result, indent=2))
-        (args.out / "budget_curve.md").write_text("\n".join(write_markdown(result)) + "\n")
+    write_results("budget_curve", result, write_markdown(result), args.out)
     return 0
 
 

@@ -96,11 +96,13 @@ def results_header(title: str, result: dict) -> list[str]:
             f"{m['torch']}; {result['date']}; code {m['code']}", ""]
 
 
-def write_results(name: str, result: dict, lines: list[str]) -> None:
-    """``docs/results/NAME.json`` (the record) and ``NAME.md`` (``lines``)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+def write_results(name: str, result: dict, lines: list[str], folder: Path | None = None) -> None:
+    """``NAME.json`` (the record) and ``NAME.md`` (``lines``) in ``folder`` (default:
+    ``docs/results``)."""
+    folder = RESULTS if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def _cpu_count() -> int:

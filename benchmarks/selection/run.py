@@ -379,12 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                          for n, m in methods_mod.METHODS.items() if n in names}
     result["packages"] = _versions()
     lines = markdown(result)
-    if args.out.resolve() == RESULTS.resolve():
-        write_results(stem, result, lines)
-    else:  # what write_results does, in another folder
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-        (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, result, lines, args.out)
     print(f"[selection] {len(records)} records in {time.perf_counter() - start:.0f}s -> "
           f"{args.out / stem}.{{json,md}}", flush=True)
     return 0

@@ -148,8 +148,7 @@ class SparseModel(nn.Module):
         flops = self.cost.by_label(ones, "flops")
         paths = [name for name, _ in self.model.named_modules() if name]
         owners = {owner_of(label, paths) for label in flops} - {None}
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = self._device()
         gates = torch.ones(self.gates.num_gates + 1, dtype=self.gates.log_alpha.dtype,
                            device=self.gates.log_alpha.device)
         was_training = self.model.training
@@ -169,6 +168,11 @@ class SparseModel(nn.Module):
             dist.broadcast_object_list(shared, src=0)
             weights = shared[0]
         return weights
+
+    def _device(self) -> torch.device:
+        """Where the wrapped model's weights are (CPU for a model without any)."""
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     def _use_latency_weights(self, weights: dict[str, float]) -> None:
         self.cost.add_weighted_kind("latency", "flops", weights)
@@ -594,11 +598,9 @@ class SparseModel(nn.Module):
         if multiple != "auto":
             return int(multiple)
         if self.measured_width_multiple is None:
-            param = next(self.model.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
-            dtype = param.dtype if param is not None and param.is_floating_point() \
-                else torch.float32
-            measured = [measured_width_multiple(device, dtype)]
+            dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                         torch.float32)
+            measured = [measured_width_multiple(self._device(), dtype)]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.broadcast_object_list(measured, src=0)
             self.measured_width_multiple = int(measured[0])
