@@ -95,7 +95,8 @@ class CostModel(nn.Module):
         self.register_buffer(f"{kind}_coeff", coeff * scale, False)
         self.register_buffer(f"{kind}_factors", getattr(self, f"{base}_factors").clone(), False)
         self.labels[kind] = list(self.labels[base])
-        self._converted = {k: v for k, v in self._converted.items() if k[0] != f"{kind}_coeff"}
+        self._converted = {k: v for k, v in self._converted.items()
+                           if k[0] not in (f"{kind}_coeff", f"{kind}_quadratic")}
 
     def _as(self, name: str, like: Tensor) -> Tensor:
         """Buffer ``name`` in ``like``'s dtype, converted once (this runs every training step)."""
@@ -132,6 +133,10 @@ class CostModel(nn.Module):
         uses this on every training step, where a backward pass through the cost model would
         cost more than the rest of the gate machinery together.
         """
+        matrices = self._quadratic_form(kind, keep)
+        if matrices is not None:
+            layout, layout_t, constants, pairs = matrices
+            return layout_t.mv(pairs.mv(torch.addmv(constants, layout, keep)))
         live = self.live(keep)
         factors = getattr(self, f"{kind}_factors")
         coeff = self._as(f"{kind}_coeff", keep)
@@ -152,6 +157,41 @@ class CostModel(nn.Module):
             share = per_row[self.entry_rows] * self._as("entry_weights", keep)
             out.index_add_(0, self.entry_gates, share)
         return out
+
+    #: the most entries the dense matrices of :meth:`_quadratic_form` may hold (4 MB in float32)
+    QUADRATIC_FORM_ENTRIES = 1 << 20
+
+    def _quadratic_form(self, kind: str, like: Tensor) -> tuple[Tensor, ...] | None:
+        """The cost as a quadratic form in the live counts, where every term has at most two
+        factors (Linear, conv, norm, head terms do) and the matrices are small.
+
+        ``live = constants + layout @ keep`` and ``total = live @ P @ live`` with ``P[a, b]``
+        the summed coefficients of the terms ``live_a * live_b`` (a missing factor is the
+        constant row 0, whose live count is 1), so ``d total / d keep = layout.T @ (P + P.T)
+        @ live``: three matrix-vector products instead of the dozen gathers and scatters of
+        the general path (a small MLP's training step spent ~130 us in them, measured). Built
+        once per kind, dtype and device; None where the general path must run.
+        """
+        factors = getattr(self, f"{kind}_factors")
+        rows = self.constants.numel()
+        if factors.shape[1] == 0 or factors.shape[1] > 2 or rows * max(
+                rows, self.num_gates) > self.QUADRATIC_FORM_ENTRIES:
+            return None
+        key = (f"{kind}_quadratic", like.dtype, factors.device)
+        cached = self._converted.get(key)
+        if cached is None:
+            layout = torch.zeros(rows, self.num_gates, dtype=torch.float64,
+                                 device=factors.device)
+            layout.index_put_((self.entry_rows, self.entry_gates), self.entry_weights,
+                              accumulate=True)
+            pairs = torch.zeros(rows, rows, dtype=torch.float64, device=factors.device)
+            second = factors[:, 1] if factors.shape[1] == 2 else torch.zeros_like(factors[:, 0])
+            pairs.index_put_((factors[:, 0], second), getattr(self, f"{kind}_coeff"),
+                             accumulate=True)
+            cached = self._converted[key] = tuple(
+                t.to(like.dtype).contiguous() for t in
+                (layout, layout.t(), self.constants, pairs + pairs.t()))
+        return cached
 
     def total(self, keep: Tensor, kind: str = "params") -> Tensor:
         """Expected (or exact, for 0/1 keep) parameter or FLOP count."""

@@ -18,6 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +26,8 @@ from .errors import ConfigurationError
 
 #: keeps the uniform draw away from 0 and 1 so log(u) and log(1 - u) stay finite in float32.
 _UNIFORM_EPS = 1e-6
+#: gate dtypes NumPy reads as they are (the host-side path check)
+_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -220,12 +223,13 @@ class GateBank(nn.Module):
         on other devices the resample always runs, so no step waits on a host read.
         """
         cfg = self.cfg
+        if host_reads_are_free(z.device) and z.dtype in _NUMPY_DTYPES \
+                and not self._closes_a_path_on_host(z):
+            return z
         with torch.no_grad():
             index, usable, any_usable = self._path_layout()
             drawn = z.detach()[index].masked_fill_(~usable, 0.0)
             empty = (drawn.amax(dim=1) <= 0) & any_usable
-            if host_reads_are_free(z.device) and not bool(empty.any()):
-                return z
             log_alpha = self.log_alpha.detach()
             score = log_alpha[index].masked_fill_(~usable, float("-inf"))
             best = index.gather(1, score.argmax(dim=1, keepdim=True)).squeeze(1)
@@ -235,6 +239,33 @@ class GateBank(nn.Module):
             redrawn_u = closed_below + (1.0 - closed_below) * (u_best / closed_below).clamp(0, 1)
             u = u.scatter(0, best, torch.where(empty, redrawn_u, u_best))
         return sample_gates(self.log_alpha, cfg, u)
+
+    def _closes_a_path_on_host(self, z: Tensor) -> bool:
+        """Whether this draw closed every usable gate of some essential group, read in NumPy
+        on the CPU tensor's memory: one segmented max over the groups (contiguous slices)
+        instead of seven operator calls (~50 us a step on a small MLP, benchmarks/overhead)."""
+        key = (self.shut._version, self.shut.data_ptr(), self.log_alpha.dtype)
+        if getattr(self, "_host_layout_key", None) != key:
+            self._host_layout = self._host_layout_for_paths()
+            self._host_layout_key = key
+        bounds, rows, open_np, buffer = self._host_layout
+        n = buffer.size - 1
+        np.multiply(z.detach().numpy(), open_np, out=buffer[:n])
+        return bool((np.maximum.reduceat(buffer, bounds)[::2][rows] <= 0).any())
+
+    def _host_layout_for_paths(self) -> tuple:
+        """What :meth:`_closes_a_path_on_host` reads: [start, stop) of every essential group
+        that can still open, the open mask, and a buffer one longer than the gate vector (a
+        group may end at its end)."""
+        index, usable, any_usable = self._path_layout()
+        bounds = []
+        for row in range(index.shape[0]):
+            members = index[row][self.path_valid[row]]
+            bounds += [int(members[0]), int(members[-1]) + 1]
+        dtype = self.log_alpha.dtype
+        open_np = (~self.shut).to(dtype).numpy()
+        buffer = np.zeros(self.num_gates + 1, dtype=open_np.dtype)
+        return (np.asarray(bounds, dtype=np.int64), any_usable.numpy(), open_np, buffer)
 
     def _path_layout(self) -> tuple[Tensor, Tensor, Tensor]:
         """The essential groups' index matrix, which of its entries can still open (not

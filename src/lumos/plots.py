@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import fx
 
 from .atomic import replace_atomically
+from .gating import apply_gates, is_gate_plumbing, is_gates_placeholder
 from .topology.infos import TensorInfo, TupleInfo
 
 _SKIP_FUNCTIONS = {"getattr", "getitem", "size", "dim"}
@@ -44,12 +45,14 @@ def _label(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def _shown(node: fx.Node) -> bool:
     if node.op == "placeholder":
-        return node.target != "lumos_gates"
+        return not is_gates_placeholder(node)
     if node.op in ("call_module", "output"):
         return True
     if node.op in ("call_function", "call_method"):
+        if node.target is apply_gates or is_gate_plumbing(node):
+            return False
         name = node.target if isinstance(node.target, str) else node.target.__name__
-        return name not in _SKIP_FUNCTIONS and not name.startswith("apply_gates")
+        return name not in _SKIP_FUNCTIONS
     return False
 
 
