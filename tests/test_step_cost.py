@@ -203,3 +203,34 @@ def test_gather_gates_reads_in_order_or_by_index():
                                                                            [5]]
     pieces = gather_gates(gates, torch.tensor([5, 0, 0, 3]), (1, 3))
     assert [p.tolist() for p in pieces] == [[5], [0, 0, 3]]
+
+
+def test_several_gated_dims_of_one_parameter_equal_scaling_each_in_turn():
+    """An FNO weight gated on input channels and both mode axes is multiplied once by the
+    product of its gates (inner dims filled in); values and gradients are those of one
+    multiply per dim."""
+    from lumos.layers import SpectralConv2d
+
+    torch.manual_seed(0)
+    layer = SpectralConv2d(4, 3, modes1=3, modes2=2)
+    x = torch.randn(2, 4, 8, 8)
+    pieces = [torch.rand(4, requires_grad=True), torch.rand(3, requires_grad=True),
+              torch.rand(2, requires_grad=True)]
+    specs = (("weight1", 0, pieces[0]), ("weight1", 2, pieces[1]), ("weight1", 3, pieces[2]),
+             ("weight2", 3, pieces[2]))
+    got = call_with_gated_params(layer, specs, x)
+    grads = torch.autograd.grad(got.square().sum(), [*pieces, layer.weight1, layer.weight2])
+
+    def turn(p, dim, piece):
+        shape = [1] * p.dim()
+        shape[dim] = -1
+        return p * piece.view(shape)
+
+    w1 = turn(turn(turn(layer.weight1, 0, pieces[0]), 2, pieces[1]), 3, pieces[2])
+    w2 = turn(layer.weight2, 3, pieces[2])
+    expected = torch.func.functional_call(layer, {"weight1": w1, "weight2": w2}, (x,))
+    reference = torch.autograd.grad(expected.square().sum(),
+                                    [*pieces, layer.weight1, layer.weight2])
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(grads, reference):
+        torch.testing.assert_close(a, b)
