@@ -40,7 +40,6 @@ from .topology.rule_helpers import (
 
 #: name of the placeholder that carries the gate vector into the gated graph
 GATES_PLACEHOLDER = "lumos_gates"
-#: prefixes of the (non-persistent) index buffers the gated graph reads
 #: the (non-persistent) buffer holding every site's gate indices, one piece after another
 PIECES_INDEX = "lumos_gate_index"
 #: names of the gather node and of its pieces in the gated graph
@@ -95,12 +94,14 @@ def call_with_gated_params(module: nn.Module, specs: tuple, *args, **kwargs):
         scales[name] = scale if name not in scales else scales[name] * scale
     params = {name: stored[name] * _inner_dims_filled(scale, stored[name].shape)
               for name, scale in scales.items()}
-    if torch.compiler.is_compiling() or not _untied(module):
+    if torch.compiler.is_compiling() or not _untied(module) or not _stored_plainly(
+            module, params):
         return torch.func.functional_call(module, params, args, kwargs)
     return _call_with_swapped(module, params, args, kwargs)
 
 
 torch.fx.wrap("call_with_gated_params")
+
 
 def _inner_dims_filled(scale: Tensor, shape: torch.Size) -> Tensor:
     """``scale`` materialised along the parameter's innermost dims it broadcasts over, when
@@ -131,6 +132,17 @@ def _untied(module: nn.Module) -> bool:
                    *module.named_buffers(remove_duplicate=False)]
         known = _UNTIED[module] = len({id(t) for _, t in tensors}) == len(tensors)
     return known
+
+
+def _stored_plainly(module: nn.Module, params: dict[str, Tensor]) -> bool:
+    """Whether every parameter to swap sits in its owner's parameter or buffer table (not
+    behind a parametrization or a property), where :func:`_call_with_swapped` puts it."""
+    for name in params:
+        owner_path, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_path)
+        if attr not in owner._parameters and attr not in owner._buffers:
+            return False
+    return True
 
 
 def _call_with_swapped(module: nn.Module, params: dict[str, Tensor], args, kwargs):
