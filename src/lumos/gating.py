@@ -94,8 +94,7 @@ def call_with_gated_params(module: nn.Module, specs: tuple, *args, **kwargs):
         scales[name] = scale if name not in scales else scales[name] * scale
     params = {name: stored[name] * _inner_dims_filled(scale, stored[name].shape)
               for name, scale in scales.items()}
-    if torch.compiler.is_compiling() or not _untied(module) or not _stored_plainly(
-            module, params):
+    if torch.compiler.is_compiling() or not _swappable(module, tuple(params)):
         return torch.func.functional_call(module, params, args, kwargs)
     return _call_with_swapped(module, params, args, kwargs)
 
@@ -118,31 +117,27 @@ def _inner_dims_filled(scale: Tensor, shape: torch.Size) -> Tensor:
     return scale.expand(target).contiguous()
 
 
-#: modules whose parameters each have one name (see _untied), by identity
-_UNTIED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+#: per module (by identity): which parameter sets :func:`_call_with_swapped` may swap
+_SWAPPABLE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 
 
-def _untied(module: nn.Module) -> bool:
-    """Whether no parameter or buffer of ``module`` is also stored under a second name, so
-    replacing it under one name replaces it everywhere it is read (functional_call ties such
-    names itself). Asked once per module."""
-    known = _UNTIED.get(module)
-    if known is None:
+def _swappable(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """Whether :func:`_call_with_swapped` gives ``functional_call``'s result for these
+    parameters: no tensor of ``module`` is stored under a second name (functional_call ties
+    such names itself), and each named one sits in its owner's parameter or buffer table
+    (not behind a parametrization or a property). Asked once per module and parameter set:
+    the answer is structure, and this runs on every training step."""
+    known = _SWAPPABLE.setdefault(module, {})
+    answer = known.get(names)
+    if answer is None:
         tensors = [*module.named_parameters(remove_duplicate=False),
                    *module.named_buffers(remove_duplicate=False)]
-        known = _UNTIED[module] = len({id(t) for _, t in tensors}) == len(tensors)
-    return known
-
-
-def _stored_plainly(module: nn.Module, params: dict[str, Tensor]) -> bool:
-    """Whether every parameter to swap sits in its owner's parameter or buffer table (not
-    behind a parametrization or a property), where :func:`_call_with_swapped` puts it."""
-    for name in params:
-        owner_path, _, attr = name.rpartition(".")
-        owner = module.get_submodule(owner_path)
-        if attr not in owner._parameters and attr not in owner._buffers:
-            return False
-    return True
+        untied = len({id(t) for _, t in tensors}) == len(tensors)
+        owners = [(module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+                  for name in names]
+        answer = known[names] = untied and all(
+            attr in owner._parameters or attr in owner._buffers for owner, attr in owners)
+    return answer
 
 
 def _call_with_swapped(module: nn.Module, params: dict[str, Tensor], args, kwargs):
@@ -152,7 +147,7 @@ def _call_with_swapped(module: nn.Module, params: dict[str, Tensor], args, kwarg
     Same result and gradients as ``torch.func.functional_call``, without its general
     machinery (~70 us a call on the CPU, measured: a small MLP's training step spent more in
     it than in the layer it gated). ``_weight_side`` only picks modules whose attributes are
-    plain (no custom ``__setattr__``), and ``_untied`` leaves tied weights to functional_call.
+    plain (no custom ``__setattr__``), and ``_swappable`` leaves the rest to functional_call.
     """
     swapped: list[tuple[nn.Module, str, object]] = []
     try:
