@@ -233,3 +233,93 @@ def test_several_gated_dims_of_one_parameter_equal_scaling_each_in_turn():
     torch.testing.assert_close(got, expected)
     for a, b in zip(grads, reference):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("general", [False, True], ids=["quadratic form", "term by term"])
+def test_the_marginal_folds_its_scale_and_an_addend_as_addmv_does(general, monkeypatch):
+    """The penalty folds its scale and the feature weights into the marginal's last call."""
+    torch.manual_seed(0)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 1)),
+                        torch.randn(3, 5), budget=0.5)
+    if general:
+        monkeypatch.setattr(type(sm.cost), "QUADRATIC_FORM_ENTRIES", 0)
+    keep = torch.rand(sm.cost.num_gates, dtype=torch.float64)
+    add = torch.rand_like(keep)
+    plain = sm.cost.marginal(keep, "params")
+    torch.testing.assert_close(sm.cost.marginal(keep, "params", alpha=0.3), 0.3 * plain)
+    torch.testing.assert_close(sm.cost.marginal(keep, "params", alpha=0.3, add=add, beta=2.0),
+                               0.3 * plain + 2.0 * add)
+    assert (sm.cost._quadratic_form("params", keep) is None) == general
+
+
+def test_the_penalty_in_the_units_of_the_loss_is_the_plain_penalty_times_its_unit():
+    """Before the unit is fixed it is a tensor (this step's loss), after it a number: both
+    scale the value and the gradient the same way."""
+    torch.manual_seed(0)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1)),
+                        torch.randn(4, 6), budget=0.3, feature_penalty=0.2)
+    sm.train()
+    sm.set_progress(0.6)
+    sm.controller.lambda1 = 0.8
+    plain_value, plain_grad = sm.penalty_terms()
+    value, grad = sm.penalty_terms(torch.tensor(2.5))
+    torch.testing.assert_close(value, 2.5 * plain_value)
+    torch.testing.assert_close(grad, 2.5 * plain_grad)
+    sm.step()  # the unit is fixed at 2.5: a number from now on, whatever loss is passed
+    assert sm._loss_scale == 2.5
+    value, grad = sm.penalty_terms(torch.tensor(7.0))
+    sm._loss_scale = None  # (the unscaled reference)
+    plain_value, plain_grad = sm.penalty_terms()
+    torch.testing.assert_close(value, 2.5 * plain_value)
+    torch.testing.assert_close(grad, 2.5 * plain_grad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_the_gate_sample_with_a_ceiling_is_the_plain_sample_times_the_open_mask(n, seed):
+    """Shut gates are zeroed in the clamp of the sample, not by a multiply after it: same
+    values, and the same gradient wherever the sample is not exactly 0."""
+    from lumos.gates import HardConcreteConfig, sample_gates
+
+    generator = torch.Generator().manual_seed(seed)
+    cfg = HardConcreteConfig()
+    log_alpha = (6 * torch.rand(n, generator=generator) - 3).requires_grad_()
+    u = torch.rand(n, generator=generator)
+    mask = (torch.rand(n, generator=generator) > 0.3).float()
+    reference = sample_gates(log_alpha, cfg, u) * mask
+    got = sample_gates(log_alpha, cfg, u, ceiling=mask)
+    torch.testing.assert_close(got, reference)
+    weights = torch.rand(n, generator=generator)
+    (g_ref,) = torch.autograd.grad((reference * weights).sum(), log_alpha)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), log_alpha)
+    nonzero = reference.detach() != 0
+    torch.testing.assert_close(g_got[nonzero], g_ref[nonzero])
+    torch.testing.assert_close(g_got[mask == 0], torch.zeros_like(g_got[mask == 0]))
+
+
+def test_the_gate_bank_draws_in_the_noise_interval_and_zeroes_shut_gates():
+    bank = GateBank([30, 20], ["neuron", "neuron"], essential=[True, False])
+    bank.train()
+    bank.noise_interval = 0.3
+    u = bank.draw_uniform()
+    assert ((u >= 0.3) & (u <= 0.7)).all()
+    bank.shut_gates(torch.arange(25, 40))
+    z = bank()
+    assert (z[25:40] == 0).all() and z.requires_grad
+
+
+@pytest.mark.parametrize("dim", [-1, 2, 1, 0])
+def test_apply_gates_on_the_last_dim_equals_the_viewed_multiply(dim):
+    from lumos.gating import apply_gates
+
+    x = torch.randn(4, 5, 6, requires_grad=True)
+    piece = torch.rand(x.shape[dim], requires_grad=True)
+    shape = [1, 1, 1]
+    shape[dim] = -1
+    expected = x * piece.view(shape)
+    got = apply_gates(x, piece, dim)
+    torch.testing.assert_close(got, expected)
+    grads = torch.autograd.grad((got * got).sum(), (x, piece))
+    reference = torch.autograd.grad((expected * expected).sum(), (x, piece))
+    for a, b in zip(grads, reference):
+        torch.testing.assert_close(a, b)

@@ -125,18 +125,32 @@ class CostModel(nn.Module):
             return coeff
         return coeff * live[factors].prod(dim=1)
 
-    def marginal(self, keep: Tensor, kind: str = "params") -> Tensor:
-        """``d total(keep) / d keep`` for every gate, computed directly (no autograd graph).
+    def marginal(self, keep: Tensor, kind: str = "params", *, alpha: float = 1.0,
+                 add: Tensor | None = None, beta: float = 1.0) -> Tensor:
+        """``alpha * d total(keep) / d keep (+ beta * add)`` for every gate, computed directly
+        (no autograd graph).
 
         Each term ``coeff * prod(live_f)`` gives each of its factors ``coeff * prod(other
         live)``; a factor's share reaches its gates through the layout weights. The penalty
         uses this on every training step, where a backward pass through the cost model would
-        cost more than the rest of the gate machinery together.
+        cost more than the rest of the gate machinery together; ``alpha``, ``add`` and
+        ``beta`` let it fold its scale and its feature term into the last product (a small
+        model's step pays several microseconds per operator call).
         """
         matrices = self._quadratic_form(kind, keep)
         if matrices is not None:
             layout, layout_t, constants, pairs = matrices
-            return layout_t.mv(pairs.mv(torch.addmv(constants, layout, keep)))
+            inner = pairs.mv(torch.addmv(constants, layout, keep))
+            if add is None:
+                return layout_t.mv(inner).mul_(alpha) if alpha != 1.0 else layout_t.mv(inner)
+            return torch.addmv(add, layout_t, inner, beta=beta, alpha=alpha)
+        out = self._marginal_by_terms(keep, kind)
+        if alpha != 1.0:
+            out.mul_(alpha)
+        return out if add is None else out.add_(add, alpha=beta)
+
+    def _marginal_by_terms(self, keep: Tensor, kind: str) -> Tensor:
+        """:meth:`marginal` term by term: any number of factors, any size."""
         live = self.live(keep)
         factors = getattr(self, f"{kind}_factors")
         coeff = self._as(f"{kind}_coeff", keep)

@@ -65,6 +65,8 @@ torch.fx.wrap("gather_gates")
 
 def apply_gates(x: Tensor, piece: Tensor, dim: int) -> Tensor:
     """Multiply ``x`` along ``dim`` by the gate of each position (its site's ``piece``)."""
+    if dim == -1 or dim == x.dim() - 1:  # broadcasts as it is: no view, nor its backward
+        return x * piece.to(x.dtype)
     shape = [1] * x.dim()
     shape[dim] = -1
     return x * piece.view(shape).to(x.dtype)

@@ -286,13 +286,16 @@ class SparseModel(nn.Module):
             sm.gates.log_alpha.grad += grad
         """
         scale = self._pressure_scale(loss)
+        # A number folds into the coefficients below; a tensor (the first step, before the
+        # unit is fixed) multiplies the results. Every term is folded into as few operator
+        # calls as it takes: on a small model each call costs more than its arithmetic.
+        unit = scale if isinstance(scale, float) else 1.0
         with torch.no_grad():
             keep = self.gates.prob_nonzero()
-            value = keep.new_zeros(())
-            slope = torch.zeros_like(keep)  # d penalty / d keep
+            size_value: float | Tensor = 0.0
+            size_slope = 0.0  # d size term / d cost
             if self.controller is not None or self.lam is not None:
                 dense = max(self._budget_dense, 1.0)
-                size_value: float | Tensor
                 if self.controller is not None:
                     # The budget is on what compaction keeps (deterministic gate > 0), which
                     # can be more than the expected count while gates sit half-open: the
@@ -307,17 +310,32 @@ class SparseModel(nn.Module):
                     assert self.lam is not None  # no controller: the lam branch of the test
                     size_value = self.lam * self.cost.total(keep, self.budget_on) / dense
                     size_slope = self.lam
-                value = value + size_value
-                if size_slope:
-                    slope = self.cost.marginal(keep, self.budget_on).mul_(size_slope / dense)
+                size_slope = size_slope * unit / dense
+            strength = 0.0
             if self.feature_penalty > 0 and self._has_feature_gates:
                 weights = self._feature_weights(keep.dtype)
-                strength = self.feature_penalty * self._feature_ramp()
-                value = value + strength * torch.dot(keep, weights)
-                slope = slope + strength * weights
-            # d keep / d log alpha: keep = sigmoid(log alpha - c), 0 where shut or frozen
-            grad = slope * keep * (1.0 - keep) if not self.gates.frozen else None
-            if scale is not None:
+                strength = self.feature_penalty * self._feature_ramp() * unit
+            if strength:
+                value = torch.dot(keep, weights).mul_(strength).add_(size_value * unit)
+            elif isinstance(size_value, Tensor):
+                value = size_value * unit
+            else:
+                value = keep.new_tensor(size_value * unit)
+            grad = None
+            if not self.gates.frozen:
+                # d penalty / d keep: the cost's marginal and the feature weights, in one call
+                if size_slope:
+                    slope = self.cost.marginal(keep, self.budget_on, alpha=size_slope,
+                                               add=weights if strength else None,
+                                               beta=strength)
+                elif strength:
+                    slope = weights * strength
+                else:
+                    slope = torch.zeros_like(keep)
+                # times d keep / d log alpha, keep = sigmoid(log alpha - c): one call
+                # (0 where shut: keep is 0 there)
+                grad = torch.ops.aten.sigmoid_backward(slope, keep)
+            if isinstance(scale, Tensor):
                 value = value * scale
                 grad = None if grad is None else grad * scale
         return value, grad
