@@ -90,9 +90,12 @@ def call_with_gated_params(module: nn.Module, specs: tuple, *args, **kwargs):
     for name, dim, piece in specs:
         owner, _, attr = name.rpartition(".")
         p = stored.setdefault(name, stored_tensor(module.get_submodule(owner), attr))
-        shape = [1] * p.dim()
-        shape[dim] = -1
-        scale = piece.view(shape).to(p.dtype)
+        if dim == -1 or dim == p.dim() - 1:  # broadcasts as it is (a Linear's inputs)
+            scale = piece.to(p.dtype)
+        else:
+            shape = [1] * p.dim()
+            shape[dim] = -1
+            scale = piece.view(shape).to(p.dtype)
         scales[name] = scale if name not in scales else scales[name] * scale
     params = {name: stored[name] * _inner_dims_filled(scale, stored[name].shape)
               for name, scale in scales.items()}
@@ -109,6 +112,8 @@ def _inner_dims_filled(scale: Tensor, shape: torch.Size) -> Tensor:
     that stays small next to the parameter: a multiply (and the reduction in its backward)
     that broadcasts over an inner dim runs element by element (an FNO weight's trailing
     real/imaginary pair: 1.6 ms against 0.25 ms for forward and backward, measured)."""
+    if scale.dim() != len(shape):  # a last-dim scale: no inner dim to fill
+        return scale
     target = list(scale.shape)
     d = len(shape)
     while d > 0 and target[d - 1] == 1 and shape[d - 1] > 1:
