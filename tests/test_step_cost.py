@@ -323,3 +323,36 @@ def test_apply_gates_on_the_last_dim_equals_the_viewed_multiply(dim):
     reference = torch.autograd.grad((expected * expected).sum(), (x, piece))
     for a, b in zip(grads, reference):
         torch.testing.assert_close(a, b)
+
+
+def test_a_training_forward_under_inference_mode_does_not_break_the_next_training_step():
+    """The sample's cached constants and open mask are made outside inference mode: cached
+    as inference tensors, the next step's backward would refuse to save them."""
+    torch.manual_seed(0)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1)),
+                        torch.randn(4, 5), budget=0.5)
+    sm.train()
+    sm.set_progress(0.5)
+    sm.gates.shut_gates(torch.tensor([7, 8]))
+    sm.gates.to(torch.float64)  # a dtype no other test made the constants in
+    sm.to(torch.float64)
+    with torch.inference_mode():
+        sm(torch.randn(3, 5, dtype=torch.float64))
+    out = sm(torch.randn(3, 5, dtype=torch.float64))
+    (out.sum() + sm.penalty()).backward()
+    grad = sm.gates.log_alpha.grad
+    assert grad is not None and torch.isfinite(grad).all() and (grad[7:9] == 0).all()
+
+
+def test_the_cost_models_conversions_made_under_inference_mode_serve_autograd_later():
+    """A penalty logged in an inference-mode validation loop fills the cost model's dtype
+    cache; the expected fraction differentiated afterwards must still work."""
+    torch.manual_seed(0)
+    sm = lumos.sparsify(nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1)),
+                        torch.randn(4, 5), budget=0.5)
+    sm.cost._converted.clear()
+    with torch.inference_mode():
+        sm.penalty_terms()
+        sm.expected_fraction()
+    sm.expected_fraction().backward()
+    assert sm.gates.log_alpha.grad is not None

@@ -106,7 +106,8 @@ class CostModel(nn.Module):
         key = (name, like.dtype, buffer.device)
         cached = self._converted.get(key)
         if cached is None or cached.device != buffer.device:
-            cached = self._converted[key] = buffer.to(like.dtype)
+            with torch.inference_mode(False):  # (an inference tensor breaks later autograd)
+                cached = self._converted[key] = buffer.to(like.dtype)
         return cached
 
     def live(self, keep: Tensor) -> Tensor:

@@ -73,7 +73,9 @@ def _constant(value: float, like: Tensor) -> Tensor:
     key = (value, like.dtype, like.device)
     cached = _CONSTANTS.get(key)
     if cached is None:
-        cached = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        # never an inference tensor: the sample saves it for backward in later training steps
+        with torch.inference_mode(False):
+            cached = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
     return cached
 
 
@@ -361,7 +363,8 @@ class GateBank(nn.Module):
         and changes only when ``shut`` does, which bumps the buffer's version)."""
         key = (self.shut._version, self.shut.device, self.log_alpha.dtype)
         if self._open_mask_key != key:
-            self._open_mask = (~self.shut).to(self.log_alpha.dtype)
+            with torch.inference_mode(False):  # (a cached inference tensor breaks training)
+                self._open_mask = (~self.shut).to(self.log_alpha.dtype)
             self._open_mask_key = key
         return self._open_mask
 
