@@ -63,13 +63,19 @@ def gather_gates(gates: Tensor, index: Tensor | None, sizes: tuple[int, ...]) ->
 torch.fx.wrap("gather_gates")
 
 
+def _along(piece: Tensor, dim: int, like: Tensor) -> Tensor:
+    """``piece`` shaped to broadcast along ``dim`` of ``like``, in its dtype. Along the last
+    dim it broadcasts as it is: no view, nor the view's backward, on every step."""
+    if dim == -1 or dim == like.dim() - 1:
+        return piece.to(like.dtype)
+    shape = [1] * like.dim()
+    shape[dim] = -1
+    return piece.view(shape).to(like.dtype)
+
+
 def apply_gates(x: Tensor, piece: Tensor, dim: int) -> Tensor:
     """Multiply ``x`` along ``dim`` by the gate of each position (its site's ``piece``)."""
-    if dim == -1 or dim == x.dim() - 1:  # broadcasts as it is: no view, nor its backward
-        return x * piece.to(x.dtype)
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    return x * piece.view(shape).to(x.dtype)
+    return x * _along(piece, dim, x)
 
 
 torch.fx.wrap("apply_gates")
@@ -90,12 +96,7 @@ def call_with_gated_params(module: nn.Module, specs: tuple, *args, **kwargs):
     for name, dim, piece in specs:
         owner, _, attr = name.rpartition(".")
         p = stored.setdefault(name, stored_tensor(module.get_submodule(owner), attr))
-        if dim == -1 or dim == p.dim() - 1:  # broadcasts as it is (a Linear's inputs)
-            scale = piece.to(p.dtype)
-        else:
-            shape = [1] * p.dim()
-            shape[dim] = -1
-            scale = piece.view(shape).to(p.dtype)
+        scale = _along(piece, dim, p)
         scales[name] = scale if name not in scales else scales[name] * scale
     params = {name: stored[name] * _inner_dims_filled(scale, stored[name].shape)
               for name, scale in scales.items()}
