@@ -47,14 +47,11 @@ class GateOptions:
         gate_lr_scale: the default gate learning rate is ``max(gate_lr_scale * lr, 0.05)``.
         init_keep_probability: initial P(gate open), one number or per group kind
             (``{"feature": 0.9, "default": 0.99}``). At 0.99 a gate draws exactly 1 on ~80%
-            of the steps, so early training scales each unit down at random one step in five.
-            Where a model trails its dense self with nothing cut, starting the units more open
-            helps: ``{"feature": 0.99, "default": 0.999}`` took the Darcy FNO from 4.4% worse
-            than dense to 6% better at budget 1.0; at 0.25, 0.9999 took Darcy from -38% to
-            -24% and the Burgers transformer from -97% to -49%
-            (``docs/results/ablation_init.md``, one seed). Not the default yet: on the other
-            workloads it moved the metric by under 0.5 points either way, and with no budget
-            0.999 left 5 of 12 noise columns open on a closed-form law that 0.99 closes.
+            of the steps, so early training scales each unit down at random one step in five;
+            where that noise costs accuracy (the Darcy FNO trails its dense self with nothing
+            cut; the Burgers transformer loses much at a 0.25 budget), starting the units more
+            open (``{"feature": 0.99, "default": 0.9999}``) recovers much of it.
+            ``docs/results/ablation_init.md`` measures it, and why 0.99 stays the default.
         budget_warmup: fraction of training over which the budget target goes from dense to
             the budget.
         width_multiple: keep every neuron/channel width a multiple of this (1: any width).
