@@ -6,21 +6,30 @@ import torch
 from benchmarks.ablation import INIT_CONFIGS, STUDIES, STUDY_CONFIGS
 
 import lumos
+from lumos.gates import DEFAULT_KEEP_PROBABILITY, keep_probability_of
 
 
 def test_the_init_study_changes_how_open_the_units_start_and_nothing_else():
-    """``benchmarks.ablation --study init`` compares unit gates at 0.99 / 0.999 / 0.9999; the
-    feature gates start at 0.99 in every config, so feature selection is not what it varies."""
+    """``benchmarks.ablation --study init`` compares how open the unit gates start; the
+    feature gates start at 0.99 in every config, so feature selection is not what it varies,
+    and one config is today's default, so the study measures what users get."""
 
     assert STUDY_CONFIGS["init"] is INIT_CONFIGS and STUDIES["init"][0] in INIT_CONFIGS
-    for name, options in INIT_CONFIGS.items():
-        unit = float(name.split()[-1])
-        sm = lumos.sparsify(torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.ReLU(),
-                                                torch.nn.Linear(64, 1)), torch.randn(4, 6),
-                            budget=0.5, gates=options)
+    assert any(o.init_keep_probability == DEFAULT_KEEP_PROBABILITY for o in INIT_CONFIGS.values())
+    # neurons (Linear) and channels (Conv1d) in one model
+    net = torch.nn.Sequential(torch.nn.Conv1d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 6, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 1))
+    seen = set()
+    for options in INIT_CONFIGS.values():
+        sm = lumos.sparsify(net, torch.randn(4, 3, 8), budget=0.5, gates=options)
         p = sm.gates.prob_nonzero()
-        feature = sm.gates.mask_of_kind("feature")
-        torch.testing.assert_close(p[feature], torch.full_like(p[feature], 0.99), atol=2e-3,
-                                   rtol=0)
-        torch.testing.assert_close(p[~feature], torch.full_like(p[~feature], unit),
-                                   atol=2e-3 * (1 - unit) / 0.01, rtol=0)
+        for kind in set(sm.gates.kinds):
+            mask = sm.gates.mask_of_kind(kind)
+            expected = keep_probability_of(options.init_keep_probability, kind)
+            if kind == "feature":
+                assert expected == 0.99
+            torch.testing.assert_close(p[mask], torch.full_like(p[mask], expected),
+                                       atol=2e-3 * (1 - expected) / 0.01, rtol=0)
+            seen.add(kind)
+    assert {"feature", "neuron", "channel"} <= seen
