@@ -34,6 +34,7 @@ _UNIFORM_EPS = 1e-6
 #: transformer much of their accuracy. Input features and MLP neurons stay at 0.99: there the
 #: noise helps selection (with neurons at 0.9999 a no-budget MLP kept 5 of 12 noise columns).
 DEFAULT_KEEP_PROBABILITY: dict[str, float] = {"feature": 0.99, "neuron": 0.99, "default": 0.9999}
+
 #: gate dtypes NumPy reads as they are (the host-side path check)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 

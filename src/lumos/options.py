@@ -148,6 +148,12 @@ class GateOptions:
         gamma, zeta = self.stretch
         return HardConcreteConfig(Schedule.of(self.temperature)(progress), gamma, zeta)
 
+    def __hash__(self) -> int:
+        # the default per-kind dict would make the generated hash fail; options stay usable
+        # as dict keys and in sets, as they were when the default was one number
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                          for v in (getattr(self, f.name) for f in fields(self))))
+
     def starts_half_open(self) -> bool:
         """Whether the initial keep probability leaves deterministic gates below 1."""
         p = self.init_keep_probability
