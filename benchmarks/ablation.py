@@ -58,7 +58,8 @@ UNIT_CONFIGS: dict[str, GateOptions] = {
 #: P(open) = 0.99 sits at its clamp's top (z = 1) only ~80% of the steps, so every unit is
 #: scaled down at random on one step in five until its log alpha has grown: noise that cost the
 #: Darcy FNO 4.4% rel. L2 with nothing cut (0.0183 against 0.0175 dense; 0.0164 at 0.999).
-#: "keep 0.99" is the old default; the last config is today's (lumos.gates.DEFAULT_KEEP_PROBABILITY)
+#: "keep 0.99" is the default; the last config keeps MLP neurons at 0.99 too, where the noise
+#: helps feature selection (all units at 0.9999 left 5 of 12 noise columns open on Coulomb's law)
 INIT_CONFIGS: dict[str, GateOptions] = {
     **{f"keep {p:g}": GateOptions(init_keep_probability={"feature": 0.99, "default": p})
        for p in (0.99, 0.999, 0.9999)},

@@ -6,16 +6,17 @@ import torch
 from benchmarks.ablation import INIT_CONFIGS, STUDIES, STUDY_CONFIGS
 
 import lumos
-from lumos.gates import DEFAULT_KEEP_PROBABILITY, keep_probability_of
+from lumos.gates import keep_probability_of
 
 
 def test_the_init_study_changes_how_open_the_units_start_and_nothing_else():
     """``benchmarks.ablation --study init`` compares how open the unit gates start; the
     feature gates start at 0.99 in every config, so feature selection is not what it varies,
-    and one config is today's default, so the study measures what users get."""
+    and the baseline starts every kind as the library default does."""
 
     assert STUDY_CONFIGS["init"] is INIT_CONFIGS and STUDIES["init"][0] in INIT_CONFIGS
-    assert any(o.init_keep_probability == DEFAULT_KEEP_PROBABILITY for o in INIT_CONFIGS.values())
+    default = lumos.GateOptions().init_keep_probability
+    baseline = INIT_CONFIGS[STUDIES["init"][0]].init_keep_probability
     # neurons (Linear) and channels (Conv1d) in one model
     net = torch.nn.Sequential(torch.nn.Conv1d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(16 * 6, 32), torch.nn.ReLU(),
@@ -32,4 +33,5 @@ def test_the_init_study_changes_how_open_the_units_start_and_nothing_else():
             torch.testing.assert_close(p[mask], torch.full_like(p[mask], expected),
                                        atol=2e-3 * (1 - expected) / 0.01, rtol=0)
             seen.add(kind)
+            assert keep_probability_of(baseline, kind) == keep_probability_of(default, kind)
     assert {"feature", "neuron", "channel"} <= seen

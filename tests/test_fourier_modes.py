@@ -196,17 +196,16 @@ def test_mode_gates_get_gradients_and_training_closes_unneeded_modes():
     sm = lumos.sparsify(model, x[:16], budget=0.5, features=False)
     opt = torch.optim.Adam(sm.parameters(), lr=1e-2)
     group = next(g for g in sm.graph_info.groups if g.name == "spectral.freqs")
-    graded = []  # whether the mode gates got a gradient, per step (a gate starting at 0.9999
-    # draws exactly 1 until the budget has pushed it down, where the draw has no gradient)
     for step in range(300):
         sm.set_progress(step / 300)
         batch = torch.randint(0, 256, (32,))
         loss = F.mse_loss(sm(x[batch]), y[batch]) + sm.penalty()
         opt.zero_grad()
         loss.backward()
-        graded.append(bool(sm.gates.log_alpha.grad[sm.gates.group_slice(group.index)].any()))
+        if step == 0:
+            grad = sm.gates.log_alpha.grad[sm.gates.group_slice(group.index)]
+            assert grad.abs().sum() > 0
         opt.step()
-    assert any(graded[:150]), "the mode gates never got a gradient"
     sm.eval()
     kept = sm.kept_mask()[sm.gates.group_slice(group.index)]
     assert kept[:3].all(), kept  # the frequencies the target holds stay

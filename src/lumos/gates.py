@@ -26,15 +26,6 @@ from .errors import ConfigurationError
 
 #: keeps the uniform draw away from 0 and 1 so log(u) and log(1 - u) stay finite in float32.
 _UNIFORM_EPS = 1e-6
-
-#: how open each kind of gate starts, P(open), measured in ``docs/results/ablation_init.md``.
-#: Units that share their weights across a grid, graph or sequence (channels, Fourier modes,
-#: heads, hidden dims) start at 0.9999, where a gate draws exactly 1 on nearly every step: at
-#: 0.99 it draws below 1 on one step in five, noise that cost the Darcy FNO and the Burgers
-#: transformer much of their accuracy. Input features and MLP neurons stay at 0.99: there the
-#: noise helps selection (with neurons at 0.9999 a no-budget MLP kept 5 of 12 noise columns).
-DEFAULT_KEEP_PROBABILITY: dict[str, float] = {"feature": 0.99, "neuron": 0.99, "default": 0.9999}
-
 #: gate dtypes NumPy reads as they are (the host-side path check)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
@@ -123,11 +114,9 @@ def fully_open_keep_probability(cfg: HardConcreteConfig) -> float:
 
 def keep_probability_of(init: float | dict[str, float], kind: str) -> float:
     """The initial keep probability of a group kind: one number for all, or per kind
-    (``{"feature": 0.9, "default": 0.99}``; a kind not named takes the dict's "default", else
-    its entry in :data:`DEFAULT_KEEP_PROBABILITY`)."""
+    (``{"feature": 0.9, "default": 0.99}``; kinds not named fall back to "default" or 0.99)."""
     if isinstance(init, dict):
-        fallback = DEFAULT_KEEP_PROBABILITY.get(kind, DEFAULT_KEEP_PROBABILITY["default"])
-        return float(init.get(kind, init.get("default", fallback)))
+        return float(init.get(kind, init.get("default", 0.99)))
     return float(init)
 
 

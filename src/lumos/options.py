@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigurationError
-from .gates import DEFAULT_KEEP_PROBABILITY, HardConcreteConfig, fully_open_keep_probability
+from .gates import HardConcreteConfig, fully_open_keep_probability
 from .schedules import Schedule
 
 #: default strength of the feature-selection pressure (see ``sparsify``): on 13 closed-form
@@ -45,14 +45,14 @@ class GateOptions:
             (closed ones at 0, kept ones at their deterministic value; budget enforced first),
             without gate noise, so the surviving weights adapt to the final structure.
         gate_lr_scale: the default gate learning rate is ``max(gate_lr_scale * lr, 0.05)``.
-        init_keep_probability: initial P(gate open), one number for every gate or per group
-            kind (``{"feature": 0.9, "default": 0.99}``; a kind not named takes the dict's
-            "default", else its own default).
-            Default ``lumos.gates.DEFAULT_KEEP_PROBABILITY``: input features and MLP neurons
-            at 0.99, other units (channels, Fourier modes, heads, hidden dims) at 0.9999.
-            At 0.99 a gate draws exactly 1 on ~80% of the steps, so early training scales
-            each unit down at random one step in five: noise that helps an MLP tell noise
-            columns from true ones but costs FNOs and transformers accuracy.
+        init_keep_probability: initial P(gate open), one number or per group kind
+            (``{"feature": 0.9, "default": 0.99}``). At 0.99 a gate draws exactly 1 on ~80%
+            of the steps, so early training scales each unit down at random one step in five.
+            Where a model trains at a fixed ``budget=`` and that noise costs accuracy (the
+            Darcy FNO, the Burgers transformer), starting the units more open
+            (``{"feature": 0.99, "neuron": 0.99, "default": 0.9999}``) recovers much of it;
+            it hurts the tolerance walk (its first cut ranks units the saturated gates have
+            not learned) and, on neurons, feature selection.
             ``docs/results/ablation_init.md`` measures both.
         budget_warmup: fraction of training over which the budget target goes from dense to
             the budget.
@@ -87,8 +87,7 @@ class GateOptions:
     log_alpha_range: tuple[float, float] | None = None
     finetune: float = 0.1
     gate_lr_scale: float = 50.0
-    init_keep_probability: float | dict[str, float] = field(
-        default_factory=lambda: dict(DEFAULT_KEEP_PROBABILITY))
+    init_keep_probability: float | dict[str, float] = 0.99
     budget_warmup: float = 0.5
     width_multiple: int | str = 1
     fourier_modes: bool = True
@@ -149,8 +148,8 @@ class GateOptions:
         return HardConcreteConfig(Schedule.of(self.temperature)(progress), gamma, zeta)
 
     def __hash__(self) -> int:
-        # the default per-kind dict would make the generated hash fail; options stay usable
-        # as dict keys and in sets, as they were when the default was one number
+        # a per-kind init dict would make the generated hash fail; options with one stay
+        # usable as dict keys and in sets
         return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
                           for v in (getattr(self, f.name) for f in fields(self))))
 
