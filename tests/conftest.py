@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+import lumos
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core (README: pytest -n auto): a second torch thread per worker would
     # only fight the other workers for the same cores.
@@ -24,3 +26,20 @@ def one_thread():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def starting_keep_probability():
+    """``options -> {kind: P(open) of each gate}`` right after ``sparsify`` of one model with
+    input features, conv channels and MLP neurons: what ``init_keep_probability`` did."""
+    net = torch.nn.Sequential(torch.nn.Conv1d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 6, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 1))
+    x = torch.randn(4, 3, 8)
+
+    def start(options) -> dict[str, torch.Tensor]:
+        sm = lumos.sparsify(net, x, budget=0.5, gates=options)
+        p = sm.gates.prob_nonzero()
+        return {k: p[sm.gates.mask_of_kind(k)] for k in dict.fromkeys(sm.gates.kinds)}
+
+    return start

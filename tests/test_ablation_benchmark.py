@@ -9,7 +9,8 @@ import lumos
 from lumos.gates import keep_probability_of
 
 
-def test_the_init_study_changes_how_open_the_units_start_and_nothing_else():
+def test_the_init_study_changes_how_open_the_units_start_and_nothing_else(
+        starting_keep_probability):
     """``benchmarks.ablation --study init`` compares how open the unit gates start; the
     feature gates start at 0.99 in every config, so feature selection is not what it varies,
     and the baseline starts every kind as the library default does."""
@@ -17,20 +18,13 @@ def test_the_init_study_changes_how_open_the_units_start_and_nothing_else():
     assert STUDY_CONFIGS["init"] is INIT_CONFIGS and STUDIES["init"][0] in INIT_CONFIGS
     default = lumos.GateOptions().init_keep_probability
     baseline = INIT_CONFIGS[STUDIES["init"][0]].init_keep_probability
-    # neurons (Linear) and channels (Conv1d) in one model
-    net = torch.nn.Sequential(torch.nn.Conv1d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(16 * 6, 32), torch.nn.ReLU(),
-                              torch.nn.Linear(32, 1))
     seen = set()
     for options in INIT_CONFIGS.values():
-        sm = lumos.sparsify(net, torch.randn(4, 3, 8), budget=0.5, gates=options)
-        p = sm.gates.prob_nonzero()
-        for kind in set(sm.gates.kinds):
-            mask = sm.gates.mask_of_kind(kind)
+        for kind, p in starting_keep_probability(options).items():
             expected = keep_probability_of(options.init_keep_probability, kind)
             if kind == "feature":
                 assert expected == 0.99
-            torch.testing.assert_close(p[mask], torch.full_like(p[mask], expected),
+            torch.testing.assert_close(p, torch.full_like(p, expected),
                                        atol=2e-3 * (1 - expected) / 0.01, rtol=0)
             seen.add(kind)
             assert keep_probability_of(baseline, kind) == keep_probability_of(default, kind)

@@ -26,4 +26,3 @@ def test_help_prints_usage_and_leaves_the_results_alone(module):
     assert "usage" in out.stdout.lower()
     after = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
     assert after == before
-
