@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
-from lumos.tolerance import DECISION_RULES, fit_within_tolerance
+from lumos.tolerance import COMPARISONS, DECISION_RULES, fit_within_tolerance
 from lumos.training import predict, train
 from lumos.workloads import (
     build_dense,
@@ -207,7 +207,8 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
 
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
                  tolerance: float | None = None, budget_on: str = "params",
-                 decide_on: str = "settled", fourier_modes: bool = True) -> dict:
+                 decide_on: str = "settled", fourier_modes: bool = True,
+                 compare_to: str = "matched") -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -234,7 +235,6 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     dense_curve = [v[wl.primary] for v in h_dense.val]
     pred_dense, target = predict(dense, val)
     m_dense = wl.metrics(pred_dense, target)
-    m_dense_select = wl.metrics(*predict(dense, select))
     walk = None
     gates = lumos.GateOptions(fourier_modes=fourier_modes)
     if tolerance is None:
@@ -247,7 +247,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             base, example, data.loader("train", recipe.batch_size, shuffle=True, seed=seed),
             select, metrics=wl.metrics, primary=wl.primary,
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
-            reference=m_dense_select[wl.primary],
+            reference=dense_curve, compare_to=compare_to,
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
             lr_schedule=recipe.lr_schedule, budget_on=budget_on, decide_on=decide_on, gates=gates,
             **feature_options(base, data),
@@ -305,6 +305,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "budget_on": budget_on,
         "tolerance": tolerance,
         "decide_on": decide_on if tolerance is not None else None,
+        "compare_to": compare_to if tolerance is not None else None,
         "fourier_modes": fourier_modes,
         "tolerance_walk": walk,
         "seed": seed,
@@ -392,7 +393,10 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
         f"Python {meta['machine']['python']}  ",
         f"Date: {meta['date']}; size: {meta['size']}; "
         + (f"budget: {meta['budget']}" if meta["tolerance"] is None
-           else f"tolerance: {meta['tolerance']} (smallest model within it)")
+           else f"tolerance: {meta['tolerance']} (smallest model within it; cuts judged "
+                f"{meta.get('decide_on') or 'last'} against the dense model "
+                + ("at the same epoch)" if meta.get("compare_to") == "matched"
+                   else "finished)"))
         + f" on {meta.get('budget_on', 'params')}; seed: {meta['seed']}",
     ]
     sources = sorted({(r.get("command", "?"), r.get("machine", {}).get("code", "?"))
@@ -525,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what --budget (or the tolerance walk) measures")
     parser.add_argument("--decide-on", choices=DECISION_RULES, default="settled",
                         help="how the tolerance walk judges a cut (lumos.tolerance)")
+    parser.add_argument("--compare-to", choices=COMPARISONS, default="matched",
+                        help="what the tolerance walk judges a cut against (lumos.tolerance)")
     parser.add_argument("--channels-only", action="store_true",
                         help="GateOptions(fourier_modes=False): an FNO gates channels only")
     parser.add_argument("--seed", type=int, default=0)
@@ -549,16 +555,18 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(record_path.read_text())
             key = (record["budget"], record.get("tolerance"), record["seed"], record["size"],
                    record.get("budget_on", "params"), record.get("decide_on"),
-                   record.get("fourier_modes", False))
+                   record.get("fourier_modes", False), record.get("compare_to", "final"))
             decide_on = args.decide_on if args.tolerance is not None else None
+            compare_to = args.compare_to if args.tolerance is not None else None
             if key == (args.budget, args.tolerance, args.seed, size, args.budget_on, decide_on,
-                       not args.channels_only):
+                       not args.channels_only, compare_to):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
         start = time.perf_counter()
         record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance,
-                              args.budget_on, args.decide_on, not args.channels_only)
+                              args.budget_on, args.decide_on, not args.channels_only,
+                              args.compare_to)
         record["wall_s"] = time.perf_counter() - start
         record["command"] = command
         record["machine"] = machine_info()
@@ -581,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_on": args.budget_on,
         "tolerance": args.tolerance,
         "decide_on": args.decide_on if args.tolerance is not None else None,
+        "compare_to": args.compare_to if args.tolerance is not None else None,
         "fourier_modes": not args.channels_only,
         "seed": args.seed,
     }

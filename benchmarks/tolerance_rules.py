@@ -1,17 +1,18 @@
 """Tolerance decision rules: how the tolerance walk judges a cut, on the workloads whose
 validation metric is noisy from epoch to epoch.
 
-    python -m benchmarks.tolerance_rules [--only NAME ...] [--rules settled last]
+    python -m benchmarks.tolerance_rules [--only NAME ...] [--rules settled:matched ...]
                                          [--tolerance 0.01] [--cache-dir DIR]
 
 Each (workload, rule) is one suite run in tolerance mode (``benchmarks.suite.run_workload``:
 the same dense model, recipe, data order, selection and report halves of the validation set),
-differing only in ``decide_on``. Recorded per run: the kept fraction and the metric of the
-compacted model on the report half, whether it is within the tolerance, and the walk's own
-noise: the spread (standard deviation) of the judged points' metric and the share of judged
-points inside the tolerance. Results: ``docs/results/tolerance_rules.{json,md}`` and a plot of
-every walk (``tolerance_rules/<workload>_<rule>.png``); ``fit_within_tolerance``'s default
-``decide_on`` is chosen from them.
+differing only in ``decide_on`` and ``compare_to`` (a rule ``settled:matched`` is both).
+Recorded per run: the kept fraction and the metric of the compacted model on the report half,
+whether it is within the tolerance, and the walk's own noise: the spread (standard deviation)
+of the judged points' metric and the share of judged points inside the tolerance. Results:
+``docs/results/tolerance_rules.{json,md}`` and a plot of every walk
+(``tolerance_rules/<workload>_<decide>_<compare>.png``); ``fit_within_tolerance``'s defaults
+are chosen from them.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import time
 from pathlib import Path
 
 from lumos.plots import plot_tolerance_walk
-from lumos.tolerance import DECISION_RULES
+from lumos.tolerance import COMPARISONS, DECISION_RULES
 
 from .suite import RESULTS, chosen_workloads, machine_info, run_workload, signed_better
 
 DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
+#: a rule: how a cut is judged (``decide_on``) and against what (``compare_to``)
+RULES = [f"{decide}:{against}" for decide in DECISION_RULES for against in COMPARISONS]
+DEFAULT_RULES = ["settled:matched", "settled:final"]
 
 
 def walk_noise(record: dict) -> dict:
@@ -77,6 +81,9 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         f"Date: {meta['date']}; tolerance {meta['tolerance']}; seed {meta['seed']}", "",
         "`settled`: each cut trains one epoch with its gates learning, one with them frozen, "
         "and is judged after the second; `last`: one epoch per cut, judged right after it. "
+        "`matched`: each cut against the dense model's best validation metric up to the same "
+        "epoch (never stricter than the finished dense model); `final`: against the finished "
+        "dense model. "
         "Metric change is on the report half of the validation set, relative to the dense "
         "model, + is better. The walk's readings: cuts judged and the share inside, the median "
         "width of their 90% bootstrap interval (validation-sample noise alone), and for "
@@ -102,7 +109,7 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
             f"{100 * r['judged_within']:.0f}% | {'-' if width is None else f'{width:.4f}'} | "
             f"{pct(r['settling_gain'], True)} | {pct(r['outside_before_settling'])} | "
             f"{r['wall_s']:.0f} s |")
-    lines += ["", "Walks: `tolerance_rules/<workload>_<rule>.png`."]
+    lines += ["", "Walks: `tolerance_rules/<workload>_<decide>_<compare>.png`."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", default=DEFAULT_WORKLOADS)
-    parser.add_argument("--rules", nargs="+", choices=DECISION_RULES, default=list(DECISION_RULES))
+    parser.add_argument("--rules", nargs="+", choices=RULES, default=DEFAULT_RULES,
+                        help="decide_on:compare_to pairs (lumos.tolerance)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -135,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for rule in args.rules:
             start = time.perf_counter()
+            decide, against = rule.split(":")
             record = run_workload(name, "full", None, args.seed, args.cache_dir,
-                                  args.tolerance, decide_on=rule)
+                                  args.tolerance, decide_on=decide, compare_to=against)
             record["wall_s"] = time.perf_counter() - start
             records.append(record)
             rows.append(summarize(record, rule, args.tolerance))
@@ -155,7 +164,7 @@ def write_all(out: Path, meta: dict, rows: list[dict], records: list[dict]) -> N
     plots.mkdir(parents=True, exist_ok=True)
     for record, row in zip(records, rows):
         plot_tolerance_walk(record["tolerance_walk"],
-                            plots / f"{record['workload']}_{row['rule']}.png",
+                            plots / f"{record['workload']}_{row['rule'].replace(':', '_')}.png",
                             record["metric"], record["higher_is_better"])
     (out / "tolerance_rules.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "records": records}, indent=2))

@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lumos
 from lumos.demo import demo_mlp
@@ -159,3 +161,95 @@ def test_the_bootstrap_interval_holds_the_metric_and_narrows_with_more_samples()
 
     assert widths(4000) < 0.5 * widths(100)
     assert bootstrap_interval(torch.zeros(5, 1), torch.zeros(5, 1), r2) == (None, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=1, max_size=30), st.booleans())
+def test_matched_references_follow_the_dense_best_so_far_and_never_ask_more_than_its_end(
+        curve, higher_is_better):
+    from lumos.tolerance import _references
+
+    bars = _references(curve, len(curve), higher_is_better, "matched")
+    assert bars[-1] == curve[-1]  # the final judgement is the finished dense model
+    sign = 1.0 if higher_is_better else -1.0  # sign * metric: higher is better
+    for epoch, bar in enumerate(bars):
+        assert sign * bar <= sign * curve[-1]  # never stricter than the finished model
+        assert sign * bar <= max(sign * v for v in curve[:epoch + 1])  # nor than dense so far
+        assert epoch == 0 or sign * bar >= sign * bars[epoch - 1]  # the bar only rises
+    assert _references(curve, len(curve), higher_is_better, "final") == [curve[-1]] * len(curve)
+    assert _references(0.5, 4, higher_is_better, "matched") == [0.5] * 4
+
+
+def test_a_reference_curve_of_the_wrong_length_or_not_finite_is_refused():
+    train_data, val_data, _ = _data()
+    kwargs = dict(metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
+                  epochs=5)
+    model = demo_mlp(train_data[0].shape[1], 16, 1)
+    with pytest.raises(lumos.ConfigurationError, match="3 values but the walk trains 5"):
+        fit_within_tolerance(model, train_data[0][:4], train_data, val_data,
+                             reference=[0.9, 0.95, 0.97], **kwargs)
+    with pytest.raises(lumos.ConfigurationError, match="not finite"):
+        fit_within_tolerance(model, train_data[0][:4], train_data, val_data,
+                             reference=[0.9, 0.95, 0.97, 0.98, float("nan")], **kwargs)
+    with pytest.raises(lumos.ConfigurationError, match="compare_to must be one of"):
+        fit_within_tolerance(model, train_data[0][:4], train_data, val_data, reference=0.9,
+                             compare_to="best", **kwargs)
+
+
+def test_a_matched_walk_judges_each_epoch_against_the_dense_curve_at_that_epoch():
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    curve = [0.2, 0.5, 0.4, 0.7, 0.8, 0.75, 0.85, 0.9, 0.95, 0.97, 0.96, 0.98]
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
+        metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
+        epochs=len(curve), reference=curve, lr=2e-3, batch_size=512, interval_rounds=0)
+    best_so_far = [min(max(curve[:e + 1]), curve[-1]) for e in range(len(curve))]
+    assert [p.reference for p in result.walk] == best_so_far
+    for p in result.walk:
+        assert p.within == within_tolerance(p.metric, p.reference, 0.01, True)
+    assert result.reference == curve[-1] and result.to_dict()["compare_to"] == "matched"
+    assert result.within == within_tolerance(result.metric, curve[-1], 0.01, True)
+
+
+def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_miss():
+    """Nothing is ever within the tolerance: the walk must not return the first cut it tried
+    (which the user would read as the answer), but the largest model, compactable quietly,
+    and every epoch of the recipe is still trained."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
+        metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
+        reference=1.0, epochs=14, tolerance=0.01, lr=2e-3, batch_size=512, interval_rounds=0)
+    warm = [p for p in result.walk if p.phase == "warm"]
+    walked = [p for p in result.walk if p.phase == "walk"]
+    assert walked and min(p.kept_fraction for p in walked) < warm[-1].kept_fraction - 0.05
+    assert not result.within
+    sm = result.model  # every unit is back (the warm epochs shut none), features as judged
+    assert bool((sm.kept_mask() | sm.feature_mask).all())
+    assert result.kept_fraction > max(p.kept_fraction for p in walked)
+    assert [p.epoch for p in result.walk] == list(range(14))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        small = result.model.compact()
+    assert lumos.count_params(small) / result.model.dense_params == pytest.approx(
+        result.kept_fraction)
+
+
+def test_a_walk_that_could_only_repeat_a_failed_size_stops_and_trains_the_best_model():
+    """Coarse units (here a hidden layer of 3 neurons): once the step back can only reach a
+    size that already failed, further cuts would waste the epochs; they fine-tune instead."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 3, 1), train_data[0][:8], train_data, val_data,
+        metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
+        reference=1.0, epochs=30, tolerance=0.01, lr=2e-3, batch_size=512, interval_rounds=0)
+    phases = [p.phase for p in result.walk]
+    assert len(phases) == 30
+    planned = max(1, round(0.15 * 30))
+    assert phases.count("finetune") > planned  # the walk ended early
+    sizes = [round(p.kept_fraction, 9) for p in result.walk if p.phase == "walk"]
+    runs = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
+    assert len(runs) == len(set(runs))  # no size that failed was walked to again

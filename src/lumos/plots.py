@@ -284,15 +284,26 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
                         higher_is_better: bool = True) -> Path:
     """A tolerance walk (``ToleranceResult.to_dict()``): the validation metric per epoch with
     its bootstrap interval, the points the walk judged (inside or outside the tolerance), the
-    dense reference and the tolerance limit, and the kept fraction on a second axis."""
+    dense reference and the tolerance limit (per epoch for a ``matched`` walk), and the kept
+    fraction on a second axis."""
     plt = _matplotlib()
     walk = result["walk"]
     fig, ax = plt.subplots(figsize=(9, 4))
     reference, tolerance = result["reference"], result["tolerance"]
     slack = tolerance * abs(reference)
     limit = reference - slack if higher_is_better else reference + slack
-    ax.axhline(reference, color=_DENSE, lw=1, label="dense reference")
-    ax.axhline(limit, color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
+    matched = [p for p in walk if p.get("reference") is not None]
+    if result.get("compare_to") == "matched" and matched:  # the bar moved with the epochs
+        epochs = [p["epoch"] for p in matched]
+        bars = [p["reference"] for p in matched]
+        sign = -1.0 if higher_is_better else 1.0
+        ax.step(epochs, bars, where="mid", color=_DENSE, lw=1,
+                label="dense reference (same epoch)")
+        ax.step(epochs, [b + sign * tolerance * abs(b) for b in bars], where="mid",
+                color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
+    else:
+        ax.axhline(reference, color=_DENSE, lw=1, label="dense reference")
+        ax.axhline(limit, color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
     styles = {"warm": ("o", _DROPPED), "cut": ("x", _DROPPED), "walk": ("o", _KEPT),
               "finetune": ("s", "#2ca02c")}
     for phase, (marker, colour) in styles.items():

@@ -426,6 +426,13 @@ class SparseModel(nn.Module):
         self._advance()
         self._auto_stepped = True
 
+    def load_gate_state(self, state: dict) -> None:
+        """Load ``state`` (from ``self.gates.state_dict()``) into the gates alone, keeping every
+        weight: the tolerance walk reopens an earlier structure without discarding the epochs
+        its weights trained since."""
+        self.gates.load_state_dict(state)
+        self._realized = None
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, with a :class:`CheckpointError` naming what differs
         when the state comes from another model or other ``sparsify`` settings."""

@@ -5,10 +5,24 @@ One training run walks the budget down: the first epochs train with every gate o
 still judged), then each cut starts at a tighter budget (the weakest gates are shut, the rest
 of the epoch lets the network adapt) and ends with a validation of the compactable model. The
 smallest model inside the tolerance is kept; when a step falls outside, the walk returns to it
-and continues with smaller steps, which grow again with every step that holds. The last epochs
-fine-tune the best model. Every point of the
-walk (kept fraction, metric, a bootstrap interval over the validation samples) is returned, so
-the trade-off curve and how sure each decision was are visible.
+and continues with smaller steps, which grow again with every step that holds. When no step has
+held yet, it returns to the structure the warm epochs left (the weights trained so far stay), so
+a walk that cannot cut ends at the largest model rather than at its first miss; when the next
+step could only repeat a size that already failed (coarse units: a GAT's heads), the walk ends
+and the remaining epochs train the best model. The last epochs fine-tune the best model. Every
+point of the walk (kept fraction, metric, the reference it was judged against, a bootstrap
+interval over the validation samples) is returned, so the trade-off curve and how sure each
+decision was are visible.
+
+What a cut is compared with (``compare_to``):
+
+- ``"matched"`` (default, needs the dense model's validation curve, which the walk records
+  itself when no ``reference`` is given): the dense model's best metric up to the same epoch,
+  never stricter than the finished dense model. The walk judges cuts while training is still
+  on; against the finished model, a cut at epoch 40 of 150 (Burgers) has to beat a model with
+  110 more epochs, and the walk idled at 91% for 80 epochs. The final result is judged against
+  the finished dense model.
+- ``"final"``: every cut against the finished dense model (a single ``reference`` number).
 
 How a cut is judged (``decide_on``), chosen by measurement (``docs/results/tolerance_rules.md``):
 
@@ -26,7 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -54,6 +68,8 @@ class WalkPoint:
     #: 90% bootstrap interval of ``metric`` over the validation samples (None: not computed)
     low: float | None = None
     high: float | None = None
+    #: the dense metric this point was judged against (see ``compare_to``)
+    reference: float | None = None
 
 
 @dataclass
@@ -70,12 +86,14 @@ class ToleranceResult:
     #: every gate's probability of being open after each epoch of the walk (for gates.png)
     gate_probabilities: list[list[float]] = field(default_factory=list)
     decide_on: str = "settled"
+    compare_to: str = "final"
 
     def to_dict(self) -> dict:
         return {
             "reference": self.reference,
             "tolerance": self.tolerance,
             "decide_on": self.decide_on,
+            "compare_to": self.compare_to,
             "metric": self.metric,
             "kept_fraction": self.kept_fraction,
             "within": self.within,
@@ -101,7 +119,7 @@ def fit_within_tolerance(
     higher_is_better: bool,
     epochs: int,
     tolerance: float = 0.01,
-    reference: float | None = None,
+    reference: float | Sequence[float] | None = None,
     floor: float = 0.02,
     warm_fraction: float = 0.25,
     finetune_fraction: float = 0.15,
@@ -113,15 +131,20 @@ def fit_within_tolerance(
     seed: int = 0,
     on_epoch: Callable[[WalkPoint], None] | None = None,
     decide_on: str = "settled",
+    compare_to: str = "matched",
     interval_rounds: int = 200,
     lr_schedule: Schedule | None = None,
     **sparsify_kwargs,
 ) -> ToleranceResult:
     """Train ``model`` with LUMOS and return the smallest version within ``tolerance``.
 
-    ``reference`` is the dense model's validation metric; if None, a copy of ``model`` is
-    first trained dense with the same recipe to measure it. ``metrics(pred, target)`` must
-    contain ``primary``. ``floor`` is the smallest kept fraction the walk will try;
+    ``reference`` is the dense model's validation metric: one number (the finished model) or
+    its curve, one value per epoch of the same recipe on ``val_data``; if None, a copy of
+    ``model`` is first trained dense with the same recipe and its curve recorded.
+    ``compare_to`` says what each cut is judged against (``"matched"``: the curve's best up to
+    the same epoch; ``"final"``: the finished model; see the module docstring); a single
+    number is always the finished model. ``metrics(pred, target)`` must contain ``primary``.
+    ``floor`` is the smallest kept fraction the walk will try;
     ``patience`` the further tries a cut gets to recover before the walk steps back;
     ``decide_on`` how a cut is judged (``"settled"`` or ``"last"``, see the module docstring);
     ``interval_rounds`` the bootstrap resamples behind each point's interval (each calls
@@ -138,6 +161,10 @@ def fit_within_tolerance(
         raise ConfigurationError(f"tolerance mode needs at least 3 epochs, got {epochs!r}.")
     if not 0 < floor < 1:
         raise ConfigurationError(f"floor must lie in (0, 1), got {floor!r}.")
+    if compare_to not in COMPARISONS:
+        raise ConfigurationError(
+            f"compare_to must be one of {COMPARISONS}, got {compare_to!r}: 'matched' judges a "
+            "cut against the dense model at the same epoch, 'final' against the finished one.")
     if decide_on not in DECISION_RULES:
         raise ConfigurationError(
             f"decide_on must be one of {DECISION_RULES}, got {decide_on!r}: 'settled' judges "
@@ -167,10 +194,12 @@ def fit_within_tolerance(
 
     if reference is None:
         dense = copy.deepcopy(model)
-        train(dense, train_loader, epochs=epochs, **fit_kwargs)
-        reference = score(dense)
-    if not math.isfinite(reference):
-        raise ConfigurationError(f"the dense reference metric is {reference}; cannot compare.")
+        history = train(dense, train_loader, epochs=epochs, val_data=val_data,
+                        metrics=metrics, **fit_kwargs)
+        reference = [float(values.get(primary, math.nan)) for values in history.val]
+        reference[-1] = score(dense)  # checks that metrics() gives the primary metric
+    references = _references(reference, epochs, higher_is_better, compare_to)
+    final_reference = references[-1] if compare_to == "final" else _last(reference)
 
     # the walk decides when gates freeze (its fine-tune phase), not the progress schedule
     options = sparsify_kwargs.pop("gates", None) or GateOptions()
@@ -202,8 +231,9 @@ def fit_within_tolerance(
     def record(epoch: int, budget: float, phase: str) -> WalkPoint:
         metric, low, high = scored(sm)
         point = WalkPoint(epoch, budget, sm.kept_fraction(), metric, False, phase,
-                          seconds[0], low, high)
-        point.within = within_tolerance(point.metric, reference, tolerance, higher_is_better)
+                          seconds[0], low, high, references[epoch])
+        point.within = within_tolerance(point.metric, references[epoch], tolerance,
+                                        higher_is_better)
         walk.append(point)
         gate_probabilities.append(sm.gates.prob_nonzero().detach().cpu().tolist())
         if on_epoch is not None:
@@ -214,8 +244,34 @@ def fit_within_tolerance(
         run_epoch(epoch, 1.0)
         record(epoch, 1.0, "warm")
     best = _snapshot(sm, optimizer, walk[-1]) if walk[-1].within else None
+    # where the walk returns when no cut has held: the warm structure, not the warm weights
+    anchor, anchor_kept = copy.deepcopy(sm.gates.state_dict()), walk[-1].kept_fraction
     target = max(floor, walk[-1].kept_fraction * shrink)
     held = 0
+    failed: set[tuple[int, ...]] = set()  # structures judged outside after their recovery
+
+    def step_back() -> bool:
+        """Return to the best model (or the warm structure) and aim a smaller step from it;
+        False when that step could only repeat a size that failed, or cut nothing."""
+        nonlocal shrink, target
+        if best is not None:
+            best.restore(sm, optimizer)
+            base = best.point.kept_fraction
+        else:
+            _reopen(sm, anchor)
+            base = anchor_kept
+        shrink = math.sqrt(shrink)
+        target = max(floor, base * shrink)
+        before = _units_kept(sm)
+        sm.enforce_budget(target)
+        reached = _units_kept(sm)
+        if reached in failed or reached == before:
+            if best is not None:
+                best.restore(sm, optimizer)
+            else:
+                _reopen(sm, anchor)
+            return False
+        return True
 
     def cut(epoch: int, budget: float) -> WalkPoint:
         """Train one cut and judge it (see ``decide_on``)."""
@@ -240,14 +296,17 @@ def fit_within_tolerance(
             target = max(floor, point.kept_fraction * shrink)  # the next cut
         else:
             held += 1  # recover at this budget for up to `patience` more epochs
-            if held > patience and best is not None:  # too far: back to the best model
-                best.restore(sm, optimizer)
-                shrink = math.sqrt(shrink)  # and smaller steps from there
-                target = max(floor, best.point.kept_fraction * shrink)
+            if held > patience:  # too far: back, and smaller steps from there
+                failed.add(_units_kept(sm))
                 held = 0
+                if not step_back():  # nothing new to try: the rest trains the best model
+                    walked = epoch + per_cut
+                    break
     if best is not None:
         best.restore(sm, optimizer)
-    final_budget = best.point.kept_fraction if best is not None else target
+    else:
+        _reopen(sm, anchor)  # no cut held: the largest model, with the weights trained since
+    final_budget = best.point.kept_fraction if best is not None else sm.kept_fraction()
     if options.finetune > 0:  # freeze the best structure and fine-tune the surviving weights
         sm.enforce_budget(final_budget)
         sm.gates.freeze(sm.kept_mask())
@@ -263,13 +322,82 @@ def fit_within_tolerance(
     metric = score(sm)
     fraction = sm.kept_fraction()
     return ToleranceResult(
-        sm, reference, tolerance, metric, fraction,
-        within_tolerance(metric, reference, tolerance, higher_is_better), walk,
-        gate_probabilities, decide_on,
+        sm, final_reference, tolerance, metric, fraction,
+        within_tolerance(metric, final_reference, tolerance, higher_is_better), walk,
+        gate_probabilities, decide_on, compare_to if _is_curve(reference) else "final",
     )
 
 
 DECISION_RULES = ("settled", "last")
+COMPARISONS = ("matched", "final")
+
+
+def _is_curve(reference) -> bool:
+    return not isinstance(reference, (int, float))
+
+
+def _last(reference) -> float:
+    return float(reference[-1]) if _is_curve(reference) else float(reference)
+
+
+def _references(reference: float | Sequence[float], epochs: int, higher_is_better: bool,
+                compare_to: str) -> list[float]:
+    """The dense metric each epoch of the walk is judged against.
+
+    A number: that number throughout. A curve under ``"matched"``: the best value up to each
+    epoch, never stricter than the curve's last (a noisy early peak of the dense curve must
+    not set a bar its own finished model misses); under ``"final"``: the last value.
+    """
+    if not _is_curve(reference):
+        values = [float(reference)] * epochs
+    else:
+        try:
+            curve = [float(v) for v in reference]
+        except (TypeError, ValueError) as error:
+            raise ConfigurationError(
+                f"reference must be a number or one number per epoch, got {reference!r} "
+                f"({error}).") from None
+        if len(curve) != epochs:
+            raise ConfigurationError(
+                f"reference has {len(curve)} values but the walk trains {epochs} epochs: pass "
+                "the dense model's validation metric after each epoch of the same recipe, or "
+                "the finished model's metric as one number.")
+        final = curve[-1]
+        if compare_to == "final" or not math.isfinite(final):
+            values = [final] * epochs
+        else:  # an epoch whose dense metric was not finite keeps the bar where it was
+            better = max if higher_is_better else min
+            worse = min if higher_is_better else max
+            values, so_far = [], math.nan
+            for value in curve:
+                if math.isfinite(value):
+                    so_far = value if math.isnan(so_far) else better(so_far, value)
+                values.append(final if math.isnan(so_far) else worse(so_far, final))
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigurationError(
+            f"the dense reference metric is not finite ({values[-1]} at the end); cannot "
+            "compare. Check the dense model's training and the metric.")
+    return values
+
+
+def _units_kept(sm: SparseModel) -> tuple[int, ...]:
+    """The neuron/channel/head gates kept: the structure a cut tried (its kept fraction also
+    moves with the features, which the walk does not cut)."""
+    return tuple(torch.nonzero(sm.kept_mask() & ~sm.feature_mask).flatten().tolist())
+
+
+def _reopen(sm: SparseModel, gates_state: dict) -> None:
+    """Give ``sm`` back the unit gates of ``gates_state`` (open where they were open), keeping
+    the weights and the feature gates: a walk that found no cut returns to the larger
+    structure without discarding the epochs its weights, and the feature selection, have
+    trained since."""
+    features = sm.feature_mask
+    log_alpha, shut = sm.gates.log_alpha.detach().clone(), sm.gates.shut.clone()
+    sm.load_gate_state(gates_state)
+    with torch.no_grad():
+        sm.gates.log_alpha[features] = log_alpha[features]
+        sm.gates.shut[features] = shut[features]
+    sm.gates.unfreeze()
 
 
 def bootstrap_interval(pred: Tensor, target: Tensor, metric: Callable[[Tensor, Tensor], float],
