@@ -68,7 +68,8 @@ def summarize(record: dict, rule: str, tolerance: float) -> dict:
         "within": signed_better(record) >= -tolerance,
         "kept_fraction": 1.0 - record["param_reduction"],
         "flops_kept_fraction": 1.0 - record["flop_reduction"],
-        "wall_s": record["wall_s"], **walk_noise(record),
+        "wall_s": record["wall_s"], "code": record.get("machine", {}).get("code", "?"),
+        **walk_noise(record),
     }
 
 
@@ -92,8 +93,8 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         "that reading would have rejected.", "",
         f"| workload | rule | dense | LUMOS | change | within {100 * meta['tolerance']:g}% | "
         "params kept | FLOPs kept | judged | judged inside | interval width | settling gain "
-        "| accepted, rejected unsettled | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| accepted, rejected unsettled | wall | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pct(value, signed=False):
@@ -108,7 +109,7 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
             f"{100 * r['flops_kept_fraction']:.1f}% | {r['judged']} | "
             f"{100 * r['judged_within']:.0f}% | {'-' if width is None else f'{width:.4f}'} | "
             f"{pct(r['settling_gain'], True)} | {pct(r['outside_before_settling'])} | "
-            f"{r['wall_s']:.0f} s |")
+            f"{r['wall_s']:.0f} s | {r.get('code', '?')} |")
     lines += ["", "Walks: `tolerance_rules/<workload>_<decide>_<compare>.png`."]
     path.write_text("\n".join(lines) + "\n")
 
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--suite-records", type=Path, default=None, metavar="DIR",
+                        help="take each workload's row from a tolerance-mode suite run's "
+                             "DIR/<workload>.json (its own decide_on:compare_to rule) instead "
+                             "of training again")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of OUT/tolerance_rules.json this run does not redo")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite OUT/tolerance_rules.{md,png} from OUT/tolerance_rules.json")
     args = parser.parse_args(argv)
@@ -140,13 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = [], []
     meta = {"command": command, "machine": machine_info(), "tolerance": args.tolerance,
             "seed": args.seed}
-    for name in names:
+    for name in names if args.suite_records else []:
+        record = json.loads((args.suite_records / f"{name}.json").read_text())
+        if record.get("tolerance") != args.tolerance or record.get("seed") != args.seed:
+            parser.error(f"{args.suite_records / name}.json ran tolerance "
+                         f"{record.get('tolerance')}, seed {record.get('seed')}; this table "
+                         f"is tolerance {args.tolerance}, seed {args.seed}")
+        records.append(record)
+        rule = f"{record['decide_on']}:{record.get('compare_to') or 'final'}"
+        rows.append(summarize(record, rule, args.tolerance))
+    for name in names if not args.suite_records else []:
         for rule in args.rules:
             start = time.perf_counter()
             decide, against = rule.split(":")
             record = run_workload(name, "full", None, args.seed, args.cache_dir,
                                   args.tolerance, decide_on=decide, compare_to=against)
             record["wall_s"] = time.perf_counter() - start
+            record["command"], record["machine"] = command, machine_info()
             records.append(record)
             rows.append(summarize(record, rule, args.tolerance))
             r = rows[-1]
@@ -154,6 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, "
                   f"{r['wall_s']:.0f}s", flush=True)
     meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    saved = args.out / "tolerance_rules.json"
+    if args.merge and saved.exists():
+        old = json.loads(saved.read_text())
+        done = {(r["workload"], r["rule"]) for r in rows}
+        kept = [(row, record) for row, record in zip(old["rows"], old["records"])
+                if (row["workload"], row["rule"]) not in done]
+        rows = [row for row, _ in kept] + rows
+        records = [record for _, record in kept] + records
+        meta["command"] = f"{old['meta']['command']}; then {command}"
     write_all(args.out, meta, rows, records)
     return 0
 

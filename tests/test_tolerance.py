@@ -165,19 +165,18 @@ def test_the_bootstrap_interval_holds_the_metric_and_narrows_with_more_samples()
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-10, 10), min_size=1, max_size=30), st.booleans())
-def test_matched_references_follow_the_dense_best_so_far_and_never_ask_more_than_its_end(
+def test_the_dense_pace_is_its_best_so_far_and_never_asks_more_than_its_end(
         curve, higher_is_better):
-    from lumos.tolerance import _references
+    from lumos.tolerance import _pace
 
-    bars = _references(curve, len(curve), higher_is_better, "matched")
+    bars = _pace(curve, len(curve), higher_is_better)
     assert bars[-1] == curve[-1]  # the final judgement is the finished dense model
     sign = 1.0 if higher_is_better else -1.0  # sign * metric: higher is better
     for epoch, bar in enumerate(bars):
         assert sign * bar <= sign * curve[-1]  # never stricter than the finished model
         assert sign * bar <= max(sign * v for v in curve[:epoch + 1])  # nor than dense so far
         assert epoch == 0 or sign * bar >= sign * bars[epoch - 1]  # the bar only rises
-    assert _references(curve, len(curve), higher_is_better, "final") == [curve[-1]] * len(curve)
-    assert _references(0.5, 4, higher_is_better, "matched") == [0.5] * 4
+    assert _pace(0.5, 4, higher_is_better) == [0.5] * 4
 
 
 def test_a_reference_curve_of_the_wrong_length_or_not_finite_is_refused():
@@ -196,20 +195,51 @@ def test_a_reference_curve_of_the_wrong_length_or_not_finite_is_refused():
                              compare_to="best", **kwargs)
 
 
-def test_a_matched_walk_judges_each_epoch_against_the_dense_curve_at_that_epoch():
+@pytest.mark.parametrize("compare_to", ["matched", "paced"])
+def test_a_walk_on_the_dense_curve_judges_each_epoch_against_its_pace(compare_to):
+    """'matched' holds and misses against the dense model's pace at each epoch; 'paced' holds
+    against the finished model and misses only behind the pace; the result is always judged
+    against the finished model."""
     train_data, val_data, _ = _data()
     torch.manual_seed(0)
     curve = [0.2, 0.5, 0.4, 0.7, 0.8, 0.75, 0.85, 0.9, 0.95, 0.97, 0.96, 0.98]
     result = fit_within_tolerance(
         demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
         metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
-        epochs=len(curve), reference=curve, lr=2e-3, batch_size=512, interval_rounds=0)
-    best_so_far = [min(max(curve[:e + 1]), curve[-1]) for e in range(len(curve))]
-    assert [p.reference for p in result.walk] == best_so_far
+        epochs=len(curve), reference=curve, lr=2e-3, batch_size=512, interval_rounds=0,
+        compare_to=compare_to)
+    pace = [min(max(curve[:e + 1]), curve[-1]) for e in range(len(curve))]
+    if compare_to == "matched":
+        assert [p.reference for p in result.walk] == pace
+        assert all(p.pace is None for p in result.walk)
+    else:
+        assert all(p.reference == curve[-1] for p in result.walk)
+        assert [p.pace for p in result.walk] == pace
     for p in result.walk:
         assert p.within == within_tolerance(p.metric, p.reference, 0.01, True)
-    assert result.reference == curve[-1] and result.to_dict()["compare_to"] == "matched"
+    assert result.reference == curve[-1] and result.to_dict()["compare_to"] == compare_to
     assert result.within == within_tolerance(result.metric, curve[-1], 0.01, True)
+
+
+def test_a_paced_walk_trains_on_at_a_cut_that_keeps_pace_and_steps_back_from_one_behind():
+    """With every cut between the pace and the finished model ('keeping pace'), the walk never
+    steps back: its first cut trains on to the end. With every cut behind the pace, it steps
+    back to larger structures."""
+    train_data, val_data, _ = _data()
+
+    def walk(offset):
+        torch.manual_seed(0)
+        curve = [0.5] * 13 + [0.9]  # a dense model that jumps at the end
+        return fit_within_tolerance(
+            demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
+            metrics=lambda p, t: {"r2": 0.5 + offset}, primary="r2", higher_is_better=True,
+            epochs=14, reference=curve, lr=2e-3, batch_size=512, interval_rounds=0,
+            compare_to="paced", patience=0)
+
+    on_pace = [p.kept_fraction for p in walk(0.0).walk if p.phase == "walk"]
+    assert len(set(on_pace)) == 1  # one structure, trained on
+    behind = [p.kept_fraction for p in walk(-0.1).walk if p.phase == "walk"]
+    assert max(behind) > min(behind)  # it stepped back at least once
 
 
 def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_miss():
@@ -221,7 +251,8 @@ def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_m
     result = fit_within_tolerance(
         demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
         metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
-        reference=1.0, epochs=14, tolerance=0.01, lr=2e-3, batch_size=512, interval_rounds=0)
+        reference=[1.0] * 14, epochs=14, tolerance=0.01, lr=2e-3, batch_size=512,
+        interval_rounds=0, compare_to="paced")
     warm = [p for p in result.walk if p.phase == "warm"]
     walked = [p for p in result.walk if p.phase == "walk"]
     assert walked and min(p.kept_fraction for p in walked) < warm[-1].kept_fraction - 0.05
@@ -245,7 +276,8 @@ def test_a_walk_that_could_only_repeat_a_failed_size_stops_and_trains_the_best_m
     result = fit_within_tolerance(
         demo_mlp(train_data[0].shape[1], 3, 1), train_data[0][:8], train_data, val_data,
         metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
-        reference=1.0, epochs=30, tolerance=0.01, lr=2e-3, batch_size=512, interval_rounds=0)
+        reference=[1.0] * 30, epochs=30, tolerance=0.01, lr=2e-3, batch_size=512,
+        interval_rounds=0, compare_to="paced")
     phases = [p.phase for p in result.walk]
     assert len(phases) == 30
     planned = max(1, round(0.15 * 30))
@@ -253,3 +285,17 @@ def test_a_walk_that_could_only_repeat_a_failed_size_stops_and_trains_the_best_m
     sizes = [round(p.kept_fraction, 9) for p in result.walk if p.phase == "walk"]
     runs = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
     assert len(runs) == len(set(runs))  # no size that failed was walked to again
+
+
+@pytest.mark.parametrize("compare_to", ["final", "paced", "matched"])
+def test_the_walk_plot_draws_each_rule(tmp_path, compare_to):
+    from lumos.plots import plot_tolerance_walk
+
+    walk = [{"epoch": e, "budget": 1.0, "kept_fraction": 1.0 - 0.1 * e, "metric": 0.5 + 0.05 * e,
+             "within": e > 3, "phase": "warm" if e < 2 else "walk", "low": None, "high": None,
+             "reference": 0.8 if compare_to != "matched" else 0.5 + 0.04 * e,
+             "pace": 0.5 + 0.04 * e if compare_to == "paced" else None} for e in range(8)]
+    result = {"walk": walk, "reference": 0.8, "tolerance": 0.01, "within": True,
+              "kept_fraction": 0.3, "decide_on": "settled", "compare_to": compare_to}
+    path = plot_tolerance_walk(result, tmp_path / "walk.png", "r2", True)
+    assert path.exists() and path.stat().st_size > 1000

@@ -292,16 +292,17 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
     reference, tolerance = result["reference"], result["tolerance"]
     slack = tolerance * abs(reference)
     limit = reference - slack if higher_is_better else reference + slack
-    matched = [p for p in walk if p.get("reference") is not None]
-    if result.get("compare_to") == "matched" and matched:  # the bar moved with the epochs
-        epochs = [p["epoch"] for p in matched]
-        bars = [p["reference"] for p in matched]
-        sign = -1.0 if higher_is_better else 1.0
-        ax.step(epochs, bars, where="mid", color=_DENSE, lw=1,
-                label="dense reference (same epoch)")
-        ax.step(epochs, [b + sign * tolerance * abs(b) for b in bars], where="mid",
-                color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
-    else:
+    sign = -1.0 if higher_is_better else 1.0
+    rule = result.get("compare_to", "final")
+    key = {"matched": "reference", "paced": "pace"}.get(rule)
+    paced = [p for p in walk if key and p.get(key) is not None]
+    if paced:  # the dense model's pace: a bar that moves with the epochs
+        epochs = [p["epoch"] for p in paced]
+        bars = [p[key] + sign * tolerance * abs(p[key]) for p in paced]
+        ax.step(epochs, bars, where="mid", color=_DENSE, lw=1, ls=":",
+                label="dense at the same epoch, with tolerance"
+                + (" (behind it: a miss)" if rule == "paced" else ""))
+    if rule != "matched" or not paced:
         ax.axhline(reference, color=_DENSE, lw=1, label="dense reference")
         ax.axhline(limit, color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
     styles = {"warm": ("o", _DROPPED), "cut": ("x", _DROPPED), "walk": ("o", _KEPT),
