@@ -299,3 +299,27 @@ def test_the_walk_plot_draws_each_rule(tmp_path, compare_to):
               "kept_fraction": 0.3, "decide_on": "settled", "compare_to": compare_to}
     path = plot_tolerance_walk(result, tmp_path / "walk.png", "r2", True)
     assert path.exists() and path.stat().st_size > 1000
+
+
+def test_a_paced_walk_steps_back_only_after_misses_in_a_row():
+    """A noisy cut that misses, keeps pace, misses, ... (never twice in a row) is not sent
+    back with patience=1: a reading that keeps pace between two misses resets the count."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    epochs, warm = 20, round(0.25 * 20)
+    calls = []
+
+    def metrics(pred, target):
+        calls.append(1)
+        judged = (len(calls) - 1 - warm - 1) // 2  # 0, 1, 2, ... for the walk's readings
+        return {"r2": 0.3 if len(calls) > warm and judged % 2 == 1 else 0.5}
+
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
+        metrics=metrics, primary="r2", higher_is_better=True, epochs=epochs,
+        reference=[0.5] * (epochs - 1) + [0.9], lr=2e-3, batch_size=512, interval_rounds=0,
+        compare_to="paced", patience=1)
+    judged = [p for p in result.walk if p.phase == "walk"]
+    assert [p.metric for p in judged][:4] == [0.5, 0.3, 0.5, 0.3]  # keep pace, miss, ...
+    sizes = [p.kept_fraction for p in judged]
+    assert all(b <= a + 1e-9 for a, b in zip(sizes, sizes[1:]))  # never sent back up

@@ -322,7 +322,8 @@ def fit_within_tolerance(
                 if not step_back():  # nothing new to try: the rest trains the best model
                     walked = epoch + per_cut
                     break
-        # else: not there yet but keeping the dense model's pace; it trains on as it is
+        else:  # not there yet but keeping the dense model's pace: it trains on as it is,
+            held = 0  # and only misses in a row (noise aside) send the walk back
     if best is not None:
         best.restore(sm, optimizer)
     else:
