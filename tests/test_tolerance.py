@@ -260,6 +260,9 @@ def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_m
     sm = result.model  # every unit is back (the warm epochs shut none), features as judged
     assert bool((sm.kept_mask() | sm.feature_mask).all())
     assert result.kept_fraction > max(p.kept_fraction for p in walked)
+    # the model returned is the one fine-tuned to the last epoch, not an earlier snapshot
+    assert result.walk[-1].phase == "finetune"
+    assert result.metric == pytest.approx(result.walk[-1].metric, abs=1e-9)
     assert [p.epoch for p in result.walk] == list(range(14))
     with warnings.catch_warnings():
         warnings.simplefilter("error", lumos.LumosWarning)

@@ -335,9 +335,9 @@ def fit_within_tolerance(
     for epoch in range(walked, epochs):
         run_epoch(epoch, final_budget)
         point = record(epoch, final_budget, "finetune")
-        if best is None or (point.within and point.kept_fraction <= best.point.kept_fraction):
+        if point.within and (best is None or point.kept_fraction <= best.point.kept_fraction):
             best = _snapshot(sm, optimizer, point)
-    if best is not None:
+    if best is not None:  # else nothing was within: the model as fine-tuned to the end
         best.restore(sm, optimizer)
     controller.settled = True  # the walk enforced its budgets: compact() has nothing to add
     sm.eval()
