@@ -6,8 +6,10 @@ still judged), then each cut starts at a tighter budget (the weakest gates are s
 of the epoch lets the network adapt) and ends with a validation of the compactable model. The
 smallest model inside the tolerance is kept; when a step falls outside, the walk returns to it
 and continues with smaller steps, which grow again with every step that holds. When no step has
-held yet, it returns to the structure the warm epochs left (the weights trained so far stay), so
-a walk that cannot cut ends at the largest model rather than at its first miss; when the next
+held yet, a paced or matched walk (``compare_to``) returns to the structure the warm epochs left
+(the weights trained so far stay), so a walk that cannot cut ends at the largest model rather
+than at its first miss (a final walk cannot tell a miss from an unfinished recipe and stays
+where it stands); when the next
 step could only repeat a size that already failed (coarse units: a GAT's heads), the walk ends
 and the remaining epochs train the best model. The last epochs fine-tune the best model. Every
 point of the walk (kept fraction, metric, the reference it was judged against, a bootstrap
@@ -326,8 +328,9 @@ def fit_within_tolerance(
             held = 0  # and only misses in a row (noise aside) send the walk back
     if best is not None:
         best.restore(sm, optimizer)
-    else:
-        _reopen(sm, anchor)  # no cut held: the largest model, with the weights trained since
+    elif rule != "final":  # no cut held: the largest model, with the weights trained since
+        _reopen(sm, anchor)  # (a final walk never stepped back; reopening units shut for
+        # most of the run left Darcy 33% behind dense after a fine-tune epoch, 8.5% unopened)
     final_budget = best.point.kept_fraction if best is not None else sm.kept_fraction()
     if options.finetune > 0:  # freeze the best structure and fine-tune the surviving weights
         sm.enforce_budget(final_budget)
