@@ -1,7 +1,7 @@
 """Tolerance decision rules: how the tolerance walk judges a cut, on the workloads whose
 validation metric is noisy from epoch to epoch.
 
-    python -m benchmarks.tolerance_rules [--only NAME ...] [--rules settled:matched ...]
+    python -m benchmarks.tolerance_rules [--only NAME ...] [--rules settled:paced ...]
                                          [--tolerance 0.01] [--cache-dir DIR]
 
 Each (workload, rule) is one suite run in tolerance mode (``benchmarks.suite.run_workload``:
@@ -33,7 +33,7 @@ from .suite import RESULTS, chosen_workloads, machine_info, run_workload, signed
 DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
 #: a rule: how a cut is judged (``decide_on``) and against what (``compare_to``)
 RULES = [f"{decide}:{against}" for decide in DECISION_RULES for against in COMPARISONS]
-DEFAULT_RULES = ["settled:matched", "settled:final"]
+DEFAULT_RULES = ["settled:paced", "settled:final"]
 
 
 def walk_noise(record: dict) -> dict:
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = [], []
     meta = {"command": command, "machine": machine_info(), "tolerance": args.tolerance,
             "seed": args.seed}
-    for name in names if args.suite_records else []:
+    from_suite = names if args.suite_records else []  # rows from a suite run, as they ran
+    runs = [] if args.suite_records else [(n, rule) for n in names for rule in args.rules]
+    for name in from_suite:
         record = json.loads((args.suite_records / f"{name}.json").read_text())
         if record.get("tolerance") != args.tolerance or record.get("seed") != args.seed:
             parser.error(f"{args.suite_records / name}.json ran tolerance "
@@ -159,20 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         records.append(record)
         rule = f"{record['decide_on']}:{record.get('compare_to') or 'final'}"
         rows.append(summarize(record, rule, args.tolerance))
-    for name in names if not args.suite_records else []:
-        for rule in args.rules:
-            start = time.perf_counter()
-            decide, against = rule.split(":")
-            record = run_workload(name, "full", None, args.seed, args.cache_dir,
-                                  args.tolerance, decide_on=decide, compare_to=against)
-            record["wall_s"] = time.perf_counter() - start
-            record["command"], record["machine"] = command, machine_info()
-            records.append(record)
-            rows.append(summarize(record, rule, args.tolerance))
-            r = rows[-1]
-            print(f"[tolerance_rules] {name} {rule}: {r['metric']} {r['metric_dense']:.4f} -> "
-                  f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, "
-                  f"{r['wall_s']:.0f}s", flush=True)
+    for name, rule in runs:
+        start = time.perf_counter()
+        decide, against = rule.split(":")
+        record = run_workload(name, "full", None, args.seed, args.cache_dir,
+                              args.tolerance, decide_on=decide, compare_to=against)
+        record["wall_s"] = time.perf_counter() - start
+        record["command"], record["machine"] = command, machine_info()
+        records.append(record)
+        rows.append(summarize(record, rule, args.tolerance))
+        r = rows[-1]
+        print(f"[tolerance_rules] {name} {rule}: {r['metric']} {r['metric_dense']:.4f} -> "
+              f"{r['metric_lumos']:.4f}, kept {100 * r['kept_fraction']:.1f}%, "
+              f"{r['wall_s']:.0f}s", flush=True)
     meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     saved = args.out / "tolerance_rules.json"
     if args.merge and saved.exists():

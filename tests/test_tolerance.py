@@ -242,17 +242,22 @@ def test_a_paced_walk_trains_on_at_a_cut_that_keeps_pace_and_steps_back_from_one
     assert max(behind) > min(behind)  # it stepped back at least once
 
 
+def _walk_that_never_holds(hidden: int, layers: int, epochs: int):
+    """A paced walk whose every reading is far behind a dense pace of 1.0."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    return fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], hidden, layers), train_data[0][:8],
+        train_data, val_data, metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2",
+        higher_is_better=True, reference=[1.0] * epochs, epochs=epochs, tolerance=0.01,
+        lr=2e-3, batch_size=512, interval_rounds=0, compare_to="paced")
+
+
 def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_miss():
     """Nothing is ever within the tolerance: the walk must not return the first cut it tried
     (which the user would read as the answer), but the largest model, compactable quietly,
     and every epoch of the recipe is still trained."""
-    train_data, val_data, _ = _data()
-    torch.manual_seed(0)
-    result = fit_within_tolerance(
-        demo_mlp(train_data[0].shape[1], 32, 2), train_data[0][:8], train_data, val_data,
-        metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
-        reference=[1.0] * 14, epochs=14, tolerance=0.01, lr=2e-3, batch_size=512,
-        interval_rounds=0, compare_to="paced")
+    result = _walk_that_never_holds(32, 2, 14)
     warm = [p for p in result.walk if p.phase == "warm"]
     walked = [p for p in result.walk if p.phase == "walk"]
     assert walked and min(p.kept_fraction for p in walked) < warm[-1].kept_fraction - 0.05
@@ -274,13 +279,7 @@ def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_m
 def test_a_walk_that_could_only_repeat_a_failed_size_stops_and_trains_the_best_model():
     """Coarse units (here a hidden layer of 3 neurons): once the step back can only reach a
     size that already failed, further cuts would waste the epochs; they fine-tune instead."""
-    train_data, val_data, _ = _data()
-    torch.manual_seed(0)
-    result = fit_within_tolerance(
-        demo_mlp(train_data[0].shape[1], 3, 1), train_data[0][:8], train_data, val_data,
-        metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2", higher_is_better=True,
-        reference=[1.0] * 30, epochs=30, tolerance=0.01, lr=2e-3, batch_size=512,
-        interval_rounds=0, compare_to="paced")
+    result = _walk_that_never_holds(3, 1, 30)
     phases = [p.phase for p in result.walk]
     assert len(phases) == 30
     planned = max(1, round(0.15 * 30))

@@ -284,8 +284,8 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
                         higher_is_better: bool = True) -> Path:
     """A tolerance walk (``ToleranceResult.to_dict()``): the validation metric per epoch with
     its bootstrap interval, the points the walk judged (inside or outside the tolerance), the
-    dense reference and the tolerance limit (per epoch for a ``matched`` walk), and the kept
-    fraction on a second axis."""
+    dense reference and the tolerance limit, the dense model's pace per epoch for a
+    ``paced`` or ``matched`` walk, and the kept fraction on a second axis."""
     plt = _matplotlib()
     walk = result["walk"]
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -9,12 +9,11 @@ and continues with smaller steps, which grow again with every step that holds. W
 held yet, a paced or matched walk (``compare_to``) returns to the structure the warm epochs left
 (the weights trained so far stay), so a walk that cannot cut ends at the largest model rather
 than at its first miss (a final walk cannot tell a miss from an unfinished recipe and stays
-where it stands); when the next
-step could only repeat a size that already failed (coarse units: a GAT's heads), the walk ends
-and the remaining epochs train the best model. The last epochs fine-tune the best model. Every
-point of the walk (kept fraction, metric, the reference it was judged against, a bootstrap
-interval over the validation samples) is returned, so the trade-off curve and how sure each
-decision was are visible.
+where it stands); when the next step could only repeat a size that already failed (coarse
+units: a GAT's heads), the walk ends and the remaining epochs train the best model. The last
+epochs fine-tune the best model. Every point of the walk (kept fraction, metric, the reference
+it was judged against, a bootstrap interval over the validation samples) is returned, so the
+trade-off curve and how sure each decision was are visible.
 
 What a cut is compared with (``compare_to``), chosen by measurement
 (``docs/results/tolerance_rules.md``). Some use the dense model's validation curve, which the
@@ -269,26 +268,26 @@ def fit_within_tolerance(
     held = 0
     failed: set[tuple[int, ...]] = set()  # structures judged outside after their recovery
 
-    def step_back() -> bool:
-        """Return to the best model (or the warm structure) and aim a smaller step from it;
-        False when that step could only repeat a size that failed, or cut nothing."""
-        nonlocal shrink, target
+    def go_back() -> float:
+        """Back to the best model, or to the warm structure; returns its kept fraction."""
         if best is not None:
             best.restore(sm, optimizer)
-            base = best.point.kept_fraction
-        else:
-            _reopen(sm, anchor)
-            base = anchor_kept
+            return best.point.kept_fraction
+        _reopen(sm, anchor)
+        return anchor_kept
+
+    def step_back() -> bool:
+        """Go back and aim a smaller step from there; False (and back) when that step could
+        only repeat a structure that failed, or cut nothing."""
+        nonlocal shrink, target
+        base = go_back()
         shrink = math.sqrt(shrink)
         target = max(floor, base * shrink)
         before = _units_kept(sm)
         sm.enforce_budget(target)
         reached = _units_kept(sm)
         if reached in failed or reached == before:
-            if best is not None:
-                best.restore(sm, optimizer)
-            else:
-                _reopen(sm, anchor)
+            go_back()
             return False
         return True
 
