@@ -31,7 +31,12 @@ from torch.utils.data import DataLoader
 
 import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
-from lumos.tolerance import COMPARISONS, DECISION_RULES, fit_within_tolerance
+from lumos.tolerance import (
+    COMPARISONS,
+    DECISION_RULES,
+    WALK_GATE_STEP_EVERY,
+    fit_within_tolerance,
+)
 from lumos.training import predict, train
 from lumos.workloads import (
     build_dense,
@@ -205,10 +210,17 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
     return statistics.median(d), statistics.median(s)
 
 
+def resolved_gate_step_every(every: int | None, tolerance: float | None) -> int:
+    """What ``GateOptions(gate_step_every=every)`` trains with in this mode."""
+    if every is not None:
+        return every
+    return WALK_GATE_STEP_EVERY if tolerance is not None else 1
+
+
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
                  tolerance: float | None = None, budget_on: str = "params",
                  decide_on: str = "settled", fourier_modes: bool = True,
-                 compare_to: str = "paced") -> dict:
+                 compare_to: str = "paced", gate_step_every: int | None = None) -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -236,7 +248,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
     pred_dense, target = predict(dense, val)
     m_dense = wl.metrics(pred_dense, target)
     walk = None
-    gates = lumos.GateOptions(fourier_modes=fourier_modes)
+    gates = lumos.GateOptions(fourier_modes=fourier_modes, gate_step_every=gate_step_every)
     if tolerance is None:
         sm = sparsify_features(base, data, budget=budget, budget_on=budget_on, gates=gates)
         h_lumos = fit(sm)
@@ -307,6 +319,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "decide_on": decide_on if tolerance is not None else None,
         "compare_to": compare_to if tolerance is not None else None,
         "fourier_modes": fourier_modes,
+        "gate_step_every": resolved_gate_step_every(gate_step_every, tolerance),
         "tolerance_walk": walk,
         "seed": seed,
         "epochs": recipe.epochs,
@@ -397,7 +410,8 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
                 f"{meta.get('decide_on') or 'last'} against the dense model "
                 + {"matched": "at the same epoch)", "paced": "finished, missed only when "
                    "behind its pace)"}.get(meta.get("compare_to"), "finished)"))
-        + f" on {meta.get('budget_on', 'params')}; seed: {meta['seed']}",
+        + f" on {meta.get('budget_on', 'params')}; gates train on one step in "
+        f"{meta.get('gate_step_every', 1)}; seed: {meta['seed']}",
     ]
     sources = sorted({(r.get("command", "?"), r.get("machine", {}).get("code", "?"))
                       for r in records})
@@ -533,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the tolerance walk judges a cut against (lumos.tolerance)")
     parser.add_argument("--channels-only", action="store_true",
                         help="GateOptions(fourier_modes=False): an FNO gates channels only")
+    parser.add_argument("--gate-step-every", type=int, default=None, metavar="K",
+                        help="GateOptions(gate_step_every=K): the gates train on one step in K, "
+                             "the weights on the others (default: the library's, 4 in "
+                             "tolerance mode, 1 with a budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -555,18 +573,20 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(record_path.read_text())
             key = (record["budget"], record.get("tolerance"), record["seed"], record["size"],
                    record.get("budget_on", "params"), record.get("decide_on"),
-                   record.get("fourier_modes", False), record.get("compare_to", "final"))
+                   record.get("fourier_modes", False), record.get("compare_to", "final"),
+                   record.get("gate_step_every", 1))
             decide_on = args.decide_on if args.tolerance is not None else None
             compare_to = args.compare_to if args.tolerance is not None else None
             if key == (args.budget, args.tolerance, args.seed, size, args.budget_on, decide_on,
-                       not args.channels_only, compare_to):
+                       not args.channels_only, compare_to,
+                       resolved_gate_step_every(args.gate_step_every, args.tolerance)):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
         start = time.perf_counter()
         record = run_workload(name, size, args.budget, args.seed, args.cache_dir, args.tolerance,
                               args.budget_on, args.decide_on, not args.channels_only,
-                              args.compare_to)
+                              args.compare_to, args.gate_step_every)
         record["wall_s"] = time.perf_counter() - start
         record["command"] = command
         record["machine"] = machine_info()
@@ -591,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         "decide_on": args.decide_on if args.tolerance is not None else None,
         "compare_to": args.compare_to if args.tolerance is not None else None,
         "fourier_modes": not args.channels_only,
+        "gate_step_every": resolved_gate_step_every(args.gate_step_every, args.tolerance),
         "seed": args.seed,
     }
     summary = {"meta": meta, "averages": averages(records) if records else {},

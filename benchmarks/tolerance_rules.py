@@ -31,9 +31,29 @@ from lumos.tolerance import COMPARISONS, DECISION_RULES
 from .suite import RESULTS, chosen_workloads, machine_info, run_workload, signed_better
 
 DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
-#: a rule: how a cut is judged (``decide_on``) and against what (``compare_to``)
+#: a rule: how a cut is judged (``decide_on``) and against what (``compare_to``), and
+#: optionally ``:K``, the walk's ``GateOptions.gate_step_every`` (the library default if absent)
 RULES = [f"{decide}:{against}" for decide in DECISION_RULES for against in COMPARISONS]
 DEFAULT_RULES = ["settled:paced", "settled:final"]
+
+
+def parse_rule(rule: str) -> tuple[str, str, int | None]:
+    """``"settled:paced"`` or ``"settled:paced:4"`` -> (decide_on, compare_to, every)."""
+    parts = rule.split(":")
+    decide, against, every = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
+    if f"{decide}:{against}" not in RULES or len(every) > 1 or (
+            every and not (every[0].isdigit() and int(every[0]) >= 1)):
+        raise argparse.ArgumentTypeError(
+            f"rule {rule!r} is not decide_on:compare_to[:K] with decide_on:compare_to one of "
+            f"{RULES} and K a whole number >= 1 (GateOptions.gate_step_every)")
+    return decide, against, int(every[0]) if every else None
+
+
+def rule_name(record: dict) -> str:
+    """The rule a record ran, its split steps named when they were not 1."""
+    every = record.get("gate_step_every", 1)
+    return (f"{record['decide_on']}:{record.get('compare_to') or 'final'}"
+            + (f":{every}" if every != 1 else ""))
 
 
 def walk_noise(record: dict) -> dict:
@@ -85,7 +105,10 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         "`final`: a cut holds or misses against the finished dense model; `matched`: against "
         "the dense model's pace, its best validation metric up to the same epoch (never "
         "stricter than the finished model); `paced`: holds against the finished model, "
-        "misses only behind the pace. Rows come from the code named in their last column "
+        "misses only behind the pace. A third part `:K`: the walk's gates train on one "
+        "optimiser step in K and its weights on the others, on the deterministic gates "
+        "(`GateOptions.gate_step_every`; no third part: every step trains both). Rows come "
+        "from the code named in their last column "
         "(`paced` rows are the suite's own records); wall times include any other job "
         "running on the machine. "
         "Metric change is on the report half of the validation set, relative to the dense "
@@ -122,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", default=DEFAULT_WORKLOADS)
-    parser.add_argument("--rules", nargs="+", choices=RULES, default=DEFAULT_RULES,
-                        help="decide_on:compare_to pairs (lumos.tolerance)")
+    parser.add_argument("--rules", nargs="+", default=DEFAULT_RULES, metavar="RULE",
+                        help="decide_on:compare_to[:K] (lumos.tolerance; K: the walk's "
+                             f"GateOptions.gate_step_every); pairs: {', '.join(RULES)}")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -137,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite OUT/tolerance_rules.{md,png} from OUT/tolerance_rules.json")
     args = parser.parse_args(argv)
+    for rule in args.rules:
+        try:
+            parse_rule(rule)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
     if args.markdown_only:
         saved = json.loads((args.out / "tolerance_rules.json").read_text())
         meta, records = saved["meta"], saved["records"]
@@ -159,16 +188,17 @@ def main(argv: list[str] | None = None) -> int:
                          f"{record.get('tolerance')}, seed {record.get('seed')}; this table "
                          f"is tolerance {args.tolerance}, seed {args.seed}")
         records.append(record)
-        rule = f"{record['decide_on']}:{record.get('compare_to') or 'final'}"
-        rows.append(summarize(record, rule, args.tolerance))
+        rows.append(summarize(record, rule_name(record), args.tolerance))
     for name, rule in runs:
         start = time.perf_counter()
-        decide, against = rule.split(":")
+        decide, against, every = parse_rule(rule)
         record = run_workload(name, "full", None, args.seed, args.cache_dir,
-                              args.tolerance, decide_on=decide, compare_to=against)
+                              args.tolerance, decide_on=decide, compare_to=against,
+                              gate_step_every=every)
         record["wall_s"] = time.perf_counter() - start
         record["command"], record["machine"] = command, machine_info()
         records.append(record)
+        rule = rule_name(record)
         rows.append(summarize(record, rule, args.tolerance))
         r = rows[-1]
         print(f"[tolerance_rules] {name} {rule}: {r['metric']} {r['metric_dense']:.4f} -> "

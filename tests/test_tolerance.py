@@ -289,6 +289,23 @@ def test_a_walk_that_could_only_repeat_a_failed_size_stops_and_trains_the_best_m
     assert len(runs) == len(set(runs))  # no size that failed was walked to again
 
 
+def test_a_walk_whose_cuts_all_fail_gives_up_after_two_and_trains_the_warm_structure():
+    """Every failed cut leaves its mark on the weights the walk returns to; after GIVE_UP_AFTER
+    of them with none held, the rest of the run trains the warm structure."""
+    from lumos.tolerance import GIVE_UP_AFTER
+
+    result = _walk_that_never_holds(64, 2, 40)
+    judged = [p for p in result.walk if p.phase == "walk"]
+    sizes = [round(p.kept_fraction, 9) for p in judged]
+    tried = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
+    assert len(tried) == GIVE_UP_AFTER == 2
+    # patience 1: two misses per size, each a settled cut of two epochs
+    assert len(judged) == 2 * GIVE_UP_AFTER
+    tail = result.walk[len(result.walk) - (40 - judged[-1].epoch - 1):]
+    assert tail and all(p.phase == "finetune" for p in tail)
+    assert bool((result.model.kept_mask() | result.model.feature_mask).all())
+
+
 @pytest.mark.parametrize("compare_to", ["final", "paced", "matched"])
 def test_the_walk_plot_draws_each_rule(tmp_path, compare_to):
     from lumos.plots import plot_tolerance_walk
@@ -325,3 +342,19 @@ def test_a_paced_walk_steps_back_only_after_misses_in_a_row():
     assert [p.metric for p in judged][:4] == [0.5, 0.3, 0.5, 0.3]  # keep pace, miss, ...
     sizes = [p.kept_fraction for p in judged]
     assert all(b <= a + 1e-9 for a, b in zip(sizes, sizes[1:]))  # never sent back up
+
+
+@pytest.mark.parametrize("every, expected", [(None, 4), (1, 1), (2, 2)])
+def test_the_walk_splits_its_steps_unless_told_otherwise(every, expected):
+    """The walk's default: the gates learn on one step in 4 (GateOptions.gate_step_every=None);
+    a number the user gives is kept, 1 included."""
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 16, 1), train_data[0][:8], train_data, val_data,
+        metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
+        reference=[1.0] * 4, epochs=4, lr=2e-3, batch_size=512, interval_rounds=0,
+        gates=lumos.GateOptions(gate_step_every=every))
+    gates = result.model.gates
+    assert gates.split_every == expected
+    assert (gates.split_steps > 0) == (expected > 1)

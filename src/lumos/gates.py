@@ -174,6 +174,15 @@ class GateBank(nn.Module):
         self.noise_seed = 0
         self.draws = 0
         self.frozen = False
+        #: split steps (``GateOptions.gate_step_every``): one optimiser step in ``split_every``
+        #: draws gate noise (weights and gates learn), the others run the deterministic gates
+        #: (the weights learn). ``split_steps`` counts optimiser steps (the step hook advances
+        #: it; extra state); ``phase`` is the last training forward's: "noisy",
+        #: "deterministic" or None (not split)
+        self.split_every = 1
+        self.split_steps = 0
+        self.phase: str | None = None
+        self._phase_pending = False
         self._open_mask_key: tuple | None = None
         self._path_layout_key: tuple | None = None
         self._any_shut_key: tuple | None = None
@@ -210,12 +219,21 @@ class GateBank(nn.Module):
         return mask
 
     def forward(self) -> Tensor:
-        """Gate values for this forward pass: a sample in training, deterministic in eval.
+        """Gate values for this forward pass: a sample in training, deterministic in eval
+        (and on the deterministic steps of split steps, see ``split_every``).
 
         Run eagerly under ``torch.compile`` (the draw counter is Python state, a guard that
         would recompile every step): ``__init__`` wraps it in ``torch.compiler.disable`` once,
         when the first gate bank is made, so ``import lumos`` does not import dynamo (~1 s).
         """
+        if self.training and not self.frozen and self.split_every > 1:
+            self.phase = ("noisy" if self.split_steps % self.split_every == 0
+                          else "deterministic")
+            self._phase_pending = True
+            if self.phase == "deterministic":  # the network as evaluated; the gates hold
+                return self.deterministic().detach() + 0.0 * self.log_alpha
+        elif self.training:
+            self.phase = None
         if self.training and not self.frozen:
             u = self.draw_uniform()
             ceiling = self.open_mask if self._any_shut else None
@@ -332,10 +350,17 @@ class GateBank(nn.Module):
             b, 1.0 - b, generator=generator)
         return u.to(self.log_alpha.device)
 
+    def split_stepped(self) -> None:
+        """An optimiser stepped after a training forward: the next step's phase comes next
+        (once per step, however many forwards it accumulated or optimisers it has)."""
+        if self._phase_pending:
+            self.split_steps += 1
+            self._phase_pending = False
+
     def get_extra_state(self) -> dict:
         return {"noise_seed": self.noise_seed, "draws": self.draws,
                 "noise_interval": self.noise_interval, "beta": self.cfg.beta,
-                "frozen": self.frozen}
+                "frozen": self.frozen, "split_steps": self.split_steps}
 
     def set_extra_state(self, state: dict) -> None:
         self.noise_seed = int(state["noise_seed"])
@@ -343,6 +368,7 @@ class GateBank(nn.Module):
         self.noise_interval = float(state["noise_interval"])
         self.cfg = dataclasses.replace(self.cfg, beta=float(state.get("beta", self.cfg.beta)))
         self.frozen = bool(state.get("frozen", False))
+        self.split_steps = int(state.get("split_steps", 0))
 
     def set_temperature(self, beta: float) -> None:
         self.cfg = dataclasses.replace(self.cfg, beta=float(beta))
