@@ -73,10 +73,11 @@ class GateOptions:
             it (weights and gates learn from it); the other ``k - 1`` run the network on its
             deterministic gates, as evaluated and compacted, and train the weights alone. The
             weights then mostly fit the network that is judged, yet still learn to bear a
-            unit's loss. In the tolerance walk on the Darcy FNO (``docs/results/
-            ablation_split.md``) every cut missed at 1 (rel. L2 -8% at all units kept), and 4
-            kept 80% of parameters at +1.5%. Any loop gets it: an optimiser step pre-hook
-            drops the gates' gradient on deterministic steps and counts the steps.
+            unit's loss. In the tolerance walk on the Darcy FNO every cut missed at 1 (rel.
+            L2 -8% with all units kept) and 4 kept 80% of parameters at +1.5%
+            (``docs/results/ablation_split/tolerance_rules.md``). Any loop gets it: an
+            optimiser step pre-hook drops the gates' gradient on deterministic steps and
+            counts the steps.
         fourier_modes: gate the Fourier modes of spectral convs (``lumos.layers``): one gate
             per kept frequency row or column, cut by compaction, so an FNO can shed the modes
             it does not need as well as channels. False gates their channels only.
