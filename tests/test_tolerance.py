@@ -358,3 +358,25 @@ def test_the_walk_splits_its_steps_unless_told_otherwise(every, expected):
     gates = result.model.gates
     assert gates.split_every == expected
     assert (gates.split_steps > 0) == (expected > 1)
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_the_best_model_is_the_smallest_then_the_better_at_the_same_size(higher_is_better):
+    """Among fine-tune epochs of one structure the last is not the best: at the same size the
+    better metric wins (CFD kept its later, worse epoch and ended -1.1% on the report half)."""
+    from types import SimpleNamespace
+
+    from lumos.tolerance import WalkPoint, _improves
+
+    def point(kept, metric):
+        return WalkPoint(0, kept, kept, metric, True, "finetune")
+
+    good, worse = (0.98, 0.97) if higher_is_better else (0.02, 0.03)
+    best = SimpleNamespace(point=point(0.3, good))
+    assert _improves(point(0.3, good), None, higher_is_better)
+    assert not _improves(point(0.3, worse), best, higher_is_better)  # same size, worse
+    assert not _improves(point(0.3, good), best, higher_is_better)  # a tie keeps the first
+    assert _improves(point(0.2, worse), best, higher_is_better)  # smaller wins
+    assert not _improves(point(0.4, 2 * good), best, higher_is_better)  # larger never
+    better = (0.99 if higher_is_better else 0.01)
+    assert _improves(point(0.3 * (1 + 1e-12), better), best, higher_is_better)

@@ -319,7 +319,7 @@ def fit_within_tolerance(
     for epoch in range(warm, walked, per_cut):
         point = cut(epoch, target)
         if point.within:
-            if best is None or point.kept_fraction <= best.point.kept_fraction:
+            if _improves(point, best, higher_is_better):
                 best = _snapshot(sm, optimizer, point)
             held = 0
             shrink = max(boldest, shrink * shrink)  # it held: bolder again, up to the first
@@ -352,7 +352,7 @@ def fit_within_tolerance(
     for epoch in range(walked, epochs):
         run_epoch(epoch, final_budget)
         point = record(epoch, final_budget, "finetune")
-        if point.within and (best is None or point.kept_fraction <= best.point.kept_fraction):
+        if point.within and _improves(point, best, higher_is_better):
             best = _snapshot(sm, optimizer, point)
     if best is not None:  # else nothing was within: the model as fine-tuned to the end
         best.restore(sm, optimizer)
@@ -374,6 +374,18 @@ GIVE_UP_AFTER = 2
 WALK_GATE_STEP_EVERY = 4
 DECISION_RULES = ("settled", "last")
 COMPARISONS = ("final", "paced", "matched")
+
+
+def _improves(point: WalkPoint, best: _Snapshot | None, higher_is_better: bool) -> bool:
+    """A point within the tolerance beats the best so far when it is smaller, or the same size
+    with a better metric: among the fine-tune epochs of one structure the last is not the best
+    (CFD: R^2 0.9759, 0.9726 on the selection half; the later one was -1.1% on the report)."""
+    if best is None:
+        return True
+    if not math.isclose(point.kept_fraction, best.point.kept_fraction, rel_tol=1e-9):
+        return point.kept_fraction < best.point.kept_fraction
+    return (point.metric > best.point.metric if higher_is_better
+            else point.metric < best.point.metric)
 
 
 def _is_curve(reference) -> bool:
