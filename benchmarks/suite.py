@@ -31,12 +31,7 @@ from torch.utils.data import DataLoader
 
 import lumos
 from lumos.measure import count_flops, count_params, energy_joules, latency, peak_memory
-from lumos.tolerance import (
-    COMPARISONS,
-    DECISION_RULES,
-    WALK_GATE_STEP_EVERY,
-    fit_within_tolerance,
-)
+from lumos.tolerance import COMPARISONS, DECISION_RULES, fit_within_tolerance
 from lumos.training import predict, train
 from lumos.workloads import (
     build_dense,
@@ -210,17 +205,10 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
     return statistics.median(d), statistics.median(s)
 
 
-def resolved_gate_step_every(every: int | None, tolerance: float | None) -> int:
-    """What ``GateOptions(gate_step_every=every)`` trains with in this mode."""
-    if every is not None:
-        return every
-    return WALK_GATE_STEP_EVERY if tolerance is not None else 1
-
-
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
                  tolerance: float | None = None, budget_on: str = "params",
                  decide_on: str = "settled", fourier_modes: bool = True,
-                 compare_to: str = "paced", gate_step_every: int | None = None) -> dict:
+                 compare_to: str = "paced", gate_step_every: int = 1) -> dict:
     wl = get_workload(name)
     t0 = time.perf_counter()
     data = wl.data(size, seed=seed, cache_dir=cache_dir)
@@ -319,7 +307,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "decide_on": decide_on if tolerance is not None else None,
         "compare_to": compare_to if tolerance is not None else None,
         "fourier_modes": fourier_modes,
-        "gate_step_every": resolved_gate_step_every(gate_step_every, tolerance),
+        "gate_step_every": gate_step_every,
         "tolerance_walk": walk,
         "seed": seed,
         "epochs": recipe.epochs,
@@ -410,8 +398,10 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
                 f"{meta.get('decide_on') or 'last'} against the dense model "
                 + {"matched": "at the same epoch)", "paced": "finished, missed only when "
                    "behind its pace)"}.get(meta.get("compare_to"), "finished)"))
-        + f" on {meta.get('budget_on', 'params')}; gates train on one step in "
-        f"{meta.get('gate_step_every', 1)}; seed: {meta['seed']}",
+        + f" on {meta.get('budget_on', 'params')}; "
+        + (f"gate noise on one training step in {meta['gate_step_every']}; "
+           if meta.get("gate_step_every", 1) != 1 else "")
+        + f"seed: {meta['seed']}",
     ]
     sources = sorted({(r.get("command", "?"), r.get("machine", {}).get("code", "?"))
                       for r in records})
@@ -547,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the tolerance walk judges a cut against (lumos.tolerance)")
     parser.add_argument("--channels-only", action="store_true",
                         help="GateOptions(fourier_modes=False): an FNO gates channels only")
-    parser.add_argument("--gate-step-every", type=int, default=None, metavar="K",
-                        help="GateOptions(gate_step_every=K): the gates train on one step in K, "
-                             "the weights on the others (default: the library's, 4 in "
-                             "tolerance mode, 1 with a budget)")
+    parser.add_argument("--gate-step-every", type=int, default=1, metavar="K",
+                        help="GateOptions(gate_step_every=K): gate noise on one training step "
+                             "in K, the deterministic gates on the others (default 1: every "
+                             "step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -579,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             compare_to = args.compare_to if args.tolerance is not None else None
             if key == (args.budget, args.tolerance, args.seed, size, args.budget_on, decide_on,
                        not args.channels_only, compare_to,
-                       resolved_gate_step_every(args.gate_step_every, args.tolerance)):
+                       args.gate_step_every):
                 records.append(record)
                 print(f"[suite] {name}: reused {record_path}", flush=True)
                 continue
@@ -611,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         "decide_on": args.decide_on if args.tolerance is not None else None,
         "compare_to": args.compare_to if args.tolerance is not None else None,
         "fourier_modes": not args.channels_only,
-        "gate_step_every": resolved_gate_step_every(args.gate_step_every, args.tolerance),
+        "gate_step_every": args.gate_step_every,
         "seed": args.seed,
     }
     summary = {"meta": meta, "averages": averages(records) if records else {},

@@ -32,7 +32,7 @@ from .suite import RESULTS, chosen_workloads, machine_info, run_workload, signed
 
 DEFAULT_WORKLOADS = ["conformer_energy", "burgers"]
 #: a rule: how a cut is judged (``decide_on``) and against what (``compare_to``), and
-#: optionally ``:K``, the walk's ``GateOptions.gate_step_every`` (the library default if absent)
+#: optionally ``:K``, the walk's ``GateOptions.gate_step_every`` (1 if absent)
 RULES = [f"{decide}:{against}" for decide in DECISION_RULES for against in COMPARISONS]
 DEFAULT_RULES = ["settled:paced", "settled:final"]
 
@@ -105,9 +105,9 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
         "`final`: a cut holds or misses against the finished dense model; `matched`: against "
         "the dense model's pace, its best validation metric up to the same epoch (never "
         "stricter than the finished model); `paced`: holds against the finished model, "
-        "misses only behind the pace. A third part `:K`: the walk's gates train on one "
-        "optimiser step in K and its weights on the others, on the deterministic gates "
-        "(`GateOptions.gate_step_every`; no third part: every step trains both). Rows come "
+        "misses only behind the pace. A third part `:K`: gate noise on one training step in "
+        "K, the deterministic gates on the others, where only the weights learn "
+        "(`GateOptions.gate_step_every`; no third part: noise on every step). Rows come "
         "from the code named in their last column "
         "(`paced` rows are the suite's own records); wall times include any other job "
         "running on the machine. "
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         decide, against, every = parse_rule(rule)
         record = run_workload(name, "full", None, args.seed, args.cache_dir,
                               args.tolerance, decide_on=decide, compare_to=against,
-                              gate_step_every=every)
+                              gate_step_every=every or 1)
         record["wall_s"] = time.perf_counter() - start
         record["command"], record["machine"] = command, machine_info()
         records.append(record)

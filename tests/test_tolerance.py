@@ -296,8 +296,8 @@ def test_a_walk_whose_cuts_all_fail_gives_up_after_two_and_trains_the_warm_struc
 
     result = _walk_that_never_holds(64, 2, 40)
     judged = [p for p in result.walk if p.phase == "walk"]
-    sizes = [round(p.kept_fraction, 9) for p in judged]
-    tried = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
+    budgets = [round(p.budget, 9) for p in judged]
+    tried = [b for i, b in enumerate(budgets) if i == 0 or budgets[i - 1] != b]
     assert len(tried) == GIVE_UP_AFTER == 2
     # patience 1: two misses per size, each a settled cut of two epochs
     assert len(judged) == 2 * GIVE_UP_AFTER
@@ -344,17 +344,18 @@ def test_a_paced_walk_steps_back_only_after_misses_in_a_row():
     assert all(b <= a + 1e-9 for a, b in zip(sizes, sizes[1:]))  # never sent back up
 
 
-@pytest.mark.parametrize("every, expected", [(None, 4), (1, 1), (2, 2)])
-def test_the_walk_splits_its_steps_unless_told_otherwise(every, expected):
-    """The walk's default: the gates learn on one step in 4 (GateOptions.gate_step_every=None);
-    a number the user gives is kept, 1 included."""
+@pytest.mark.parametrize("every", [None, 1, 4])
+def test_the_walk_splits_its_steps_as_the_gate_options_say(every):
+    """The walk trains with the GateOptions it is given (gate noise on every step unless
+    gate_step_every says otherwise), splitting its settled and fine-tune epochs never."""
     train_data, val_data, _ = _data()
     torch.manual_seed(0)
+    gates = {} if every is None else {"gates": lumos.GateOptions(gate_step_every=every)}
+    expected = every or 1
     result = fit_within_tolerance(
         demo_mlp(train_data[0].shape[1], 16, 1), train_data[0][:8], train_data, val_data,
         metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
-        reference=[1.0] * 4, epochs=4, lr=2e-3, batch_size=512, interval_rounds=0,
-        gates=lumos.GateOptions(gate_step_every=every))
+        reference=[1.0] * 4, epochs=4, lr=2e-3, batch_size=512, interval_rounds=0, **gates)
     gates = result.model.gates
     assert gates.split_every == expected
     assert (gates.split_steps > 0) == (expected > 1)

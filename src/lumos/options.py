@@ -102,7 +102,7 @@ class GateOptions:
     budget_warmup: float = 0.5
     width_multiple: int | str = 1
     fourier_modes: bool = True
-    gate_step_every: int | None = None
+    gate_step_every: int = 1
 
     def __post_init__(self) -> None:
         b = Schedule.of(self.noise_interval)
@@ -144,13 +144,12 @@ class GateOptions:
             raise ConfigurationError(
                 f"width_multiple must be a whole number >= 1 (1: any width; 8 suits most "
                 f"CPUs) or 'auto' (measured on the device), got {self.width_multiple!r}.")
-        if self.gate_step_every is not None and (
-                isinstance(self.gate_step_every, bool)
-                or not isinstance(self.gate_step_every, int) or self.gate_step_every < 1):
+        if (isinstance(self.gate_step_every, bool) or not isinstance(self.gate_step_every, int)
+                or self.gate_step_every < 1):
             raise ConfigurationError(
                 f"gate_step_every must be a whole number >= 1 (1: gate noise on every step; "
                 f"4: one step in 4 draws it, the others train the weights on the deterministic "
-                f"gates; None: the mode's default), got "
+                f"gates), got "
                 f"{self.gate_step_every!r}.")
         if not isinstance(self.fourier_modes, bool):
             raise ConfigurationError(

@@ -90,7 +90,7 @@ class SparseModel(nn.Module):
             gate_options.init_keep_probability,
             essential=[bool(getattr(g, "essential", False)) for g in graph.groups],
         )
-        self.gates.split_every = gate_options.gate_step_every or 1
+        self.gates.split_every = gate_options.gate_step_every
         self.cost = CostModel(graph)
         self.dense_params = self.cost.dense("params")
         self.dense_flops = self.cost.dense("flops")

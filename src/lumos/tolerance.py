@@ -230,8 +230,6 @@ def fit_within_tolerance(
 
     # the walk decides when gates freeze (its fine-tune phase), not the progress schedule
     options = sparsify_kwargs.pop("gates", None) or GateOptions()
-    if options.gate_step_every is None:  # split steps: the weights keep the dense pace
-        options = dataclasses.replace(options, gate_step_every=WALK_GATE_STEP_EVERY)
     sm = sparsify(model, example_inputs, budget=1.0,
                   gates=dataclasses.replace(options, finetune=0.0), **sparsify_kwargs)
     controller = sm.controller
@@ -369,9 +367,6 @@ def fit_within_tolerance(
 
 #: failed cuts, with none held, after which the walk ends and trains the warm structure
 GIVE_UP_AFTER = 2
-#: the walk's default ``GateOptions.gate_step_every``: gate noise on one step in 4, the
-#: deterministic network on the others (``docs/results/ablation_split/tolerance_rules.md``)
-WALK_GATE_STEP_EVERY = 4
 DECISION_RULES = ("settled", "last")
 COMPARISONS = ("final", "paced", "matched")
 
