@@ -1,7 +1,7 @@
 """How small can a dense Darcy FNO be and stay within the tolerance? The evidence behind the
 size the tolerance walk keeps on Darcy.
 
-    python -m benchmarks.fno_frontier [--variants 32x8 24x8 28x8 32x6] [--tolerance 0.01]
+    python -m benchmarks.fno_frontier [--variants 32x8 24x8 32x6] [--tolerance 0.01]
                                       [--seed 0] [--cache-dir DIR] [--out DIR]
 
 Each variant ``WIDTHxMODES`` is the Darcy workload's ``FNO2d`` (its four spectral layers,
@@ -34,7 +34,7 @@ from lumos.training import predict
 from lumos.workloads import example_inputs, get_workload, train_recipe
 from lumos.workloads.darcy import FNO2d
 
-DEFAULT_VARIANTS = ["32x8", "24x8", "28x8", "32x6"]
+DEFAULT_VARIANTS = ["32x8", "24x8", "32x6"]
 
 
 def parse_variant(text: str) -> tuple[int, int]:

@@ -110,9 +110,6 @@ class ToleranceResult:
     gate_probabilities: list[list[float]] = field(default_factory=list)
     decide_on: str = "settled"
     compare_to: str = "final"
-    #: the epoch from which the walk split its steps after its first cuts all failed (None:
-    #: it never did; see ``GIVE_UP_AFTER``)
-    split_from_epoch: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -120,7 +117,6 @@ class ToleranceResult:
             "tolerance": self.tolerance,
             "decide_on": self.decide_on,
             "compare_to": self.compare_to,
-            "split_from_epoch": self.split_from_epoch,
             "metric": self.metric,
             "kept_fraction": self.kept_fraction,
             "within": self.within,
@@ -282,7 +278,6 @@ def fit_within_tolerance(
     target = max(floor, walk[-1].kept_fraction * shrink)
     held = 0
     failed: set[tuple[int, ...]] = set()  # structures judged outside after their recovery
-    split_from: int | None = None  # the epoch from which the walk split its steps
 
     def go_back() -> float:
         """Back to the best model, or to the warm structure; returns its kept fraction."""
@@ -336,21 +331,10 @@ def fit_within_tolerance(
             if held > patience and (best is not None or rule != "final"):
                 failed.add(_units_kept(sm))
                 held = 0
-                if best is None and len(failed) >= GIVE_UP_AFTER:
-                    # every cut so far failed: the weights do not keep the dense pace through
-                    # gate noise. Once, the walk goes on from the warm structure with split
-                    # steps; else the rest trains it (each failed cut leaves its mark on the
-                    # weights: units reopen with the weights they had when shut)
-                    if split_from is not None or sm.gates.split_every != 1 \
-                            or SPLIT_WHEN_FAILING == 1:
-                        walked = epoch + per_cut
-                        break
-                    split_from = epoch + per_cut
-                    sm.gates.split_every = SPLIT_WHEN_FAILING
-                    sm.gate_options = dataclasses.replace(
-                        sm.gate_options, gate_step_every=SPLIT_WHEN_FAILING)
-                    failed.clear()
-                if not step_back():  # nothing new to try: the rest trains the best model
+                # nothing new to try, or every cut so far failed (each left its mark on the
+                # weights: units reopen with the weights they had when shut): the rest trains
+                # the best model, or the warm structure
+                if (best is None and len(failed) >= GIVE_UP_AFTER) or not step_back():
                     walked = epoch + per_cut
                     break
         else:  # not there yet but keeping the dense model's pace: it trains on as it is,
@@ -378,15 +362,12 @@ def fit_within_tolerance(
     return ToleranceResult(
         sm, final_reference, tolerance, metric, fraction,
         within_tolerance(metric, final_reference, tolerance, higher_is_better), walk,
-        gate_probabilities, decide_on, rule, split_from,
+        gate_probabilities, decide_on, rule,
     )
 
 
-#: failed cuts, with none held, after which the walk goes on with split steps (once), then
-#: ends and trains the warm structure
+#: failed cuts, with none held, after which the walk ends and trains the warm structure
 GIVE_UP_AFTER = 2
-#: the ``gate_step_every`` a walk whose first cuts all failed goes on with (1: it never does)
-SPLIT_WHEN_FAILING = 4
 DECISION_RULES = ("settled", "last")
 COMPARISONS = ("final", "paced", "matched")
 
