@@ -10,7 +10,8 @@ held yet, a paced or matched walk (``compare_to``) returns to the structure the 
 (the weights trained so far stay), so a walk that cannot cut ends at the largest model rather
 than at its first miss (a final walk cannot tell a miss from an unfinished recipe and stays
 where it stands); when the next step could only repeat a size that already failed (coarse
-units: a GAT's heads), the walk ends and the remaining epochs train the best model. The last
+units: a GAT's heads), or two cuts failed with none held (``GIVE_UP_AFTER``: each leaves its mark
+on the weights), the walk ends and the remaining epochs train the best model. The last
 epochs fine-tune the best model. Every point of the walk (kept fraction, metric, the reference
 it was judged against, a bootstrap interval over the validation samples) is returned, so the
 trade-off curve and how sure each decision was are visible.
@@ -48,7 +49,8 @@ For models whose weights train behind their dense selves through gate noise, the
 split its steps (``gates=GateOptions(gate_step_every=4)``): one optimiser step in four draws
 gate noise and trains weights and gates, the other three run the deterministic gates, the
 network every cut is judged on, and train the weights alone. With noise on every step the
-Darcy FNO missed every cut (-8% with all units kept); split, the walk kept 80% at +1.5%. Over
+Darcy FNO missed every cut (1.7% behind dense with every unit kept); split, the walk kept 80%
+at +1.5%. Over
 the whole suite it is not the better default (``docs/results/ablation_split/
 tolerance_rules.md``): the Burgers transformer kept everything instead of 84%, and feature
 gates learning on a quarter of the steps dropped fewer noise inputs. Weights that never see
