@@ -242,7 +242,7 @@ def test_a_paced_walk_trains_on_at_a_cut_that_keeps_pace_and_steps_back_from_one
     assert max(behind) > min(behind)  # it stepped back at least once
 
 
-def _walk_that_never_holds(hidden: int, layers: int, epochs: int, **options):
+def _walk_that_never_holds(hidden: int, layers: int, epochs: int):
     """A paced walk whose every reading is far behind a dense pace of 1.0."""
     train_data, val_data, _ = _data()
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def _walk_that_never_holds(hidden: int, layers: int, epochs: int, **options):
         demo_mlp(train_data[0].shape[1], hidden, layers), train_data[0][:8],
         train_data, val_data, metrics=lambda p, t: {"r2": r2(p, t) - 10.0}, primary="r2",
         higher_is_better=True, reference=[1.0] * epochs, epochs=epochs, tolerance=0.01,
-        lr=2e-3, batch_size=512, interval_rounds=0, compare_to="paced", **options)
+        lr=2e-3, batch_size=512, interval_rounds=0, compare_to="paced")
 
 
 def test_a_walk_where_no_cut_holds_ends_at_the_warm_structure_not_at_its_first_miss():
@@ -345,16 +345,16 @@ def test_a_paced_walk_steps_back_only_after_misses_in_a_row():
 
 @pytest.mark.parametrize("every", [None, 1, 4])
 def test_the_walk_splits_its_steps_as_the_gate_options_say(every):
-    """The walk trains with the GateOptions it is given (gate noise on every step unless
-    gate_step_every says otherwise), splitting its settled and fine-tune epochs never."""
+    """The walk trains with the GateOptions it is given: gate noise on every step unless
+    gate_step_every says otherwise."""
     train_data, val_data, _ = _data()
     torch.manual_seed(0)
-    gates = {} if every is None else {"gates": lumos.GateOptions(gate_step_every=every)}
+    options = {} if every is None else {"gates": lumos.GateOptions(gate_step_every=every)}
     expected = every or 1
     result = fit_within_tolerance(
         demo_mlp(train_data[0].shape[1], 16, 1), train_data[0][:8], train_data, val_data,
         metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
-        reference=[1.0] * 4, epochs=4, lr=2e-3, batch_size=512, interval_rounds=0, **gates)
+        reference=[1.0] * 4, epochs=4, lr=2e-3, batch_size=512, interval_rounds=0, **options)
     gates = result.model.gates
     assert gates.split_every == expected
     assert (gates.split_steps > 0) == (expected > 1)

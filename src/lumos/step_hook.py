@@ -29,16 +29,22 @@ def register(sm: Any) -> None:
     _BY_GATES[id(sm.gates.log_alpha)] = sm
 
 
-def _after_optimizer_step(optimizer: Optimizer, args, kwargs) -> None:
-    if not _BY_GATES:
-        return
-    stepped: set[int] = set()
+def _models_stepped_by(optimizer: Optimizer) -> list[Any]:
+    """The sparse models whose gate parameter ``optimizer`` holds, each once."""
+    found: dict[int, Any] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             sm = _BY_GATES.get(id(p))
-            if sm is not None and id(sm) not in stepped and sm.gates.log_alpha is p:
-                stepped.add(id(sm))
-                sm._optimizer_stepped()
+            if sm is not None and sm.gates.log_alpha is p:
+                found[id(sm)] = sm
+    return list(found.values())
+
+
+def _after_optimizer_step(optimizer: Optimizer, args, kwargs) -> None:
+    if not _BY_GATES:
+        return
+    for sm in _models_stepped_by(optimizer):
+        sm._optimizer_stepped()
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)
@@ -46,21 +52,15 @@ register_optimizer_step_post_hook(_after_optimizer_step)
 
 def _before_optimizer_step(optimizer: Optimizer, args, kwargs) -> None:
     """Split steps: on a deterministic step, drop the gates' gradient (``grad = None``: the
-    optimiser skips them, momentum included)."""
-    for sm in list(_BY_GATES.values()):
+    optimiser skips them, momentum included). The optimiser that holds the gates counts the
+    step, so one with the weights alone beside it does not count it twice."""
+    if not any(sm.gates.split_every > 1 for sm in _BY_GATES.values()):
+        return  # the default: nothing is split, no pass over the optimiser's parameters
+    for sm in _models_stepped_by(optimizer):
         gates = sm.gates
-        if gates.split_every <= 1 or gates.phase is None:
-            continue
-        own = {id(p) for p in sm.parameters()}
-        held = False
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) in own:
-                    held = True
-                    if p is gates.log_alpha and gates.phase == "deterministic":
-                        p.grad = None
-        if held:
-            gates.split_stepped()
+        if gates.phase == "deterministic":
+            gates.log_alpha.grad = None
+        gates.split_stepped()
 
 
 register_optimizer_step_pre_hook(_before_optimizer_step)
