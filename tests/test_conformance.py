@@ -1145,10 +1145,19 @@ GRAPH_LAYERS = {
     "sage-max": (lambda: SAGEConv(H, 5, aggr="max"), 5),
     "sage-no-root": (lambda: SAGEConv(H, 5, root_weight=False), 5),
     "sage-normalize": (lambda: SAGEConv(H, 5, normalize=True), 5),  # output kept whole
+    # GAT's unit: a channel within heads (gated on the projection's rows) when C > H or the
+    # heads are averaged, else a head
     "gat": (lambda: GATConv(H, 3, heads=2), 6),
+    "gat-heads": (lambda: GATConv(H, 2, heads=3), 6),
     "gat-residual": (lambda: GATConv(H, 3, heads=2, residual=True), 6),
-    "gat-mean-heads": (lambda: GATConv(H, 3, heads=2, concat=False), 3),  # heads kept whole
+    "gat-mean-heads": (lambda: GATConv(H, 3, heads=2, concat=False), 3),
+    "gat-stream": (lambda: GATConv(H, 3, heads=2), H),  # h + conv(h): reads what it writes
+    "gat-heads-stream": (lambda: GATConv(H, 2, heads=3), H),
+    "gat-edge": (lambda: GATConv(H, 3, heads=2, edge_dim=3, add_self_loops=False), 6),
     "gatv2": (lambda: GATv2Conv(H, 3, heads=2), 6),
+    "gatv2-stream": (lambda: GATv2Conv(H, 3, heads=2, residual=True), H),
+    "gatv2-mean-heads": (lambda: GATv2Conv(H, 3, heads=2, concat=False), 3),
+    "gatv2-edge": (lambda: GATv2Conv(H, 3, heads=2, edge_dim=3, add_self_loops=False), 6),
     "gatv2-shared-residual": (lambda: GATv2Conv(H, 3, heads=3, share_weights=True,
                                                 residual=True), 9),
     "gin": (lambda: GINConv(nn.Sequential(nn.Linear(H, 5), nn.ReLU(), nn.Linear(5, 5)),
@@ -1214,6 +1223,11 @@ class GraphNet(nn.Module):
             edges = edge_index.shape[1]
             h = self.conv(h, edge_index, torch.linspace(0.1, 1.9, edges),
                           torch.linspace(-1, 1, 3 * edges).view(edges, 3))
+        elif self.kind.endswith("-edge"):
+            edges = edge_index.shape[1]
+            h = self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
+        elif self.kind.endswith("-stream"):
+            h = h + self.conv(h, edge_index)
         elif self.kind in GRAPH_LAYERS:
             h = self.conv(h, edge_index)
         if self.kind == "add":
@@ -1248,7 +1262,14 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "GATConv": ("gat", ("GATConv",), ()),
     "GATConv-residual": ("gat-residual", ("GATConv",), ()),
     "GATConv-mean-heads": ("gat-mean-heads", ("GATConv",), ()),
+    "GATConv-heads": ("gat-heads", ("GATConv",), ()),
+    "GATConv-stream": ("gat-stream", ("GATConv",), ()),
+    "GATConv-heads-stream": ("gat-heads-stream", ("GATConv",), ()),
+    "GATConv-edge": ("gat-edge", ("GATConv",), ()),
     "GATv2Conv": ("gatv2", ("GATv2Conv",), ()),
+    "GATv2Conv-stream": ("gatv2-stream", ("GATv2Conv",), ()),
+    "GATv2Conv-mean-heads": ("gatv2-mean-heads", ("GATv2Conv",), ()),
+    "GATv2Conv-edge": ("gatv2-edge", ("GATv2Conv",), ()),
     "GATv2Conv-shared-residual": ("gatv2-shared-residual", ("GATv2Conv",), ()),
     "GINConv": ("gin", ("index_add",), ("GINConv",)),
     "PNAConv": ("pna", ("scatter",), ("PNAConv",)),

@@ -111,17 +111,44 @@ def test_attention_keeps_fewer_heads_as_plain_torch():
 
 
 @needs_pyg
-def test_gat_loses_whole_heads():
+def test_gat_loses_channels_within_heads():
+    """GAT heads of 8 channels (4 heads): the unit is channel c of every head, gated on the
+    projection's rows before the attention, so a closed channel leaves 4 heads of 7."""
     torch.manual_seed(0)
     model, inputs, _ = ZOO["gat"]()
     sm = lumos.sparsify(model, inputs, budget=0.3)
+    groups = {g.name: g for g in sm.graph_info.groups if g.kind == "hidden"}
+    # conv3 averages its one head (concat=False): its 16 channels are units too
+    assert set(groups) == {"conv1", "conv2", "conv3"}
+    assert [groups[n].size for n in ("conv1", "conv2", "conv3")] == [8, 8, 16]
+    with torch.no_grad():
+        sm.gates.log_alpha[groups["conv1"].offset + 1] = -10.0
+        sm.gates.log_alpha[groups["conv3"].offset + 2] = -10.0
+    small = sm.eval().compact()
+    assert (small.conv1.heads, small.conv1.out_channels) == (4, 7)
+    assert small.conv1.lin.weight.shape == (28, 7) and small.conv1.att_src.shape == (1, 4, 7)
+    assert small.conv2.in_channels == 28 and small.conv2.lin.weight.shape == (32, 28)
+    assert small.conv3.out_channels == 15 and small.head.in_features == 15
+    with torch.no_grad():
+        torch.testing.assert_close(small(*inputs), sm(*inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_pyg
+def test_gat_with_more_heads_than_channels_loses_whole_heads():
+    from torch_geometric.nn import GATConv
+
+    torch.manual_seed(0)
+    model, inputs, _ = ZOO["gat"]()
+    model.conv1 = GATConv(7, 2, heads=4)
+    model.conv2 = GATConv(8, 8, heads=4, residual=True)
+    sm = lumos.sparsify(model, inputs, budget=0.3)
     heads = {g.name: g for g in sm.graph_info.groups if g.kind == "head"}
-    assert set(heads) == {"conv1", "conv2"}  # conv3 averages its heads: kept whole
+    assert set(heads) == {"conv1"}
     with torch.no_grad():
         sm.gates.log_alpha[heads["conv1"].offset + 1] = -10.0
     small = sm.eval().compact()
-    assert small.conv1.heads == 3 and small.conv1.lin.weight.shape == (24, 7)
-    assert small.conv2.in_channels == 24
+    assert (small.conv1.heads, small.conv1.out_channels) == (3, 2)
+    assert small.conv2.in_channels == 6
     with torch.no_grad():
         torch.testing.assert_close(small(*inputs), sm(*inputs), rtol=1e-4, atol=1e-5)
 

@@ -362,10 +362,13 @@ def _weight_side(gm: fx.GraphModule, graph: ChannelGraph, site: GateSite, value,
             continue
         rel_owner = role.owner[len(prefix):] if role.owner != node.target else ""
         path = f"{rel_owner}.{role.name}" if rel_owner else role.name
+        if (path, role.dim) in inner:
+            # the layer's own inner units (an FNO's modes, a GAT's channels within heads),
+            # gated by their param site, even where they share the input's gates (a GAT
+            # reading the residual stream its rows write): never scaled twice
+            continue
         if role.layout.length != len(index) or not torch.equal(
                 graph.gate_index(role.layout), index):
-            if (path, role.dim) in inner:
-                continue  # the layer's own inner units (modes), gated by their param site
             return []  # this layer folds gates of another layout too: not ours to move
         folds.append((path, role.dim))
     if not folds:

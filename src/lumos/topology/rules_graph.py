@@ -2,8 +2,9 @@
 
 Message passing aggregates each channel over neighbours on its own, so a layer's input channels
 are read like a Linear's (gated, folded into the weight columns) and its output channels are a
-new space. GAT's and GATv2's attention logits mix the channels of a head, so their unit is
-the head. GIN is traced through its sum aggregation written in plain torch, so the MLP inside it is
+new space. GAT's and GATv2's attention logits mix the channels of a head, so their unit is the
+head, or a channel within heads gated inside the layer before the attention, whichever is finer.
+GIN is traced through its sum aggregation written in plain torch, so the MLP inside it is
 gated like any other. Other message-passing layers are kept whole (listed in ``report()``).
 """
 
@@ -142,6 +143,60 @@ def _bipartite_input(ctx: RuleContext, node: fx.Node, x) -> Layout | None:
     return layout
 
 
+def _head_units(ctx: RuleContext, node: fx.Node, owner: str, H: int, C: int, concat: bool,
+                finer: bool = True) -> tuple[Layout, Layout, int, Layout, bool]:
+    """The unit of a GAT layer's ``H * C`` projected channels, and what its attention reads.
+
+    Two units are exact. A *head* (``C`` consecutive rows): its attention reads only its own
+    channels, so a head no layer downstream reads is removed whole. A *channel within heads*
+    (channel ``c`` of every head, one gate): its projection rows are scaled by the gate
+    before the attention, so a closed channel adds nothing to any head's logits and is cut
+    from every head alike (the layer keeps ``H`` heads of ``C'`` channels). The finer of the
+    two is chosen: channels when ``C > H`` or when the heads are averaged (``concat=False``,
+    where a head cannot close but a channel can); ``finer=False`` keeps heads (a projection
+    the rule cannot scale, e.g. one shared between two names).
+
+    Returns ``(projected, out, att_dim, att_layout, inside)``: the layout of the projected
+    channels (``lin``'s rows), of the layer's output, the dim and layout of ``att``'s entries,
+    and whether the projections' rows are gated inside the layer (the channel unit).
+    """
+    if finer and (C > H or not concat):
+        channels = ctx.new_space(C, "hidden", owner)
+        projected = Layout.concat([Layout.of(channels)] * H)  # channel c of head h at h*C + c
+        projected.require_nonempty()
+        out = projected if concat else Layout.of(channels)
+        return projected, out, 2, Layout.of(channels), True
+    head_space = ctx.new_space(H, "head", owner)
+    projected = Layout.of(head_space, block=C)  # the H*C projected channels, C per head
+    projected.require_nonempty()
+    if concat:
+        out = projected
+    else:  # mean over heads: heads stay whole, the output channels are shared by all heads
+        head_space.pin(f"{describe(node)} averages its heads (concat=False)")
+        out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
+    return projected, out, 1, Layout.of(head_space), False
+
+
+def _att_roles(ctx: RuleContext, owner: str, names: tuple[str, ...], dim: int,
+               layout: Layout) -> None:
+    """``att*`` of shape (1, H, C): dim 1 by head, or dim 2 by channel within heads."""
+    for name in names:
+        ctx.role(owner, name, dim, layout)
+        ctx.param_cost(owner, name, (layout,))
+
+
+def _projection_rows(ctx: RuleContext, owner: str, lin: str, projected: Layout,
+                     inside: bool) -> None:
+    """Rows of projection ``owner.lin``: scaled by their gates inside the layer when the unit
+    is a channel within heads (``inside``), else only indexed (a head is cut downstream)."""
+    has_bias = getattr(ctx.gm.get_submodule(f"{owner}.{lin}"), "bias", None) is not None
+    for name in ("weight", "bias") if has_bias else ("weight",):
+        if inside:
+            ctx.param_site(owner, f"{lin}.{name}", 0, projected)
+        else:
+            ctx.role(f"{owner}.{lin}", name, 0, projected)
+
+
 def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("x")
@@ -157,36 +212,22 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     parts: list = list(x) if isinstance(x, (tuple, list)) else []
     rows = sum(_rows_of(ctx, t) for t in parts if t is not None) if bipartite else _rows(
         ctx, node)
-    head_space = ctx.new_space(H, "head", owner)
-    heads = Layout.of(head_space, block=C)  # the H*C projected channels, C per head
-    heads.require_nonempty()
-    per_head = Layout.of(head_space)  # dim 1 of att_src/att_dst (1, H, C)
+    projected, out, att_dim, att, inside = _head_units(ctx, node, owner, H, C, module.concat)
     if bipartite:  # the gate scales lin's columns: both node sets are read through them
         ctx.param_site(owner, "lin.weight", 1, in_layout)
-        ctx.role(f"{owner}.lin", "weight", 0, heads)
-        ctx.param_cost(f"{owner}.lin", "weight", (heads, in_layout))
-        ctx.cost("flops", 2 * rows, (in_layout, heads), f"{owner}.lin")
     else:
-        _lin(ctx, owner, "lin", in_layout, heads, rows)
-    for name in ("att_src", "att_dst"):
-        ctx.role(owner, name, 1, per_head)
-        ctx.param_cost(owner, name, (per_head,))
+        ctx.role(f"{owner}.lin", "weight", 1, in_layout, fold=True)
+    _projection_rows(ctx, owner, "lin", projected, inside)
+    ctx.param_cost(f"{owner}.lin", "weight", (projected, in_layout))
+    ctx.cost("flops", 2 * rows, (in_layout, projected), f"{owner}.lin")
+    _att_roles(ctx, owner, ("att_src", "att_dst"), att_dim, att)
     if module.lin_edge is not None:
         edge_attr = node_arg(node, 2, "edge_attr")
         ctx.pin(ctx.info(edge_attr), f"{describe(node)} edge features are not gated")
-        ctx.role(f"{owner}.lin_edge", "weight", 0, heads)
-        ctx.param_cost(f"{owner}.lin_edge", "weight", (heads,))
-        ctx.role(owner, "att_edge", 1, per_head)
-        ctx.param_cost(owner, "att_edge", (per_head,))
-        e_shape = ctx.shape(edge_attr) if isinstance(edge_attr, fx.Node) else None
-        if e_shape is not None:
-            edges = e_shape[0] + (_rows(ctx, node) if module.add_self_loops else 0)
-            ctx.cost("flops", 2 * edges * module.edge_dim, (heads,), f"{owner}.lin_edge")
-    if module.concat:
-        out = heads
-    else:  # mean over heads: heads stay whole, the output channels are shared by all heads
-        head_space.pin(f"{describe(node)} averages its heads (concat=False)")
-        out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
+        _projection_rows(ctx, owner, "lin_edge", projected, inside)
+        ctx.param_cost(f"{owner}.lin_edge", "weight", (projected,))
+        _att_roles(ctx, owner, ("att_edge",), att_dim, att)
+        _edge_flops(ctx, node, module, edge_attr, projected)
     if module.res is not None and bipartite:
         ctx.param_site(owner, "res.weight", 1, in_layout)
         ctx.role(f"{owner}.res", "weight", 0, out)
@@ -199,14 +240,26 @@ def _gat(ctx: RuleContext, node: fx.Node, module: GATConv) -> object:
     return TensorInfo(-1, out)
 
 
+def _edge_flops(ctx: RuleContext, node: fx.Node, module: GATConv | GATv2Conv, edge_attr,
+                projected: Layout) -> None:
+    """``lin_edge`` on every edge, self-loops added by the layer included (counted as one per
+    node: a graph that already has self-loops, which the layer replaces, is over-counted)."""
+    e_shape = ctx.shape(edge_attr) if isinstance(edge_attr, fx.Node) else None
+    if e_shape is not None:
+        edges = e_shape[0] + (_rows(ctx, node) if module.add_self_loops else 0)
+        ctx.cost("flops", 2 * edges * module.edge_dim, (projected,),
+                 f"{target_path(node)}.lin_edge")
+
+
 def _rows_of(ctx: RuleContext, x) -> int:
     shape = ctx.shape(x)
     return math.prod(shape[:-1]) if shape else 0
 
 
 def _gatv2(ctx: RuleContext, node: fx.Node, module: GATv2Conv) -> object:
-    """GATv2: attention ``a . LeakyReLU(W_l x_j + W_r x_i)`` per head; a head is ``C`` rows
-    of ``lin_l``/``lin_r``/``lin_edge`` and its slice of ``att``, as in GAT."""
+    """GATv2: attention ``a . LeakyReLU(W_l x_j + W_r x_i)`` per head; its unit is a head or
+    a channel within heads, as in GAT (the LeakyReLU of a channel scaled by its gate is the
+    gate times its LeakyReLU, so a closed channel adds nothing to the logits)."""
     owner = target_path(node)
     x = node.args[0] if node.args else node.kwargs.get("x")
     if not isinstance(module.in_channels, int) or isinstance(x, (tuple, list)):
@@ -214,27 +267,24 @@ def _gatv2(ctx: RuleContext, node: fx.Node, module: GATv2Conv) -> object:
     H, C = module.heads, module.out_channels
     in_layout = _node_input(ctx, node, owner, module.in_channels)
     rows = _rows(ctx, node)
-    head_space = ctx.new_space(H, "head", owner)
-    heads = Layout.of(head_space, block=C)
-    heads.require_nonempty()
-    per_head = Layout.of(head_space)
+    # share_weights: lin_r is lin_l under a second name, which a scaled call cannot swap
+    projected, out, att_dim, att, inside = _head_units(ctx, node, owner, H, C, module.concat,
+                                                       finer=not module.share_weights)
     for lin in ("lin_l",) if module.share_weights else ("lin_l", "lin_r"):
-        _lin(ctx, owner, lin, in_layout, heads, rows)
+        path = f"{owner}.{lin}"
+        ctx.role(path, "weight", 1, in_layout, fold=True)
+        _projection_rows(ctx, owner, lin, projected, inside)
+        ctx.param_cost(path, "weight", (projected, in_layout))
+        ctx.cost("flops", 2 * rows, (in_layout, projected), path)
         if getattr(module, lin).bias is not None:
-            ctx.role(f"{owner}.{lin}", "bias", 0, heads)
-            ctx.param_cost(f"{owner}.{lin}", "bias", (heads,))
-    ctx.role(owner, "att", 1, per_head)
-    ctx.param_cost(owner, "att", (per_head,))
+            ctx.param_cost(path, "bias", (projected,))
+    _att_roles(ctx, owner, ("att",), att_dim, att)
     if module.lin_edge is not None:
         edge_attr = node_arg(node, 2, "edge_attr")
         ctx.pin(ctx.info(edge_attr), f"{describe(node)} edge features are not gated")
-        ctx.role(f"{owner}.lin_edge", "weight", 0, heads)
-        ctx.param_cost(f"{owner}.lin_edge", "weight", (heads,))
-    if module.concat:
-        out = heads
-    else:
-        head_space.pin(f"{describe(node)} averages its heads (concat=False)")
-        out = ctx.opaque(C, f"{describe(node)} averages its heads (concat=False)", owner)
+        _projection_rows(ctx, owner, "lin_edge", projected, inside)
+        ctx.param_cost(f"{owner}.lin_edge", "weight", (projected,))
+        _edge_flops(ctx, node, module, edge_attr, projected)
     if module.res is not None:
         _lin(ctx, owner, "res", in_layout, out, rows)
     if module.bias is not None:
@@ -267,19 +317,14 @@ def _resize_sage(module: SAGEConv) -> None:
     module.out_channels, module.in_channels = module.lin_l.weight.shape
 
 
-def _resize_gat(module: GATConv) -> None:
-    rows, module.in_channels = module.lin.weight.shape
-    module.lin.out_channels, module.lin.in_channels = rows, module.in_channels
-    module.heads = rows // module.out_channels
-    for lin in (module.lin_edge, module.res):
-        if lin is not None:
-            lin.out_channels, lin.in_channels = lin.weight.shape
-
-
-def _resize_gatv2(module: GATv2Conv) -> None:
-    rows, module.in_channels = module.lin_l.weight.shape
-    module.heads = rows // module.out_channels
-    for lin in (module.lin_l, module.lin_r, module.lin_edge, module.res):
+def _resize_gat(module: GATConv | GATv2Conv) -> None:
+    """Heads and channels per head from ``att`` (1, H, C): either may have been cut."""
+    att = module.att_src if isinstance(module, GATConv) else module.att
+    module.heads, module.out_channels = int(att.shape[1]), int(att.shape[2])
+    first = module.lin if isinstance(module, GATConv) else module.lin_l
+    module.in_channels = first.weight.shape[1]
+    for lin in (getattr(module, name, None) for name in ("lin", "lin_l", "lin_r", "lin_edge",
+                                                         "res")):
         if lin is not None:
             lin.out_channels, lin.in_channels = lin.weight.shape
 
@@ -531,7 +576,7 @@ def register_all() -> None:
         (GCNConv, _gcn, {"resize": _resize_gcn}),
         (SAGEConv, _sage, {"resize": _resize_sage}),
         (GATConv, _gat, {"resize": _resize_gat}),
-        (GATv2Conv, _gatv2, {"resize": _resize_gatv2}),
+        (GATv2Conv, _gatv2, {"resize": _resize_gat}),
         (GeometricLinear, _linear_module, {"resize": _resize_geometric_linear}),
         (GraphNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
         (GraphInstanceNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
