@@ -179,3 +179,64 @@ def test_a_weak_variable_blurred_by_the_noise_is_read_again_once_the_noise_is_cl
     assert sm.selected_features()["input"] == [0, 1]
     assert 1 in ev.tested["input"] and 1 not in ev.dropped["input"]
     assert set(ev.dropped["input"]) == {2, *range(3, 3 + _N_NOISE)}
+
+
+# ---- redundancy: a proxy the model leans on, closed only when judged beside its variable -------
+def _leaned_on_proxy():
+    """Columns: 0 a variable, 1 its proxy (r about 0.9), 2 another variable. The model leans on
+    both 0 and 1: either closed without a re-fit costs a lot (both have strong evidence);
+    re-fitted without the proxy the variable does its work (no cost), without the variable the
+    proxy cannot (its 19% of unshared variance is lost)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    sm = lumos.sparsify(net, torch.randn(8, 3), feature_penalty=0.0)
+    sm.eval()
+    g = torch.Generator().manual_seed(0)
+    base = 1.0 + 0.1 * torch.rand(_ROWS, generator=g, dtype=torch.float64)
+    start = sm._feature_gates()["input"][1].start
+    refitted_with: dict = {}
+
+    def closed() -> frozenset:
+        return frozenset(j for j in range(3) if not sm.gates.frozen_values[start + j] > 0)
+
+    def refit():
+        refitted_with["closed"] = closed()
+
+    def held_out():
+        shut, loss = closed(), base.clone()
+        refitted = refitted_with.get("closed") == shut
+        if 0 in shut:
+            loss += 0.3 if refitted and 1 not in shut else 1.0
+        if 1 in shut and not refitted:
+            loss += 0.8
+        if 2 in shut:
+            loss += 1.0
+        return loss
+
+    x = torch.randn(200, 3, generator=g)
+    x[:, 1] = 0.9 * x[:, 0] + 0.44 * torch.randn(200, generator=g)
+    return sm, held_out, refit, x
+
+
+def test_a_proxy_the_model_leans_on_is_closed_when_judged_beside_its_variable():
+    sm, held_out, refit, x = _leaned_on_proxy()
+    ev = lumos.confirm_features(sm, held_out, refit, data=x)
+    assert sm.selected_features()["input"] == [0, 2]
+    assert ev.dropped["input"] == [1] and set(ev.tested["input"]) == {0, 1}
+    # without the inputs' rows there is no redundancy round: both keep their strong evidence
+    sm, held_out, refit, _ = _leaned_on_proxy()
+    ev = lumos.confirm_features(sm, held_out, refit)
+    assert sm.selected_features()["input"] == [0, 1, 2] and ev.dropped["input"] == []
+    # below the threshold the pair is not judged
+    sm, held_out, refit, x = _leaned_on_proxy()
+    lumos.confirm_features(sm, held_out, refit, data=x, redundancy=0.95)
+    assert sm.selected_features()["input"] == [0, 1, 2]
+
+
+def test_bad_redundancy_data_is_refused_by_name():
+    sm, held_out, refit, x = _leaned_on_proxy()
+    with pytest.raises(lumos.InputError, match=r"shape \(200, 2\).*3 features along dim -1"):
+        lumos.confirm_features(sm, held_out, refit, data=x[:, :2])
+    with pytest.raises(lumos.InputError, match="'pixels', which is not a feature input"):
+        lumos.confirm_features(sm, held_out, refit, data={"pixels": x})
+    with pytest.raises(lumos.ConfigurationError, match="redundancy must lie in"):
+        lumos.confirm_features(sm, held_out, refit, data=x, redundancy=1.5)

@@ -278,7 +278,8 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         evidence = confirm_features(
             model, held_out, lambda: self._refit(model, x_fit, t_fit, epochs, seed),
             null_loss=self._null_loss(t_val), tolerance=CONFIRM_TOLERANCE,
-            share=CONFIRM_SHARE, candidate=CONFIRM_CANDIDATE, z_min=CONFIRM_Z)
+            share=CONFIRM_SHARE, candidate=CONFIRM_CANDIDATE, z_min=CONFIRM_Z, data=x_fit,
+            redundancy=CONFIRM_REDUNDANCY)
         if "input" not in evidence.z:
             return {}
         z = evidence.z["input"].numpy()
@@ -486,6 +487,9 @@ CONFIRM_MIN_EPOCHS = 5
 CONFIRM_Z = 2.0
 #: fewer rows per column than this: the selection is flagged as possibly unstable
 CONFIRM_ROWS_PER_COLUMN = 10
+#: kept columns correlated at least this much (|r| over the training rows) are judged in pairs:
+#: the cheaper to close is dropped if its closing stands (a proxy beside its variable)
+CONFIRM_REDUNDANCY = 0.8
 
 
 #: up to this many columns ``feature_penalty`` is the sparse model's (a mean over the columns);
