@@ -63,14 +63,17 @@ def machine_info() -> dict:
 
 
 def code_revision() -> str:
-    """The git commit the benchmark runs from (``+dirty`` with uncommitted changes)."""
+    """The git commit the benchmark runs from (``+dirty`` with uncommitted changes to anything
+    but ``docs/results``: a benchmark that resumes from records an earlier one just wrote runs
+    the committed code all the same)."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)docs/results"],
                                cwd=root, text=True, capture_output=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
