@@ -240,3 +240,12 @@ def test_bad_redundancy_data_is_refused_by_name():
         lumos.confirm_features(sm, held_out, refit, data={"pixels": x})
     with pytest.raises(lumos.ConfigurationError, match="redundancy must lie in"):
         lumos.confirm_features(sm, held_out, refit, data=x, redundancy=1.5)
+
+
+def test_the_redundancy_round_judges_a_bounded_number_of_pairs(monkeypatch):
+    from lumos import selection
+
+    monkeypatch.setattr(selection, "MAX_PAIRS", 0)
+    sm, held_out, refit, x = _leaned_on_proxy()
+    ev = lumos.confirm_features(sm, held_out, refit, data=x)
+    assert sm.selected_features()["input"] == [0, 1, 2] and ev.tested["input"] == []
