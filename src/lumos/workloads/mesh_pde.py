@@ -188,8 +188,10 @@ def generate(size: str, seed: int, progress: bool = False) -> WorkloadData:
 class MeshGAT(nn.Module):
     """4 GAT layers (4 heads x 16 = 64 channels), residual from layer 2 on, Linear per node.
 
-    The residual stream ties head k of every layer to the same 16 stream channels, so the
-    model prunes in 4 blocks (a quarter of the channels of every layer each)."""
+    The residual stream ties the channels of every layer together; LUMOS gates channel c of
+    every head (16 units, each a sixteenth of every layer's channels), as a head has more
+    channels than there are heads (with whole heads as the unit it could prune only in 4
+    blocks)."""
 
     def __init__(self, in_dim: int, hidden: int = 64, heads: int = 4, layers: int = 4) -> None:
         super().__init__()
