@@ -151,7 +151,8 @@ def confirm_features(
         ...         return (sm(x[192:]) - y[192:]).pow(2).squeeze(1)
         >>> def refit():
         ...     train(sm, (x[:192], y[:192]), epochs=10, lr=1e-2, progress=False)
-        >>> ev = lumos.confirm_features(sm, losses, refit, null_loss=float(y.var()))
+        >>> ev = lumos.confirm_features(sm, losses, refit, null_loss=float(y.var()),
+        ...                             data=x[:192])  # rows for the redundancy round
         >>> sorted(sm.selected_features()["input"])
         [0, 1]
     """
