@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from benchmarks.suite import RESULTS, results_record, write_results
+from benchmarks.suite import RESULTS, results_record, validation_loaders, write_results
 from lumos.measure import count_flops, count_params
 from lumos.training import predict
 from lumos.workloads import example_inputs, get_workload, train_recipe
@@ -50,8 +49,7 @@ def run_variant(width: int, modes: int, seed: int, cache_dir) -> dict:
     wl = get_workload("darcy")
     data = wl.data("full", seed=seed, cache_dir=cache_dir)
     recipe = wl.recipes["full"]
-    _, report = data.halve_val(seed)
-    val = DataLoader(report, batch_size=512, collate_fn=report.collate)
+    _, val = validation_loaders(data, seed)
     torch.manual_seed(seed)  # as lumos.workloads.build_dense seeds the workload's model
     model = FNO2d(len(data.feature_names), 1, width=width, modes=modes)
     start = time.perf_counter()

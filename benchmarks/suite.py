@@ -208,6 +208,14 @@ def paired_epoch_times(dense, sparse, make_loader, loss_fn, lr: float, weight_de
     return statistics.median(d), statistics.median(s)
 
 
+def validation_loaders(data, seed: int) -> tuple[DataLoader, DataLoader]:
+    """The validation set's two halves: the *selection* half a tolerance walk and the
+    best-epoch choice read, and the *report* half every table scores on."""
+    select, report = data.halve_val(seed)
+    return (DataLoader(select, batch_size=512, collate_fn=select.collate),
+            DataLoader(report, batch_size=512, collate_fn=report.collate))
+
+
 def run_workload(name: str, size: str, budget: float | None, seed: int, cache_dir=None,
                  tolerance: float | None = None, budget_on: str = "params",
                  decide_on: str = "settled", fourier_modes: bool = True,
@@ -228,9 +236,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
 
     # selection (tolerance mode) on one half of the validation set, every reported metric on
     # the other half
-    select_split, report_split = data.halve_val(seed)
-    select = DataLoader(select_split, batch_size=512, collate_fn=select_split.collate)
-    val = DataLoader(report_split, batch_size=512, collate_fn=report_split.collate)
+    select, val = validation_loaders(data, seed)
     # the dense model's validation curve (selection half): the evidence that its recipe
     # converged, so that the comparison is against a finished model
     h_dense = train_recipe(dense, wl, data, recipe, seed=seed, val_data=select,
@@ -316,7 +322,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
         "epochs": recipe.epochs,
         "train_samples": len(data.train),
         "val_samples": len(data.val),
-        "report_samples": len(report_split),
+        "report_samples": len(val.dataset),
         "generation_s": generation_s,
         "metric": primary,
         "higher_is_better": wl.higher_is_better,
