@@ -3,18 +3,20 @@
     python -m benchmarks.thirdparty [--only NAME ...] [--steps 50] [--budget 0.3]
 
 Runs the table of ``tests/thirdparty/zoo.py`` (torch.nn, torch-geometric, neuraloperator,
-MONAI, e3nn; every model built from its constructor with random weights, small sizes, nothing
-downloaded) through ``tests/thirdparty/harness.py``: sparsify at the budget, train on one small
-random batch (target: the dense model's output + 10% noise), compact, then check the compacted
-model against the gated one (eval, the example batch and batch sizes 1 and 7), that eval output
-is finite and repeatable, that its parameter count equals the cost model's, and that it reloads
-in a process where ``import lumos`` fails. Per model: package, family, dense parameters,
-prunable share (parameters that vanish when every gate closes), kept fraction after training,
-max |gated - compacted|, the checks, the status (gated+exact / exact, not gated / refused /
-FAILED) and seconds. Writes ``docs/results/thirdparty.json`` and ``thirdparty.md``.
+MONAI, e3nn, torchvision, timm; every model built from its constructor with random weights,
+small sizes, nothing downloaded) through ``tests/thirdparty/harness.py``: sparsify at the
+budget, train on one small random batch (target: the dense model's output + 10% noise),
+compact, then check the compacted model against the gated one (eval, the example batch and
+batch sizes 1 and 7), that eval output is finite and repeatable, that its parameter count
+equals the cost model's, and that it reloads in a process where ``import lumos`` fails. Per
+model: package, family, dense parameters, prunable share (parameters that vanish when every
+gate closes), kept fraction after training, max |gated - compacted|, the checks, the status
+(gated+exact / exact, not gated / refused / FAILED) and seconds. Writes
+``docs/results/thirdparty.json`` and ``thirdparty.md``.
 
-timm and torchvision cannot be installed next to this torch build (torchvision pins its own
-torch, timm imports torchvision); MONAI's nets cover the same families.
+torchvision 0.28 (the release for torch 2.13) is a CUDA build on PyPI whose C++ extension
+does not load on the CPU torch; ``tests/torchvision_cpu.py`` lets it
+import (its classification and segmentation models are plain torch), and timm imports it.
 """
 
 from __future__ import annotations
@@ -73,10 +75,11 @@ def _md(result: dict, rows: list[dict], known: dict[str, str]) -> str:
         "*Kept*: `sm.kept_fraction()` after training. Models are built from their "
         "constructors with random weights at small sizes (2D where a net allows "
         "`spatial_dims=2`); nothing is downloaded.", "",
-        "timm and torchvision cannot be installed next to this torch build (torchvision pins "
-        "its own torch, timm imports torchvision); MONAI's nets cover the same families "
-        "(ResNet, EfficientNet with squeeze-excitation and drop-connect, DenseNet, SE-ResNet, "
-        "ViT, Swin).", "",
+        "torchvision 0.28 (the release for torch 2.13) is a CUDA build on PyPI: its C++ "
+        "extension (detection operators) does not load on the CPU torch, so the zoo defines "
+        "the two operator schemas torchvision registers at import "
+        "(`tests/torchvision_cpu.py`); its models are plain "
+        "torch. timm imports torchvision.", "",
         f"**{counts['total']} models** ({counts['ran_eagerly']} ran eagerly): "
         f"**{counts['gated_exact']} gated+exact**, {counts['exact_not_gated']} exact but not "
         f"gated (under half prunable), {counts['refused']} refused with a LUMOS error naming "
@@ -127,7 +130,7 @@ def _versions() -> dict:
 
     out = {}
     for dist in ("torch", "torch-geometric", "neuraloperator", "torch-harmonics", "monai",
-                 "einops", "e3nn"):
+                 "einops", "e3nn", "torchvision", "timm"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

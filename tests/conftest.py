@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import lumos
+from torchvision_cpu import ensure_torchvision_importable
 
+# torchvision's PyPI wheel for torch 2.13 is a CUDA build: let it import beside the CPU torch
+# (torchmetrics, under Lightning, imports it too), here and in the processes tests start
+ensure_torchvision_importable()
+_SITE = str(Path(__file__).resolve().parent / "_site")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SITE, os.environ.get("PYTHONPATH", "")) if p)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core (README: pytest -n auto): a second torch thread per worker would
     # only fight the other workers for the same cores.

@@ -489,6 +489,26 @@ def _view_split_channels(s, h):  # (5, H) -> (5, 2, 3): the channel dim is split
 
 add("reshape-view-splits-channels", lambda: mlp(_view_split_channels), "view", "flatten")
 
+
+def _bn_on_rows_reshape_as(s, h):  # LeViT's LinearNorm: BatchNorm1d over (2 * 5, H) rows
+    return s.bn(h.flatten(0, 1)).reshape_as(h)
+
+
+def _view_as_tokens(s, h):  # the same with view_as
+    return s.bn(h.flatten(0, 1)).view_as(h)
+
+
+def _reshape_as_other_channels(s, h):  # shaped like a tensor of other channels: both pinned
+    return h.reshape_as(s.other(h))
+
+
+add("reshape_as-same-channels", lambda: mlp(_bn_on_rows_reshape_as, lead=(2, 5),
+                                            bn=nn.BatchNorm1d(H)), "reshape_as", "flatten")
+add("view_as-same-channels", lambda: mlp(_view_as_tokens, lead=(2, 5), bn=nn.BatchNorm1d(H)),
+    "view_as", "flatten")
+add("reshape_as-other-channels", lambda: mlp(_reshape_as_other_channels, lead=(5,),
+                                             other=nn.Linear(H, H)), "reshape_as")
+
 SQUEEZES = {
     "squeeze": (lambda s, h: h.squeeze(1), (5, 1), "squeeze"),
     "torch.squeeze": (lambda s, h: torch.squeeze(h, 1), (5, 1), torch.squeeze),
@@ -981,6 +1001,63 @@ def prelu(n: int = 1) -> nn.PReLU:
 add("prelu-per-channel-conv", with_module(conv, lambda: prelu(C)), nn.PReLU)
 add("prelu-per-channel-features", with_module(mlp, lambda: prelu(H)), nn.PReLU)
 add("prelu-shared", with_module(conv, prelu), nn.PReLU)
+
+
+# ---- torchvision and timm (when installed) ------------------------------------------------------
+def _drop_path_residual(s, h):  # timm: each sample's branch dropped in training
+    return h + drop_path(F.relu(h), 0.2, s.training)
+
+
+def _stochastic_depth_residual(s, h):  # torchvision: the same, rows or the whole batch
+    return h + stochastic_depth(F.relu(h), 0.2, "row", s.training)
+
+
+if importlib.util.find_spec("torchvision") is not None:
+    from torchvision_cpu import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # its PyPI wheel is a CUDA build (see the function)
+    from torchvision.ops import stochastic_depth
+
+    add("torchvision-stochastic_depth", lambda: conv(_stochastic_depth_residual),
+        stochastic_depth)
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+if HAS_TIMM:
+    from torchvision_cpu import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # timm imports torchvision
+    import timm.layers.activations as timm_activations
+    import timm.layers.activations_me as timm_activations_me
+    from timm.layers import BatchNormAct2d
+
+    def bn_act(**options) -> BatchNormAct2d:
+        m = BatchNormAct2d(C, **options)
+        with torch.no_grad():  # statistics and affine values that are not the identity
+            m.running_mean.copy_(torch.randn(C))
+            m.running_var.copy_(torch.rand(C) + 0.5)
+            m.weight.copy_(torch.rand(C) + 0.5)
+            m.bias.copy_(torch.randn(C))
+        return m
+
+    add("timm-BatchNormAct2d-silu", with_module(conv, lambda: bn_act(act_layer=nn.SiLU)),
+        BatchNormAct2d)
+    add("timm-BatchNormAct2d-no-act", with_module(conv, lambda: bn_act(apply_act=False)),
+        BatchNormAct2d)
+    add("timm-BatchNormAct2d-dropout", with_module(conv, lambda: bn_act(
+        act_layer=timm_activations.GELU, drop_layer=nn.Dropout)), BatchNormAct2d)
+    # an activation with one parameter per channel: the channels reaching it are kept whole
+    add("timm-BatchNormAct2d-prelu-kept-whole", with_module(conv, lambda: bn_act(
+        act_layer=nn.PReLU, act_kwargs={"num_parameters": C})), BatchNormAct2d)
+    from timm.layers import drop_path
+
+    add("timm-drop_path", lambda: conv(_drop_path_residual), drop_path)
+    for _module in (timm_activations, timm_activations_me):
+        for _name in ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish",
+                      "GELU", "GELUTanh", "QuickGELU", "SwishMe", "MishMe", "HardSigmoidMe",
+                      "HardSwishMe", "HardMishMe"):
+            _cls = getattr(_module, _name, None)
+            if _cls is not None:
+                add(f"timm-{_name}", with_module(mlp, _cls), _cls)
 
 
 # ---- Fourier layers ---------------------------------------------------------------------------

@@ -208,6 +208,8 @@ if importlib.util.find_spec("wandb") is None:  # neuraloperator 0.3.0 imports it
     sys.modules["wandb"] = types.ModuleType("wandb")
 import torch
 torch.set_num_threads(1)
+from torchvision_cpu import ensure_torchvision_importable  # its CUDA wheel on CPU
+ensure_torchvision_importable()
 
 def leaves(v):
     if isinstance(v, dict):

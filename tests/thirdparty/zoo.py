@@ -8,10 +8,10 @@ downloaded: every model is built from its constructor with random weights, on sm
 that a whole check (sparsify, ~50 training steps, compact, checks) takes seconds on one core.
 
 Packages are imported inside the builders; :meth:`Entry.missing` says when one cannot be
-imported, so a missing package skips its rows. timm and torchvision cannot be installed next
-to this torch build (torchvision pins its own torch; timm imports torchvision): MONAI's nets
-cover the same families (ResNet, EfficientNet with squeeze-excitation and drop-connect,
-DenseNet, SE-ResNet, ViT, Swin).
+imported, so a missing package skips its rows. torchvision 0.28 (the release for torch 2.13)
+is a CUDA build on PyPI: ``torchvision_cpu.ensure_torchvision_importable`` lets it import on
+the CPU torch (its models are plain torch; only its detection operators need the extension),
+and timm imports it.
 
 This module does not import LUMOS (the reload check imports it without LUMOS).
 """
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from torchvision_cpu import ensure_torchvision_importable
 
 BATCH = 4  # batch size of the example inputs (graphs: number of graphs)
 
@@ -77,7 +79,11 @@ class Entry:
 def _import(module: str):
     if module.startswith("neuralop"):
         _stub_wandb()
+    if module.split(".")[0] in ("torchvision", "timm"):
+        ensure_torchvision_importable()
     return importlib.import_module(module)
+
+
 
 
 def _stub_wandb() -> None:
@@ -409,6 +415,76 @@ def _monai_2d(model: nn.Module, side: int = 16, channels: int = 1) -> Case:
     return tensor_case(model, channels, side, side)
 
 
+def _tv():
+    ensure_torchvision_importable()
+    import torchvision.models as models
+
+    return models
+
+
+def _timm(name: str, **kwargs) -> nn.Module:
+    """A timm model by registry name, or by ``module.Class`` under ``timm.models`` (then
+    string arguments ``"module.Name"`` name timm classes, ``"torch.nn.X"`` torch's) where a
+    registry entry fixes the sizes that must shrink here; ``:tag`` only names the row."""
+    ensure_torchvision_importable()
+    import timm
+
+    if "." not in name:
+        return timm.create_model(name, pretrained=False, num_classes=4, **kwargs)
+    resolved = {k: _timm_object(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    return _timm_object(name.split(":")[0])(num_classes=4, **resolved)
+
+
+def _timm_object(path: str):
+    module, attribute = path.rsplit(".", 1)
+    package = module if module.startswith("torch") else f"timm.models.{module}"
+    return getattr(importlib.import_module(package), attribute)
+
+
+def _image(model: nn.Module, side: int = 32) -> Case:
+    """An RGB image classifier (or segmenter) fed ``(batch, 3, side, side)``."""
+    return tensor_case(model, 3, side, side)
+
+
+#: timm models by their registry names, shrunk through their constructors' own arguments
+_TIMM_MODELS: list[tuple[str, str, dict, int]] = [
+    ("resnet10t", "ResNet-10-T (deep stem, avg-pool shortcut)", {"drop_path_rate": 0.1}, 32),
+    ("efficientnet_b0", "EfficientNet-B0 (SE, drop path)", {"drop_path_rate": 0.1}, 32),
+    ("mobilenetv3_small_050", "MobileNetV3-small 0.5", {}, 32),
+    ("ghostnet_050", "GhostNet (ghost modules: concat then slice)", {}, 32),
+    ("rexnet_100", "ReXNet (residual into a channel slice)", {}, 32),
+    ("regnetx_002", "RegNetX-200MF", {}, 32),
+    ("convnext_atto", "ConvNeXt-atto (timm LayerNorm2d, layer scale)", {"drop_path_rate": 0.1},
+     32),
+    ("nf_resnet26", "NF-ResNet (scaled weight-standardised convs)", {}, 32),
+    ("repvgg_a0", "RepVGG-A0 (parallel 3x3, 1x1, identity branches)", {}, 32),
+    ("cspresnet50", "CSPResNet (cross-stage partial split)", {}, 32),
+    ("dla34", "DLA-34 (deep layer aggregation)", {}, 32),
+    ("vit_tiny_patch16_224", "ViT (timm, fused qkv)",
+     {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}, 32),
+    ("deit_tiny_distilled_patch16_224", "DeiT distilled (class + distillation tokens)",
+     {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}, 32),
+    ("mlp_mixer.MlpMixer", "MLP-Mixer (token and channel MLPs)",
+     {"img_size": 32, "patch_size": 8, "num_blocks": 2, "embed_dim": 32}, 32),
+    ("mlp_mixer.MlpMixer:resmlp", "ResMLP (affine norms, layer scale)",
+     {"img_size": 32, "patch_size": 8, "num_blocks": 2, "embed_dim": 32,
+      "mlp_ratio": 4, "block_layer": "mlp_mixer.ResBlock", "norm_layer": "mlp_mixer.Affine"},
+     32),
+    ("swin_tiny_patch4_window7_224", "Swin (timm)",
+     {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": (1, 1),
+      "num_heads": (1, 2)}, 32),
+    ("convmixer.ConvMixer", "ConvMixer (depthwise mixing, residual)",
+     {"dim": 32, "depth": 2, "kernel_size": 3, "patch_size": 4}, 32),
+    ("metaformer.MetaFormer:poolformer", "PoolFormer (pooling token mixer, GroupNorm)",
+     {"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32), "downsample_norm": None,
+      "mlp_act": "torch.nn.GELU", "mlp_bias": True, "norm_layers": "metaformer.GroupNorm1",
+      "layer_scale_init_values": 1e-5, "res_scale_init_values": None,
+      "use_mlp_head": False}, 32),
+    ("levit_128s", "LeViT (BatchNorm linears, attention bias)", {"img_size": 32}, 32),
+    ("mobilevit_xxs", "MobileViT-XXS (unfold, transformer, fold)", {}, 64),
+]
+
+
 def _build_table() -> list[Entry]:
     rows: list[Entry] = []
 
@@ -613,6 +689,58 @@ def _build_table() -> list[Entry]:
                                            out_channels=1, kernel_size=3,
                                            blocks_down=(1, 1, 1, 1), blocks_bottleneck=1,
                                            blocks_up=(1, 1, 1, 1)), side=32))
+
+    # -- torchvision -------------------------------------------------------------------------
+    tv = ("torchvision",)
+    add("tv_resnet18", "torchvision", "ResNet-18 (basic blocks, BatchNorm)", tv)(
+        lambda: _image(_tv().resnet18(num_classes=4)))
+    add("tv_resnext_bottleneck", "torchvision", "ResNeXt (bottleneck, grouped 3x3)", tv)(
+        lambda: _image(_tv().resnet.ResNet(_tv().resnet.Bottleneck, [1, 1, 1, 1], num_classes=4,
+                                           groups=4, width_per_group=4)))
+    add("tv_mobilenet_v2", "torchvision", "MobileNetV2 (inverted residuals, ReLU6)", tv)(
+        lambda: _image(_tv().mobilenet_v2(num_classes=4, width_mult=0.25)))
+    add("tv_mobilenet_v3_small", "torchvision",
+        "MobileNetV3 (squeeze-excitation, hardswish)", tv)(
+        lambda: _image(_tv().mobilenet_v3_small(num_classes=4, width_mult=0.25)))
+    add("tv_efficientnet_b0", "torchvision",
+        "EfficientNet-B0 (SE, stochastic depth)", tv)(
+        lambda: _image(_tv().efficientnet_b0(num_classes=4)))
+    add("tv_convnext", "torchvision", "ConvNeXt (LayerNorm2d, layer scale, stochastic depth)",
+        tv)(lambda: _image(_tv().convnext.ConvNeXt(
+            [_tv().convnext.CNBlockConfig(16, 32, 1), _tv().convnext.CNBlockConfig(32, None, 1)],
+            stochastic_depth_prob=0.1, num_classes=4)))
+    add("tv_regnet_y", "torchvision", "RegNetY (grouped, squeeze-excitation)", tv)(
+        lambda: _image(_tv().regnet.RegNet(_tv().regnet.BlockParams.from_init_params(
+            depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, se_ratio=0.25), num_classes=4)))
+    add("tv_shufflenet_v2", "torchvision", "ShuffleNetV2 (channel split + shuffle)", tv)(
+        lambda: _image(_tv().shufflenet_v2_x0_5(num_classes=4)))
+    add("tv_densenet", "torchvision", "DenseNet (dense concatenation)", tv)(
+        lambda: _image(_tv().densenet.DenseNet(growth_rate=8, block_config=(2, 2),
+                                               num_init_features=8, bn_size=2,
+                                               num_classes=4)))
+    add("tv_squeezenet", "torchvision", "SqueezeNet 1.1 (fire modules: parallel concat)", tv)(
+        lambda: _image(_tv().squeezenet1_1(num_classes=4)))
+    add("tv_mnasnet", "torchvision", "MnasNet 0.5", tv)(
+        lambda: _image(_tv().mnasnet0_5(num_classes=4)))
+    add("tv_googlenet", "torchvision", "GoogLeNet (inception branches, no aux heads)", tv)(
+        lambda: _image(_tv().GoogLeNet(num_classes=4, aux_logits=False, init_weights=True)))
+    add("tv_vit", "torchvision", "ViT (class token, nn.MultiheadAttention)", tv)(
+        lambda: _image(_tv().VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                               num_heads=2, hidden_dim=16, mlp_dim=32,
+                                               num_classes=4)))
+    add("tv_swin", "torchvision", "Swin (shifted windows, relative position bias)", tv)(
+        lambda: _image(_tv().SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1],
+                                             num_heads=[1, 2], window_size=[4, 4],
+                                             num_classes=4)))
+    add("tv_lraspp", "torchvision", "LR-ASPP segmentation (MobileNetV3 encoder, dict output)",
+        tv)(lambda: _image(_tv().segmentation.lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=2), side=64))
+
+    # -- timm --------------------------------------------------------------------------------
+    tm = ("timm", "torchvision")
+    for name, family, kwargs, side in _TIMM_MODELS:
+        add(f"timm_{name.split(':')[-1].split('.')[-1].lower()}", "timm", family, tm)(
+            lambda name=name, kwargs=kwargs, side=side: _image(_timm(name, **kwargs), side))
 
     # -- e3nn --------------------------------------------------------------------------------
     add("e3nn_gated_mlp", "e3nn", "equivariant MLP (o3.Linear + Gate)", e3nn)(

@@ -186,6 +186,33 @@ for _cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
     register_rule(_cls, _instancenorm, resize=_resize_batchnorm)
 
 
+def _batchnorm_act(ctx: RuleContext, node: fx.Node, module: nn.BatchNorm2d) -> object:
+    """timm's ``BatchNormAct2d`` (every timm CNN's norm): BatchNorm, then its ``drop`` and
+    ``act`` children. Its channels follow as BatchNorm's when those two treat each element
+    alone (a parameter-free activation or dropout with an elementwise rule); any other child
+    keeps the channels whole, since the compacted layer still runs it."""
+    x = node.args[0]
+    odd = [f"{name} {type(child).__name__}" for name, child in module.named_children()
+           if not _elementwise_module(child)]
+    if odd:
+        info = ctx.tensor_info(x)
+        if info is None:
+            return None
+        return ctx.kept_whole(node, info, odd, module.num_features, info.dim)
+    return _batchnorm(ctx, node, module)
+
+
+def _elementwise_module(module: nn.Module) -> bool:
+    """A module that maps each element alone: registered as unary, with no state to slice."""
+    entry = REGISTRY.for_module(module)
+    return (entry is not None and entry.propagate is unary
+            and next(module.parameters(), None) is None and next(module.buffers(), None) is None)
+
+
+REGISTRY.register_when_imported("timm.layers.norm_act", "BatchNormAct2d", _batchnorm_act,
+                                resize=_resize_batchnorm, input_dim=1)
+
+
 # ---- pooling, resampling, padding ---------------------------------------------------------------
 def _spatial_passthrough(nd: int | None):
     """Ops that act on the trailing ``nd`` spatial dims only (``None``: all dims after 1)."""

@@ -181,6 +181,18 @@ for _name in SHAPE_KEEPING_METHODS:
 for _m in UNARY_MODULES:
     register_rule(_m, unary)
 
+#: timm's own activation modules (``timm.layers.create_act_layer`` builds them): elementwise,
+#: registered when a model's package has been imported
+TIMM_ACTIVATIONS = (
+    *(("timm.layers.activations", _name) for _name in (
+        "Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU",
+        "GELUTanh", "QuickGELU")),
+    *(("timm.layers.activations_me", _name) for _name in (
+        "SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe")),
+)
+for _module, _name in TIMM_ACTIVATIONS:
+    REGISTRY.register_when_imported(_module, _name, unary)
+
 
 # ---- stochastic depth -------------------------------------------------------------------------
 def sample_wise(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:

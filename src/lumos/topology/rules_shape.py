@@ -106,6 +106,24 @@ def _shape_only(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None
     return _reshaped(ctx, node, x, [])
 
 
+def _reshape_as(ctx: RuleContext, node: fx.Node, module: nn.Module | None = None) -> object:
+    """``x.reshape_as(other)`` / ``x.view_as(other)``: the output has ``other``'s shape, so the
+    size of the dim that carries ``x``'s channels comes from ``other``. Exact when ``other``
+    carries the same channels there (their gates become one); otherwise both are kept whole
+    (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)`` is the first case)."""
+    x = node.args[0]
+    other = ctx.info(node.args[1]) if len(node.args) > 1 else None
+    before = ctx.tensor_info(x)
+    out = _reshaped(ctx, node, x, [])
+    if (isinstance(out, TensorInfo) and isinstance(other, TensorInfo) and before is not None
+            and out.layout is before.layout and other.dim == out.dim):
+        unify(out.layout, other.layout, f"{describe(node)} takes its shape from another tensor")
+        return out
+    reason = f"{describe(node)} takes the channel size from another tensor"
+    ctx.pin([i for i in (out, other) if isinstance(i, TensorInfo)], reason)
+    return out
+
+
 def _flatten_module(ctx: RuleContext, node: fx.Node, module: nn.Flatten) -> object:
     return _reshaped(ctx, node, node.args[0], [])
 
@@ -497,6 +515,8 @@ for _f in (torch.permute, torch.transpose, torch.t, torch.movedim, torch.swapaxe
     REGISTRY.register(_f, _permute)
 REGISTRY.register("expand", _expand)
 REGISTRY.register("expand_as", elementwise_pair)
+REGISTRY.register("reshape_as", _reshape_as)
+REGISTRY.register("view_as", _reshape_as)
 REGISTRY.register(operator.getitem, _getitem)
 REGISTRY.register(builtins.getattr, _getattr)
 REGISTRY.register("size", _size)
