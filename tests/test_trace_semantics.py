@@ -445,3 +445,79 @@ def test_guards_on_static_conditions_script_trace_and_still_fire():
     for model in (small, scripted):
         with pytest.raises(Exception, match="traced by LUMOS"):
             model(torch.randn(2, 5, 4))
+
+
+# ---- torch.autocast regions -------------------------------------------------------------------
+class FullPrecisionBlock(nn.Module):
+    """A block that leaves the caller's mixed precision for its second layer (timm's
+    EfficientViT attention does this, with the device read off a tensor)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(d, 16), nn.Linear(16, d)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.b(h.float())
+
+
+def _with_blocks():
+    return nn.Sequential(nn.Linear(4, 8), FullPrecisionBlock(), nn.ReLU(), nn.Linear(8, 32),
+                         nn.ReLU(), nn.Linear(32, 8), FullPrecisionBlock(), nn.Linear(8, 1))
+
+
+def test_a_module_entering_autocast_is_kept_whole_so_mixed_precision_matches_the_model():
+    torch.manual_seed(0)
+    model, x = _with_blocks(), torch.randn(16, 4)
+    with pytest.warns(lumos.LumosWarning, match=r"'1' \(FullPrecisionBlock\) uses "
+                      r"torch.autocast at .*test_trace_semantics.py"):
+        sm = lumos.sparsify(model, (x,), budget=0.6)
+    sm.enforce_budget(0.6)
+    small = sm.eval().compact()
+    assert sm.kept_fraction() < 0.7  # the layers between the blocks are still gated
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), sm(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            gated, compacted = sm(x), small(x)
+    # under mixed precision too: the blocks ran their own full-precision region in both
+    assert gated.dtype == compacted.dtype
+    torch.testing.assert_close(compacted.float(), gated.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_with_gates_open_the_traced_model_keeps_the_regions_precision():
+    torch.manual_seed(0)
+    model, x = _with_blocks().eval(), torch.randn(16, 4)
+    with pytest.warns(lumos.LumosWarning, match="torch.autocast"):
+        sm = lumos.sparsify(model, (x,), budget=None).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        # without the region the block's second layer ran in bfloat16 (0.0023 apart)
+        torch.testing.assert_close(sm(x), model(x), rtol=0, atol=0)
+
+
+def test_a_root_forward_entering_autocast_is_refused_with_the_way_out():
+    with pytest.raises(lumos.UnsupportedModelError,
+                       match=r"FullPrecisionBlock itself uses torch.autocast at .*test_trace_sema"
+                             r"ntics.py.*move the region into a submodule"):
+        lumos.sparsify(FullPrecisionBlock(), (torch.randn(3, 8),))
+
+
+class DataBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h if h.sum() > 0 else -h  # a branch on the data: fx cannot follow it
+
+
+def test_an_untraceable_submodule_error_offers_keep_and_keep_works():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), DataBranch(), nn.Linear(8, 1))
+    x = torch.randn(6, 4)
+    with pytest.raises(lumos.UntraceableModelError,
+                       match=r"in module '2' \(DataBranch\).*keep=\['2'\]"):
+        lumos.sparsify(model, (x,))
+    sm = lumos.sparsify(model, (x,), keep=["2"]).eval()
+    torch.testing.assert_close(sm(x), model.eval()(x))
+    torch.testing.assert_close(sm.compact()(x), sm(x))

@@ -482,6 +482,16 @@ _TIMM_MODELS: list[tuple[str, str, dict, int]] = [
       "use_mlp_head": False}, 32),
     ("levit_128s", "LeViT (BatchNorm linears, attention bias)", {"img_size": 32}, 32),
     ("mobilevit_xxs", "MobileViT-XXS (unfold, transformer, fold)", {}, 64),
+    ("xcit_nano_12_p16_224", "XCiT (cross-covariance attention over channels)",
+     {"img_size": 32, "patch_size": 8, "depth": 2}, 32),
+    ("davit_tiny", "DaViT (spatial and channel attention)",
+     {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 32, 64), "num_heads": (1, 2, 4, 8)}, 64),
+    ("fastvit_t8", "FastViT (reparameterisable mixers)", {}, 64),
+    ("sequencer2d_s", "Sequencer2D (bidirectional LSTMs over rows and columns)",
+     {"layers": (1, 1, 1, 1)}, 64),
+    ("efficientvit_b0", "EfficientViT-MIT (ReLU linear attention in torch.autocast)", {}, 64),
+    ("mobilenetv4_conv_small", "MobileNetV4 (universal inverted bottlenecks)", {}, 64),
+    ("edgenext_xx_small", "EdgeNeXt (split depthwise transpose attention)", {}, 64),
 ]
 
 
@@ -732,6 +742,16 @@ def _build_table() -> list[Entry]:
         lambda: _image(_tv().SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1],
                                              num_heads=[1, 2], window_size=[4, 4],
                                              num_classes=4)))
+    add("tv_maxvit", "torchvision", "MaxViT (MBConv, block and grid attention)", tv)(
+        lambda: _image(_tv().maxvit.MaxVit(input_size=(32, 32), stem_channels=8,
+                                           partition_size=2, block_channels=[8, 16],
+                                           block_layers=[1, 1], head_dim=4,
+                                           stochastic_depth_prob=0.1, num_classes=4)))
+    add("tv_efficientnet_v2_fused", "torchvision", "EfficientNetV2 (fused MBConv, MBConv)", tv)(
+        lambda: _image(_tv().efficientnet.EfficientNet(
+            [_tv().efficientnet.FusedMBConvConfig(1, 3, 1, 8, 8, 1),
+             _tv().efficientnet.MBConvConfig(4, 3, 2, 8, 16, 1)], dropout=0.1, last_channel=32,
+            num_classes=4)))
     add("tv_lraspp", "torchvision", "LR-ASPP segmentation (MobileNetV3 encoder, dict output)",
         tv)(lambda: _image(_tv().segmentation.lraspp_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=2), side=64))

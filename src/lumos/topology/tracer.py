@@ -59,9 +59,12 @@ class LumosTracer(KnownValueTracer):
         self.probe_name = mode_flags.PROBE
         #: modules the user asked to keep whole (one node each, never looked inside)
         self.keep: frozenset[str] = frozenset()
+        #: modules kept as one node because their forward enters ``torch.autocast``
+        self.autocast_leaves: set[str] = set()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep:
+        if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep \
+                or module_qualified_name in self.autocast_leaves:
             return True
         if REGISTRY.trace_forward(m) is not None:
             return False
@@ -183,14 +186,90 @@ def _merge_modes(tracer: LumosTracer, model: nn.Module, graph: fx.Graph, other: 
 
 def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | None,
                 invert: bool) -> tuple[fx.Graph, dict[str, str]]:
+    """One trace in one mode; a module whose forward enters ``torch.autocast`` is kept as one
+    node and the trace starts again (once per such class)."""
+    while True:
+        try:
+            return _trace_in_mode(tracer, model, concrete_args, invert)
+        except _AutocastEntered as entered:
+            _keep_autocast_module(tracer, model, entered.where)
+
+
+class _AutocastEntered(Exception):
+    """A forward entered ``torch.autocast`` while being traced (see :func:`_autocast_stopped`)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+@contextlib.contextmanager
+def _autocast_stopped() -> Iterator[None]:
+    """Stop a trace where a forward makes or enters a ``torch.autocast`` region.
+
+    fx runs a ``with`` block's enter and exit while tracing and records neither, so the traced
+    model would run the region in the caller's precision: under mixed precision its output
+    would differ from the original's (a ``torch.autocast(enabled=False)`` block returned
+    bfloat16 where the model returns float32). The module that enters it is kept as one node
+    instead (it then runs its own forward, region included)."""
+    cls = torch.amp.autocast_mode.autocast
+    init, enter = cls.__init__, cls.__enter__
+
+    def stop(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise _AutocastEntered(_caller_line())
+
+    cls.__init__, cls.__enter__ = stop, stop  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        cls.__init__, cls.__enter__ = init, enter  # type: ignore[method-assign]
+
+
+def _caller_line() -> str:
+    """Where the user's (or a package's) code made the autocast region."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        f = os.path.abspath(frame.filename)
+        if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
+            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+    return "unknown location"
+
+
+def _keep_autocast_module(tracer: LumosTracer, model: nn.Module, where: str) -> None:
+    """Keep every module of the class that entered ``torch.autocast`` as one node (warned),
+    or refuse when the model's own forward did: the root cannot be one node of itself."""
+    path = tracer.failed_in or ""
+    if not path:
+        raise UnsupportedModelError(
+            f"the forward of {type(model).__name__} itself uses torch.autocast at {where}; "
+            "torch.fx cannot record an autocast region, so the traced model would run it in "
+            "the caller's precision (under mixed precision it would differ from yours). Way "
+            "out: move the region into a submodule; LUMOS then keeps that submodule as one "
+            "layer (not gated inside) and it runs its own forward."
+        )
+    cls = type(model.get_submodule(path))
+    paths = {p for p, m in model.named_modules() if type(m) is cls and p}
+    if paths <= tracer.autocast_leaves:  # cannot happen: a leaf is never traced into
+        raise UnsupportedModelError(f"module '{path}' uses torch.autocast at {where}.")
+    tracer.autocast_leaves |= paths
+    warnings.warn(
+        f"module '{path}' ({cls.__name__}) uses torch.autocast at {where}; torch.fx cannot "
+        "record an autocast region, so LUMOS keeps every "
+        f"{cls.__name__} as one layer (not gated inside): it runs its own forward, region "
+        "included, and computes what the original model computes in any precision.",
+        LumosWarning, stacklevel=4)
+
+
+def _trace_in_mode(tracer: LumosTracer, model: nn.Module, concrete_args: dict | None,
+                   invert: bool) -> tuple[fx.Graph, dict[str, str]]:
     tracer.failed_in = None
     tracer.module_stack_paths = []
     tracer.init_known_values(getattr(tracer, "example", None))
     try:
         with mode_flags.flags_installed(model, invert=invert) as flags, \
-                jit_isinstance_patched(tracer), tensor_conversions_patched():
+                jit_isinstance_patched(tracer), tensor_conversions_patched(), \
+                _autocast_stopped():
             graph = tracer.trace(model, concrete_args)
-    except UnsupportedModelError:
+    except (UnsupportedModelError, _AutocastEntered):
         raise
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
         where = tracer.failed_in
@@ -203,8 +282,10 @@ def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | Non
             "that depends on tensor values (if/for on a tensor, .item(), data-dependent shapes). "
             "Ways out: make that branch depend on a constructor argument instead of data, move "
             "it into a small submodule and register it as a leaf with "
-            "lumos.register_rule(YourModule, ...), or pass the constant via "
-            "sparsify(..., concrete_args={...})."
+            "lumos.register_rule(YourModule, ...), pass the constant via "
+            "sparsify(..., concrete_args={...})"
+            + (f", or keep that module whole: sparsify(..., keep=['{where}']) (one layer, not "
+               "gated inside)." if where else ".")
         ) from exc
     return graph, mode_flags.branching_modules(flags)
 
