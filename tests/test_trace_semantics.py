@@ -3,6 +3,7 @@ compact() checking itself."""
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import subprocess
@@ -500,6 +501,42 @@ def test_a_root_forward_entering_autocast_is_refused_with_the_way_out():
                        match=r"FullPrecisionBlock itself uses torch.autocast at .*test_trace_sema"
                              r"ntics.py.*move the region into a submodule"):
         lumos.sparsify(FullPrecisionBlock(), (torch.randn(3, 8),))
+
+
+class ScaleWithoutGradient(nn.Module):
+    """Divides by a statistic computed without autograd (a normaliser the loss must not move)."""
+
+    def __init__(self, decorated: bool = False) -> None:
+        super().__init__()
+        self.decorated = decorated
+
+    @torch.no_grad()
+    def _statistic_decorated(self, h):
+        return h.abs().mean(0, keepdim=True) + 1.0
+
+    def forward(self, h):
+        if self.decorated:
+            return h / self._statistic_decorated(h)
+        with torch.no_grad():
+            scale = h.abs().mean(0, keepdim=True) + 1.0
+        return h / scale
+
+
+@pytest.mark.parametrize("decorated", [False, True], ids=["with-block", "decorator"])
+def test_a_no_grad_region_keeps_its_module_whole_so_gradients_match_the_model(decorated):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), ScaleWithoutGradient(decorated), nn.ReLU(),
+                          nn.Linear(8, 1))
+    original, x = copy.deepcopy(model), torch.randn(16, 4)
+    with pytest.warns(lumos.LumosWarning, match=r"'1' \(ScaleWithoutGradient\) uses "
+                                                r"torch.no_grad at .*gradients would flow"):
+        sm = lumos.sparsify(model, (x,), budget=None, features=[])
+    sm.eval()  # deterministic gates, all open: the gated model is the model
+    original(x).pow(2).sum().backward()
+    sm(x).pow(2).sum().backward()
+    gated_grad = next(p.grad for n, p in sm.named_parameters() if n.endswith("0.weight"))
+    # traced through, the statistic passed gradients: they differed by up to 0.11
+    torch.testing.assert_close(gated_grad, original[0].weight.grad)
 
 
 class DataBranch(nn.Module):

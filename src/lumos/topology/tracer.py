@@ -59,12 +59,13 @@ class LumosTracer(KnownValueTracer):
         self.probe_name = mode_flags.PROBE
         #: modules the user asked to keep whole (one node each, never looked inside)
         self.keep: frozenset[str] = frozenset()
-        #: modules kept as one node because their forward enters ``torch.autocast``
-        self.autocast_leaves: set[str] = set()
+        #: modules kept as one node because their forward enters a region fx cannot record
+        #: (``torch.autocast``, ``torch.no_grad``, ...)
+        self.region_leaves: set[str] = set()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep \
-                or module_qualified_name in self.autocast_leaves:
+                or module_qualified_name in self.region_leaves:
             return True
         if REGISTRY.trace_forward(m) is not None:
             return False
@@ -186,76 +187,112 @@ def _merge_modes(tracer: LumosTracer, model: nn.Module, graph: fx.Graph, other: 
 
 def _trace_once(tracer: LumosTracer, model: nn.Module, concrete_args: dict | None,
                 invert: bool) -> tuple[fx.Graph, dict[str, str]]:
-    """One trace in one mode; a module whose forward enters ``torch.autocast`` is kept as one
-    node and the trace starts again (once per such class)."""
+    """One trace in one mode; a module whose forward enters a region fx cannot record
+    (``torch.autocast``, ``torch.no_grad``, ...) is kept as one node and the trace starts
+    again (once per such class)."""
     while True:
         try:
             return _trace_in_mode(tracer, model, concrete_args, invert)
-        except _AutocastEntered as entered:
-            _keep_autocast_module(tracer, model, entered.where)
+        except _RegionEntered as entered:
+            _keep_region_module(tracer, model, entered)
 
 
-class _AutocastEntered(Exception):
-    """A forward entered ``torch.autocast`` while being traced (see :func:`_autocast_stopped`)."""
+class _RegionEntered(Exception):
+    """A forward entered a region fx cannot record while being traced (see
+    :func:`_regions_stopped`)."""
 
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
+    def __init__(self, kind: str, where: str) -> None:
+        super().__init__(kind, where)
+        self.kind, self.where = kind, where
+
+
+#: context managers fx runs while tracing and records nothing of, and what they change
+_REGIONS: dict[str, str] = {
+    "torch.autocast": "so the traced model would run the region in the caller's precision",
+    "torch.no_grad": "so gradients would flow through the region in training",
+    "torch.enable_grad": "so the region would follow the caller's gradient mode",
+    "torch.set_grad_enabled": "so the region would follow the caller's gradient mode",
+    "torch.inference_mode": "so the region would follow the caller's gradient mode",
+}
+
+
+def _region_classes() -> dict[type, str]:
+    return {torch.amp.autocast_mode.autocast: "torch.autocast",
+            torch.no_grad: "torch.no_grad", torch.enable_grad: "torch.enable_grad",
+            torch.set_grad_enabled: "torch.set_grad_enabled",
+            torch.inference_mode: "torch.inference_mode"}
 
 
 @contextlib.contextmanager
-def _autocast_stopped() -> Iterator[None]:
-    """Stop a trace where a forward makes or enters a ``torch.autocast`` region.
+def _regions_stopped() -> Iterator[None]:
+    """Stop a trace where the traced code makes or enters one of :data:`_REGIONS`.
 
     fx runs a ``with`` block's enter and exit while tracing and records neither, so the traced
-    model would run the region in the caller's precision: under mixed precision its output
-    would differ from the original's (a ``torch.autocast(enabled=False)`` block returned
-    bfloat16 where the model returns float32). The module that enters it is kept as one node
-    instead (it then runs its own forward, region included)."""
-    cls = torch.amp.autocast_mode.autocast
-    init, enter = cls.__init__, cls.__enter__
-
-    def stop(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        raise _AutocastEntered(_caller_line())
-
-    cls.__init__, cls.__enter__ = stop, stop  # type: ignore[method-assign, assignment]
+    model would run the region's ops without it: under mixed precision a
+    ``torch.autocast(enabled=False)`` block returned bfloat16 where the model returns float32,
+    and a ``torch.no_grad()`` block would pass gradients in training. The module that enters
+    one is kept as one node instead (it runs its own forward, region included). Regions that
+    torch or LUMOS open while tracing are not the model's and pass."""
+    saved = []
+    for cls, kind in _region_classes().items():
+        methods = ("__init__", "__enter__") if kind == "torch.autocast" else ("__enter__",)
+        for name in methods:
+            original = vars(cls).get(name) or getattr(cls, name)
+            saved.append((cls, name, name in vars(cls), original))
+            setattr(cls, name, _stop_at(kind, original))
     try:
         yield
     finally:
-        cls.__init__, cls.__enter__ = init, enter  # type: ignore[method-assign]
+        for cls, name, own, original in reversed(saved):
+            if own:
+                setattr(cls, name, original)
+            else:
+                delattr(cls, name)
 
 
-def _caller_line() -> str:
-    """Where the user's (or a package's) code made the autocast region."""
+def _stop_at(kind: str, original):  # noqa: ANN001, ANN202
+    def stop(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        where = _caller_line()
+        if where is None:  # torch's or LUMOS's own region
+            return original(self, *args, **kwargs)
+        raise _RegionEntered(kind, where)
+    return stop
+
+
+def _caller_line() -> str | None:
+    """Where the model's code (the user's or a package's) made the region, or None when the
+    innermost frame outside torch is LUMOS's."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         f = os.path.abspath(frame.filename)
-        if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
-            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
-    return "unknown location"
+        if f.startswith(_TORCH_DIR) or frame.filename.startswith("<"):
+            continue
+        if f.startswith(_LUMOS_DIR):
+            return None
+        return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+    return None
 
 
-def _keep_autocast_module(tracer: LumosTracer, model: nn.Module, where: str) -> None:
-    """Keep every module of the class that entered ``torch.autocast`` as one node (warned),
-    or refuse when the model's own forward did: the root cannot be one node of itself."""
-    path = tracer.failed_in or ""
+def _keep_region_module(tracer: LumosTracer, model: nn.Module, entered: _RegionEntered) -> None:
+    """Keep every module of the class that entered the region as one node (warned), or refuse
+    when the model's own forward did: the root cannot be one node of itself."""
+    path, kind, where = tracer.failed_in or "", entered.kind, entered.where
+    why = f"torch.fx cannot record a {kind} region, {_REGIONS[kind]}"
     if not path:
         raise UnsupportedModelError(
-            f"the forward of {type(model).__name__} itself uses torch.autocast at {where}; "
-            "torch.fx cannot record an autocast region, so the traced model would run it in "
-            "the caller's precision (under mixed precision it would differ from yours). Way "
-            "out: move the region into a submodule; LUMOS then keeps that submodule as one "
-            "layer (not gated inside) and it runs its own forward."
+            f"the forward of {type(model).__name__} itself uses {kind} at {where}; {why} "
+            "(it would differ from your model). Way out: move the region into a submodule; "
+            "LUMOS then keeps that submodule as one layer (not gated inside) and it runs its "
+            "own forward."
         )
     cls = type(model.get_submodule(path))
     paths = {p for p, m in model.named_modules() if type(m) is cls and p}
-    if paths <= tracer.autocast_leaves:  # cannot happen: a leaf is never traced into
-        raise UnsupportedModelError(f"module '{path}' uses torch.autocast at {where}.")
-    tracer.autocast_leaves |= paths
+    if paths <= tracer.region_leaves:  # cannot happen: a leaf is never traced into
+        raise UnsupportedModelError(f"module '{path}' uses {kind} at {where}; {why}.")
+    tracer.region_leaves |= paths
     warnings.warn(
-        f"module '{path}' ({cls.__name__}) uses torch.autocast at {where}; torch.fx cannot "
-        "record an autocast region, so LUMOS keeps every "
+        f"module '{path}' ({cls.__name__}) uses {kind} at {where}; {why}, so LUMOS keeps every "
         f"{cls.__name__} as one layer (not gated inside): it runs its own forward, region "
-        "included, and computes what the original model computes in any precision.",
+        "included, as in the original model.",
         LumosWarning, stacklevel=4)
 
 
@@ -267,9 +304,9 @@ def _trace_in_mode(tracer: LumosTracer, model: nn.Module, concrete_args: dict | 
     try:
         with mode_flags.flags_installed(model, invert=invert) as flags, \
                 jit_isinstance_patched(tracer), tensor_conversions_patched(), \
-                _autocast_stopped():
+                _regions_stopped():
             graph = tracer.trace(model, concrete_args)
-    except (UnsupportedModelError, _AutocastEntered):
+    except (UnsupportedModelError, _RegionEntered):
         raise
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
         where = tracer.failed_in
