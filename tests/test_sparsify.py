@@ -514,3 +514,28 @@ def test_numpy_and_pandas_inputs_are_told_how_to_convert():
     pd = pytest.importorskip("pandas")
     with pytest.raises(lumos.ConfigurationError, match=r"df\.to_numpy\(\)"):
         lumos.sparsify(MLP(d=6), pd.DataFrame(array), budget=0.5)
+
+
+@pytest.mark.parametrize("norm", [torch.nn.utils.weight_norm, torch.nn.utils.spectral_norm],
+                         ids=["weight_norm", "spectral_norm"])
+def test_hook_made_weights_are_kept_whole_and_compact_after_training(norm):
+    """The hook-based weight_norm / spectral_norm rebuild ``weight`` before every call: its
+    layer is kept whole (slicing ``weight`` would be undone), the rest is gated, and compact()
+    copies the model although ``weight`` is not a graph leaf after a training step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), norm(nn.Linear(32, 16)), nn.ReLU(),
+                          nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    x = torch.randn(24, 6)
+    sm = lumos.sparsify(model, (x,), budget=0.6)
+    optimizer = torch.optim.Adam(sm.parameters(), 1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        (sm(x).pow(2).mean() + sm.penalty()).backward()
+        optimizer.step()
+    sm.enforce_budget(0.6)
+    sm.eval()
+    assert "made by a forward pre-hook" in sm.report()
+    small = sm.compact()
+    torch.testing.assert_close(small(x), sm(x))
+    assert small.get_submodule("2").weight.shape == (16, 32)  # the normed layer, whole
+    assert sm.kept_fraction() < 0.9  # the layers after it are still gated

@@ -8,13 +8,13 @@ without LUMOS. Fractional deterministic gates are folded into the reading layer'
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections import defaultdict
 
 import torch
 from torch import fx, nn
 
+from .copying import copy_model
 from .errors import ConfigurationError
 from .gating import strip_gates
 from .topology.registry import REGISTRY
@@ -39,7 +39,7 @@ def compact(sm, inputs: str = "full") -> fx.GraphModule:
     values = sm.gate_values().double().cpu()
     keep = torch.cat([sm.kept_mask().cpu(), torch.ones(1, dtype=torch.bool)])
     device = sm.gates.log_alpha.device
-    gm = copy.deepcopy(sm.model)
+    gm = copy_model(sm.model)
     nodes = {n.name: n for n in gm.graph.nodes}
 
     def kept(layout: Layout) -> torch.Tensor:

@@ -17,7 +17,6 @@ errors, which the checks accept (see docs/estimators.md).
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import warnings
@@ -42,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
     ) from exc
 
 from . import SparseModel, sparsify
+from .copying import copy_model
 from .errors import ConfigurationError, LumosWarning
 from .measure import count_params
 from .options import DEFAULT_FEATURE_PENALTY, GateOptions
@@ -411,7 +411,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         device = next(model.parameters()).device
         x = torch.tensor(X, dtype=torch.float64, device=device)
         # float64 so a row's prediction does not depend on which rows share its batch
-        model64 = copy.deepcopy(model).double().eval()
+        model64 = copy_model(model).double().eval()
         with torch.no_grad():
             out = [model64(x[i : i + PREDICT_BATCH]) for i in range(0, len(x), PREDICT_BATCH)]
         return torch.cat(out).cpu().numpy()
@@ -424,7 +424,7 @@ class _LumosEstimator(SelectorMixin, BaseEstimator):
         (classifier, columns in the order of ``classes_``). It reloads without LUMOS.
         """
         check_is_fitted(self, "compacted_model_")
-        return copy.deepcopy(self.compacted_model_)
+        return copy_model(self.compacted_model_)
 
     def report(self) -> str:
         """What the fit kept: widths per layer, features, parameters and FLOPs."""

@@ -19,7 +19,6 @@ model in memory):
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import inspect
 import io
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .copying import copy_model
 from .errors import CheckpointError, ConfigurationError, UnsupportedModelError
 from .measure import call_latency, latency
 
@@ -175,7 +175,7 @@ def _script(model: nn.Module, fmt: str) -> torch.jit.ScriptModule:
 
 def _untyped_trace(model: nn.Module) -> torch.fx.GraphModule:
     """The model's fx graph (a copy, for a GraphModule) with no type annotations."""
-    gm = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) \
+    gm = copy_model(model) if isinstance(model, torch.fx.GraphModule) \
         else torch.fx.symbolic_trace(model)
     for node in gm.graph.nodes:
         node.type = None
@@ -334,7 +334,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple[Tensor, ...]
     if any(m.training for m in model.modules()):
         return model, 0  # BatchNorm in training mode normalises by the batch: nothing folds
     try:
-        gm = copy.deepcopy(model)
+        gm = copy_model(model)
         if not isinstance(gm, torch.fx.GraphModule):
             gm = torch.fx.symbolic_trace(gm)
         ShapeProp(gm).propagate(*example_inputs)
@@ -474,7 +474,7 @@ def _state_dict(model, inputs, names, expected, folder: Path) -> ExportResult:
         lines += ["", "# forward (torch.fx code of the compacted model)", model.code.strip()]
     (folder / "architecture.txt").write_text("\n".join(lines) + "\n")
     reloaded = torch.load(path, weights_only=True)
-    twin = copy.deepcopy(model)
+    twin = copy_model(model)
     twin.load_state_dict(reloaded)
     with torch.no_grad():
         diff = _check(expected, twin(*inputs), "state_dict")

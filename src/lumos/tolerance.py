@@ -69,6 +69,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .copying import copy_model
 from .errors import ConfigurationError
 from .options import GateOptions
 from .pipeline import sparsify
@@ -220,7 +221,7 @@ def fit_within_tolerance(
         return scored(m)[0]
 
     if reference is None:
-        dense = copy.deepcopy(model)
+        dense = copy_model(model)
         history = train(dense, train_loader, epochs=epochs, val_data=val_data,
                         metrics=metrics, **fit_kwargs)
         reference = [float(values.get(primary, math.nan)) for values in history.val]

@@ -149,6 +149,18 @@ class RuleContext:
                                 "without a channel rule")
             elif len(by_tensor[id(self.attr(*key))]) > 1:
                 role.layout.pin(f"parameter {role.owner}.{role.name} is tied to another module")
+            elif self._made_by_a_pre_hook(*key):
+                role.layout.pin(
+                    f"{role.owner}.{role.name} is not stored but made by a forward pre-hook on "
+                    "every call (torch.nn.utils.weight_norm / spectral_norm): kept whole")
+
+    def _made_by_a_pre_hook(self, owner: str, name: str) -> bool:
+        """``owner.name`` is a plain tensor attribute of a module with forward pre-hooks: the
+        hook-based ``weight_norm``/``spectral_norm`` rebuild ``weight`` from other parameters
+        before each call, so slicing it would be undone (and its sources stay whole)."""
+        module = self.gm.get_submodule(owner) if owner else self.gm
+        return (bool(module._forward_pre_hooks) and name not in module._parameters
+                and name not in module._buffers)
 
     def site(self, node: fx.Node, arg: int | str, dim: int, layout: Layout) -> None:
         """Gate argument ``arg`` (position or keyword) of ``node`` along ``dim``: the layer
