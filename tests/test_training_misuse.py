@@ -225,3 +225,35 @@ if __name__ == "__main__":  # the worker torchrun starts
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     _worker(parser.parse_args().out)
+
+
+@pytest.mark.parametrize("wrap, match", [
+    (lambda m: torch.nn.DataParallel(m), r"DataParallel-wrapped model.*model\.module"),
+    (lambda m: torch.jit.script(m), r"TorchScript module.*pass the original nn.Module"),
+    (lambda m: torch.jit.trace(m, (torch.randn(4, 6),)), r"TorchScript module"),
+    (lambda m: m.to("meta"), r"'0.weight' is on the meta device.*to_empty"),
+], ids=["DataParallel", "jit.script", "jit.trace", "meta"])
+def test_wrapped_compiled_or_empty_models_are_refused_with_the_way_out(wrap, match):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with pytest.raises(lumos.ConfigurationError, match=match):
+        lumos.sparsify(wrap(model), (torch.randn(4, 6),))
+
+
+def test_a_torchscript_submodule_runs_as_compiled_with_its_channels_kept():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(),
+                                torch.jit.script(torch.nn.Linear(16, 16)), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 1))
+    x = torch.randn(8, 6)
+    sm = lumos.sparsify(model, (x,), budget=0.8)
+    sm.enforce_budget(0.8)
+    sm.eval()
+    torch.testing.assert_close(sm.compact()(x), sm(x))
+    assert "module '2'" in sm.report()
+
+
+def test_example_inputs_without_values_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with pytest.raises(lumos.InputError, match=r"hold no values \('input' \(0, 6\)\)"):
+        lumos.sparsify(model, (torch.randn(0, 6),))

@@ -88,6 +88,13 @@ def bind_example(model: torch.nn.Module, example_inputs) -> tuple[inspect.Signat
     bound.apply_defaults()
     for name, value in bound.arguments.items():
         check_finite(name, value, "example inputs")
+    tensors = {n: v for n, v in bound.arguments.items() if isinstance(v, Tensor)}
+    if tensors and all(v.numel() == 0 for v in tensors.values()):
+        shapes = ", ".join(f"'{n}' {tuple(v.shape)}" for n, v in tensors.items())
+        raise InputError(
+            f"the example inputs hold no values ({shapes}): LUMOS runs the model on them to "
+            "read its layers and the sizes its forward computes. Pass a few real samples, "
+            "shaped as real batches.")
     return signature, dict(bound.arguments)
 
 

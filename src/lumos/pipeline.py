@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from . import topology
@@ -257,6 +258,22 @@ def _check_model(model: object) -> None:
             "original module (model._orig_mod) and compile the SparseModel or the compacted "
             "model afterwards."
         )
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise ConfigurationError(
+            f"sparsify got a {type(model).__name__}-wrapped model; pass the module it wraps "
+            "(model.module); lumos.training.train wraps the SparseModel in DistributedDataParallel "
+            "itself under torchrun.")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigurationError(
+            f"sparsify got a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or torch.jit.trace), which torch.fx cannot read; pass the original nn.Module.")
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if t.is_meta), None)
+    if meta is not None:
+        raise ConfigurationError(
+            f"the model's '{meta}' is on the meta device (no values): LUMOS runs the model on "
+            "its example inputs. Materialise it first (model.to_empty(device='cpu'), then "
+            "initialise or load the weights).")
 
 
 #: what a budget may measure (``sparsify(budget_on=...)``)

@@ -76,10 +76,13 @@ _INSTALLED: list[tuple[nn.Module, ModeFlag]] = []
 def flags_installed(model: nn.Module, invert: bool = False) -> Iterator[list[ModeFlag]]:
     """Replace every module's ``training`` by a :class:`ModeFlag` for the block (restored
     after, whatever happens). ``invert``: trace the mode the model is *not* in."""
-    saved = [(m, m.__dict__["training"]) for m in model.modules()]
+    # a TorchScript submodule keeps ``training`` in C++ (it is a leaf, run as compiled)
+    saved = [(m, m.__dict__["training"]) for m in model.modules() if "training" in m.__dict__]
     flags = []
     try:
         for path, m in model.named_modules():
+            if "training" not in m.__dict__:
+                continue
             flag = ModeFlag(path, bool(m.__dict__["training"]) != invert)
             m.__dict__["training"] = flag
             flags.append(flag)

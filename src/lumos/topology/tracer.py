@@ -67,6 +67,8 @@ class LumosTracer(KnownValueTracer):
         if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep \
                 or module_qualified_name in self.region_leaves:
             return True
+        if isinstance(m, torch.jit.ScriptModule):
+            return True  # compiled: fx cannot read it; run as it is, its channels kept whole
         if REGISTRY.trace_forward(m) is not None:
             return False
         if REGISTRY.is_leaf(m):
