@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -557,4 +558,32 @@ def test_an_untraceable_submodule_error_offers_keep_and_keep_works():
         lumos.sparsify(model, (x,))
     sm = lumos.sparsify(model, (x,), keep=["2"]).eval()
     torch.testing.assert_close(sm(x), model.eval()(x))
+    torch.testing.assert_close(sm.compact()(x), sm(x))
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.a, self.c = nn.Linear(6, 32), nn.Linear(32, 1)
+        self.b = nn.Sequential(nn.Linear(32, 32), nn.ReLU())
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.utils.checkpoint.checkpoint(self.b, h, use_reentrant=self.reentrant)
+        return self.c(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_is_torch_s_region_and_stays_gated(reentrant):
+    """torch.utils.checkpoint runs its function under no_grad (reentrant) or saved-tensor
+    hooks: regions of torch's that change memory, not values or gradients."""
+    torch.manual_seed(0)
+    model, x = Checkpointed(reentrant), torch.randn(16, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        sm = lumos.sparsify(model, (x,), budget=0.6)
+    sm.enforce_budget(0.6)
+    sm.eval()
+    assert sm.kept_fraction() <= 0.6
     torch.testing.assert_close(sm.compact()(x), sm(x))

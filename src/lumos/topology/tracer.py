@@ -262,16 +262,26 @@ def _stop_at(kind: str, original):  # noqa: ANN001, ANN202
 
 
 def _caller_line() -> str | None:
-    """Where the model's code (the user's or a package's) made the region, or None when the
-    innermost frame outside torch is LUMOS's."""
+    """Where the model's code (the user's or a package's) made the region, or None when torch
+    or LUMOS made it (``torch.utils.checkpoint`` runs its function under ``no_grad``: a region
+    of torch's that changes memory, not values or gradients).
+
+    The code that made it is the innermost frame outside the context-manager machinery (the
+    decorator forms of ``no_grad``/``autocast`` and ``contextlib``)."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         f = os.path.abspath(frame.filename)
-        if f.startswith(_TORCH_DIR) or frame.filename.startswith("<"):
+        if f.endswith(_REGION_MACHINERY) or frame.filename.startswith("<"):
             continue
-        if f.startswith(_LUMOS_DIR):
+        if f.startswith((_TORCH_DIR, _LUMOS_DIR)):
             return None
         return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
     return None
+
+
+#: where ``with``-statement and decorator forms of the regions run (skipped to find their user)
+_REGION_MACHINERY = tuple(os.sep + os.path.join(*p) for p in (
+    ("torch", "utils", "_contextlib.py"), ("torch", "amp", "autocast_mode.py"),
+    ("torch", "autograd", "grad_mode.py"), ("contextlib.py",)))
 
 
 def _keep_region_module(tracer: LumosTracer, model: nn.Module, entered: _RegionEntered) -> None:
