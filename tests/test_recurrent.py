@@ -108,3 +108,34 @@ def test_a_cell_given_a_state_of_its_own_is_kept_whole_and_says_so():
     assert "cell" not in {g.name for g in sm.graph_info.groups}
     assert "state LUMOS does not track" in sm.report()
     assert_compacts_exactly(sm, (x, h0), batch_sizes=None)
+
+
+class PackedGRU(nn.Module):
+    """Variable-length sequences the usual way: pack, run the GRU, read the last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.rnn = nn.Linear(6, 16), nn.GRU(16, 32, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(self.inp(x), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return self.head(h[-1])
+
+
+def test_a_packed_sequence_into_a_recurrent_layer_traces_and_compacts_exactly():
+    """fx's shape pass could not record a PackedSequence and blamed the example inputs; the
+    recurrent layer reading one is kept whole, the head after it is still gated."""
+    torch.manual_seed(0)
+    model = PackedGRU()
+    x, lengths = torch.randn(4, 10, 6), torch.tensor([10, 7, 5, 3])
+    sm = lumos.sparsify(model, (x, lengths), budget=0.9)
+    sm.enforce_budget(0.9)
+    sm.eval()
+    small = sm.compact()
+    assert small.get_submodule("head.0").out_features < 32  # the head's neurons are gated
+    other = torch.randn(3, 8, 6), torch.tensor([8, 2, 6])
+    for args in ((x, lengths), other):
+        torch.testing.assert_close(small(*args), sm(*args))

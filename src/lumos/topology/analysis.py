@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from ..errors import InputError, LumosError
 from ..modes import evaluating
@@ -61,7 +62,7 @@ def propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
     """
     try:
         with evaluating(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(gm).propagate(*example_args)
+            _ShapeProp(gm).propagate(*example_args)
     except Exception as exc:
         cause = exc.__cause__ or exc
         node = re.search(r"node=%(\S+)", str(exc))
@@ -73,6 +74,39 @@ def propagate_shapes(gm: fx.GraphModule, example_args: tuple) -> None:
             "and devices as real batches, several samples per batch) and check that "
             "model(*example_inputs) works."
         ) from None
+
+
+class _ShapeProp(ShapeProp):
+    """fx's ShapeProp, whose metadata step survives values it cannot rebuild.
+
+    fx records a node's metadata by rebuilding its value with every tensor replaced by its
+    metadata; a ``PackedSequence`` (``pack_padded_sequence``, for variable-length sequences
+    into a recurrent layer) reads ``.device`` off its fields when rebuilt, so the run failed as
+    if the model could not run its own example. Such a node records no tensor metadata (what
+    reads it is then kept whole by the rules) and the run goes on."""
+
+    def run_node(self, n: fx.Node):  # noqa: ANN201 - fx's signature
+        try:
+            result = fx.Interpreter.run_node(self, n)
+        except Exception as exc:
+            raise RuntimeError(f"ShapeProp error for: node={n.format_node()}") from exc
+        found = False
+
+        def extract(value):  # noqa: ANN001, ANN202
+            nonlocal found
+            if isinstance(value, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(value)
+            return value
+
+        try:
+            meta = map_aggregate(result, extract)
+        except Exception:  # noqa: BLE001 - a container fx cannot rebuild from metadata
+            found = False
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
 
 
 class ChannelGraph:
