@@ -40,13 +40,19 @@ HAS_PYG = importlib.util.find_spec("torch_geometric") is not None
 if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single nodes
     import torch_geometric.nn as pyg_nn
     from torch_geometric.nn import (
+        ChebConv,
         EdgeConv,
         GATConv,
         GATv2Conv,
         GCNConv,
         GINConv,
+        GraphConv,
+        LEConv,
         PNAConv,
+        ResGatedGraphConv,
         SAGEConv,
+        SGConv,
+        TAGConv,
         global_add_pool,
         global_max_pool,
         global_mean_pool,
@@ -1242,6 +1248,23 @@ GRAPH_LAYERS = {
     "linear": (lambda: GeometricLinear(H, 5), 5),
     "edge": (lambda: EdgeConv(nn.Sequential(nn.Linear(2 * H, 5), nn.ReLU(), nn.Linear(5, 5)),
                               aggr="max"), 5),
+    # sums of Linear children over channelwise propagations
+    "graphconv": (lambda: GraphConv(H, 5), 5),
+    "graphconv-mean": (lambda: GraphConv(H, 5, aggr="mean"), 5),
+    "graphconv-lstm": (lambda: GraphConv(H, 5, aggr=pyg_aggr.MultiAggregation(
+        ["mean", "std"], mode="proj", mode_kwargs={"in_channels": H, "out_channels": H})),
+        5),  # an aggregation that mixes channels: kept whole
+    "sgconv": (lambda: SGConv(H, 5, K=2), 5),
+    "sgconv-cached": (lambda: SGConv(H, 5, K=2, cached=True), 5),  # kept whole
+    "tagconv": (lambda: TAGConv(H, 5, K=2), 5),
+    "tagconv-plain": (lambda: TAGConv(H, 5, K=3, normalize=False, bias=False), 5),
+    "chebconv": (lambda: ChebConv(H, 5, K=3), 5),
+    "chebconv-rw": (lambda: ChebConv(H, 5, K=2, normalization="rw"), 5),
+    "leconv": (lambda: LEConv(H, 5), 5),
+    "resgated": (lambda: ResGatedGraphConv(H, 5), 5),
+    "resgated-no-root-relu": (lambda: ResGatedGraphConv(H, 5, act=nn.ReLU(),
+                                                        root_weight=False), 5),
+    "resgated-prelu": (lambda: ResGatedGraphConv(H, 5, act=nn.PReLU(5)), 5),  # kept whole
 }
 #: PNA with every aggregator and scaler PyG has for it (a degree histogram of small graphs)
 PNA_AGGREGATORS = ["mean", "min", "max", "std", "var", "sum"]
@@ -1361,6 +1384,19 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "scatter-mean": ("scatter", ("scatter",), ()),
     "scatter-sum": ("scatter-sum", ("scatter",), ()),
     "EdgeConv": ("edge", ("scatter",), ("EdgeConv",)),
+    "GraphConv": ("graphconv", ("GraphConv",), ()),
+    "GraphConv-mean": ("graphconv-mean", ("GraphConv",), ()),
+    "GraphConv-mixing-aggregation": ("graphconv-lstm", ("GraphConv",), ()),
+    "SGConv": ("sgconv", ("SGConv",), ()),
+    "SGConv-cached": ("sgconv-cached", ("SGConv",), ()),
+    "TAGConv": ("tagconv", ("TAGConv",), ()),
+    "TAGConv-plain": ("tagconv-plain", ("TAGConv",), ()),
+    "ChebConv": ("chebconv", ("ChebConv",), ()),
+    "ChebConv-rw": ("chebconv-rw", ("ChebConv",), ()),
+    "LEConv": ("leconv", ("LEConv",), ()),
+    "ResGatedGraphConv": ("resgated", ("ResGatedGraphConv",), ()),
+    "ResGatedGraphConv-no-root-relu": ("resgated-no-root-relu", ("ResGatedGraphConv",), ()),
+    "ResGatedGraphConv-prelu": ("resgated-prelu", ("ResGatedGraphConv",), ()),
     "CFConv": ("cfconv", ("scatter",), ("CFConv",)),
     **{f"pyg-{kind}": (kind, (f"_{kind}",), ()) for kind in AGGREGATIONS},
 }

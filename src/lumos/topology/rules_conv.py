@@ -20,7 +20,7 @@ from .context import RuleContext, describe
 from .infos import TensorInfo, TupleInfo
 from .registry import REGISTRY, register_rule
 from .rule_helpers import node_arg, positive_dim, target_path
-from .rules_elementwise import elementwise_pair, unary
+from .rules_elementwise import elementwise_module, elementwise_pair, unary
 from .spaces import Layout
 
 
@@ -193,20 +193,13 @@ def _batchnorm_act(ctx: RuleContext, node: fx.Node, module: nn.BatchNorm2d) -> o
     keeps the channels whole, since the compacted layer still runs it."""
     x = node.args[0]
     odd = [f"{name} {type(child).__name__}" for name, child in module.named_children()
-           if not _elementwise_module(child)]
+           if not elementwise_module(child)]
     if odd:
         info = ctx.tensor_info(x)
         if info is None:
             return None
         return ctx.kept_whole(node, info, odd, module.num_features, info.dim)
     return _batchnorm(ctx, node, module)
-
-
-def _elementwise_module(module: nn.Module) -> bool:
-    """A module that maps each element alone: registered as unary, with no state to slice."""
-    entry = REGISTRY.for_module(module)
-    return (entry is not None and entry.propagate is unary
-            and next(module.parameters(), None) is None and next(module.buffers(), None) is None)
 
 
 REGISTRY.register_when_imported("timm.layers.norm_act", "BatchNormAct2d", _batchnorm_act,

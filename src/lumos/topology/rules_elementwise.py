@@ -119,6 +119,14 @@ def shape_passthrough(ctx: RuleContext, node: fx.Node, module: nn.Module | None 
     return info if isinstance(info, (TensorInfo, AttrInfo)) else None
 
 
+def elementwise_module(module: nn.Module) -> bool:
+    """A module that maps each element alone: registered as unary, with no state to slice
+    (what a layer may run after its channels without keeping them whole)."""
+    entry = REGISTRY.for_module(module)
+    return (entry is not None and entry.propagate is unary
+            and next(module.parameters(), None) is None and next(module.buffers(), None) is None)
+
+
 # ---- registration -----------------------------------------------------------------------------
 UNARY_FUNCTIONS: list[Callable[..., Any]] = [
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.log1p, torch.expm1,

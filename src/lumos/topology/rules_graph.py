@@ -17,13 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch_geometric.nn import (
+    ChebConv,
     EdgeConv,
     GATConv,
     GATv2Conv,
     GCNConv,
     GINConv,
+    GraphConv,
+    LEConv,
     PNAConv,
+    ResGatedGraphConv,
     SAGEConv,
+    SGConv,
+    TAGConv,
     global_add_pool,
     global_max_pool,
     global_mean_pool,
@@ -52,6 +58,7 @@ from .context import RuleContext, describe
 from .infos import TensorInfo
 from .registry import REGISTRY, register_leaf_function, register_rule, register_trace_forward
 from .rule_helpers import node_arg, positive_dim, target_path
+from .rules_elementwise import elementwise_module
 from .rules_linear import _linear_module
 from .rules_norm import lower_stat_norm, stat_norm
 from .spaces import Layout, unify
@@ -126,6 +133,77 @@ def _sage(ctx: RuleContext, node: fx.Node, module: SAGEConv) -> object:
     if module.normalize:  # L2 norm over the output channels couples them
         out.pin(f"{describe(node)} L2-normalises its output channels")
     return TensorInfo(-1, out)
+
+
+#: channelwise aggregations: they commute with a per-channel gate (sum, mean, max, min)
+_CHANNELWISE_AGGR = ("mean", "add", "sum", "max", "min")
+
+
+class _LinearSum:
+    """The rule of a layer computing ``sum_k lin_k(P_k(x)) (+ bias)``: each ``P_k`` a
+    propagation that treats channels alone (neighbour sums, powers of the normalised
+    adjacency, Chebyshev polynomials of the Laplacian), each ``lin_k`` a Linear child, or a
+    sigmoid gate of such sums times another (ResGatedGraphConv). Every child reads the input
+    channels (its columns) and writes the output channels (its rows), like GCN's ``lin``.
+
+    ``children(module)`` names the Linear children; ``problem(module)`` says why a
+    configuration mixes channels or keeps state (then the layer is kept whole)."""
+
+    def __init__(self, children, problem) -> None:  # noqa: ANN001
+        self.children, self.problem = children, problem
+
+    def __call__(self, ctx: RuleContext, node: fx.Node, module: MessagePassing) -> object:
+        owner = target_path(node)
+        x = node.args[0] if node.args else node.kwargs.get("x")
+        problem = self.problem(module) or (
+            "bipartite input" if isinstance(x, (tuple, list))
+            or not isinstance(module.in_channels, int) else None)
+        if problem:
+            return _keep_whole(ctx, node, problem, module.out_channels)
+        in_layout = _node_input(ctx, node, owner, module.in_channels)
+        out = Layout.of(ctx.new_space(module.out_channels, "hidden", owner))
+        rows = _rows(ctx, node)
+        for name in self.children(module):
+            _lin(ctx, owner, name, in_layout, out, rows)
+            if module.get_submodule(name).bias is not None:
+                ctx.role(f"{owner}.{name}", "bias", 0, out)
+                ctx.param_cost(f"{owner}.{name}", "bias", (out,))
+        if isinstance(getattr(module, "bias", None), nn.Parameter):
+            ctx.role(owner, "bias", 0, out)
+            ctx.param_cost(owner, "bias", (out,))
+        return TensorInfo(-1, out)
+
+
+def _aggregation_problem(module: MessagePassing) -> str | None:
+    aggr = getattr(module, "aggr", None)
+    return None if isinstance(aggr, str) and aggr in _CHANNELWISE_AGGR \
+        else f"aggregation {aggr!r} mixes channels"
+
+
+def _resize_linear_children(module: MessagePassing) -> None:
+    """in/out channels of the layer and of its PyG Linear children from their weights."""
+    linears = [m for m in module.modules() if isinstance(m, GeometricLinear)]
+    for lin in linears:
+        lin.out_channels, lin.in_channels = lin.weight.shape
+    module.out_channels, module.in_channels = linears[0].weight.shape
+
+
+_LINEAR_SUMS: list[tuple[type[nn.Module], _LinearSum]] = [
+    (GraphConv, _LinearSum(lambda m: ["lin_rel", "lin_root"], _aggregation_problem)),
+    (SGConv, _LinearSum(lambda m: ["lin"], lambda m: "cached=True (it keeps the propagated "
+                        "input, with all its channels)" if m.cached else None)),
+    (TAGConv, _LinearSum(lambda m: [f"lins.{k}" for k in range(len(m.lins))],
+                         lambda m: None)),
+    (ChebConv, _LinearSum(lambda m: [f"lins.{k}" for k in range(len(m.lins))],
+                          lambda m: None)),
+    (LEConv, _LinearSum(lambda m: ["lin1", "lin2", "lin3"], _aggregation_problem)),
+    (ResGatedGraphConv, _LinearSum(
+        lambda m: ["lin_key", "lin_query", "lin_value"] + (["lin_skip"] if m.root_weight
+                                                           else []),
+        lambda m: "edge features (edge_dim)" if m.edge_dim is not None
+        else f"activation {type(m.act).__name__}" if not elementwise_module(m.act)
+        else _aggregation_problem(m))),
+]
 
 
 def _bipartite_input(ctx: RuleContext, node: fx.Node, x) -> Layout | None:
@@ -582,6 +660,7 @@ def register_all() -> None:
         (GraphInstanceNorm, _graph_channelwise, {"resize": _resize_graph_norm}),
         (GraphLayerNorm, _graph_layer_norm, {"lower": lower_stat_norm}),
         *[(aggregation, _aggregation, {}) for aggregation in _CHANNELWISE_AGGREGATIONS],
+        *[(layer, rule, {"resize": _resize_linear_children}) for layer, rule in _LINEAR_SUMS],
     ]
     for layer, rule, options in modules:
         if REGISTRY.entry("module", layer) is None:
