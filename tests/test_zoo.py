@@ -305,3 +305,42 @@ def test_a_layer_output_added_to_a_concatenation_is_split_to_match_its_pieces():
     with torch.no_grad():
         torch.testing.assert_close(small(x), sm(x))
     assert lumos.count_params(small) == sm.compacted_counts()["params"]
+
+
+class _Readout(nn.Module):
+    """GCN layers, then a torch-geometric readout that has no channel rule."""
+
+    def __init__(self, readout: str) -> None:
+        super().__init__()
+        import torch_geometric.nn as pyg
+
+        self.c1, self.c2 = pyg.GCNConv(7, 32), pyg.GCNConv(32, 16)
+        width = 16
+        if readout == "attention":
+            self.pool = pyg.AttentionalAggregation(nn.Linear(16, 1), nn.Linear(16, 16))
+        elif readout == "set2set":
+            self.pool, width = pyg.Set2Set(16, processing_steps=2), 32
+        else:
+            self.pool = pyg.aggr.SoftmaxAggregation(learn=True)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x, edge_index, batch):
+        h = torch.relu(self.c2(torch.relu(self.c1(x, edge_index)), edge_index))
+        return self.head(self.pool(h, batch))
+
+
+@needs_pyg
+@pytest.mark.parametrize("readout", ["attention", "set2set", "softmax"])
+def test_a_readout_without_a_rule_is_kept_whole_and_the_layers_before_it_gated(readout):
+    """Traced into, these readouts size their output from data (``int(index.max()) + 1``),
+    which fx cannot follow: the model was refused. They are leaves now."""
+    torch.manual_seed(0)
+    model, graphs = _Readout(readout), random_graphs()
+    sm = lumos.sparsify(model, graphs, budget=0.7)
+    sm.enforce_budget(0.7)
+    sm.eval()
+    small = sm.compact()
+    assert small.c1.out_channels < 32  # the first GCN's hidden dims are still gated
+    torch.testing.assert_close(small(*graphs), sm(*graphs))
+    other = random_graphs(n_graphs=3, seed=5)
+    torch.testing.assert_close(small(*other), sm(*other))

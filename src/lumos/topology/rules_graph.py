@@ -35,6 +35,7 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 from torch_geometric.nn.aggr import (
+    Aggregation,
     MaxAggregation,
     MeanAggregation,
     MedianAggregation,
@@ -666,6 +667,9 @@ def register_all() -> None:
         if REGISTRY.entry("module", layer) is None:
             register_rule(layer, rule, input_dim=-1, **options)
     REGISTRY.register_opaque_base(MessagePassing)
+    # readouts without a rule (attention, Set2Set, LSTM, softmax, multi-aggregation): one
+    # node each, kept whole; traced into, they size their output from data (index.max())
+    REGISTRY.register_opaque_base(Aggregation)
     forwards = REGISTRY.trace_forwards()
     for layer, forward in ((GINConv, _gin_forward), (EdgeConv, _edge_conv_forward),
                            (PNAConv, _pna_forward), (GATEConv, _gate_conv_forward),
