@@ -539,3 +539,16 @@ def test_hook_made_weights_are_kept_whole_and_compact_after_training(norm):
     torch.testing.assert_close(small(x), sm(x))
     assert small.get_submodule("2").weight.shape == (16, 32)  # the normed layer, whole
     assert sm.kept_fraction() < 0.9  # the layers after it are still gated
+
+
+def test_copy_model_copies_hook_made_weights_and_leaves_the_model_untouched():
+    from lumos.copying import copy_model
+
+    layer = torch.nn.utils.weight_norm(nn.Linear(3, 2))
+    y = layer(torch.randn(4, 3))
+    layer.kept_for_a_loss = y  # an activation a training loop reads later (not a leaf)
+    twin = copy_model(layer)
+    assert layer.weight.grad_fn is not None and layer.kept_for_a_loss is y
+    assert twin.weight.grad_fn is None and twin.weight is not layer.weight
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(twin(x), layer(x))

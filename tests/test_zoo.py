@@ -190,12 +190,12 @@ print("ok")
 
 @needs_pyg
 def test_unknown_graph_layer_is_kept_whole_or_refused_in_strict_mode():
-    from torch_geometric.nn import GraphConv
+    from torch_geometric.nn import GeneralConv
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = GraphConv(7, 16)
+            self.conv = GeneralConv(7, 16)
             self.gcn = GCN(16, 16)
 
         def forward(self, x, edge_index, batch):

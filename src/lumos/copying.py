@@ -15,9 +15,10 @@ def copy_model(model: M) -> M:
 
     The hook-based ``torch.nn.utils.weight_norm`` and ``spectral_norm`` set ``weight`` from
     other parameters in a forward pre-hook; after a forward with autograd that attribute has a
-    ``grad_fn``, and torch refuses to deep-copy a tensor that is not a graph leaf. Such plain
-    attributes are replaced by their detached values first (the hook recomputes them on the
-    next call, so the model computes what it did).
+    ``grad_fn``, and torch refuses to deep-copy a tensor that is not a graph leaf. In the
+    copy, such plain attributes are their detached values (the hook recomputes them on the
+    next call, so the copy computes what the model does); the model itself is not touched
+    (an activation it keeps for an auxiliary loss keeps its graph).
 
     Args:
         model: any module.
@@ -33,8 +34,9 @@ def copy_model(model: M) -> M:
         >>> torch.equal(twin(torch.ones(1, 3)), layer(torch.ones(1, 3)))
         True
     """
+    memo: dict[int, object] = {}
     for module in model.modules():
-        for name, value in list(vars(module).items()):
+        for value in vars(module).values():
             if isinstance(value, Tensor) and not value.is_leaf:
-                setattr(module, name, value.detach())
-    return copy.deepcopy(model)
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
