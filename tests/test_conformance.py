@@ -46,6 +46,7 @@ if HAS_PYG:  # module globals: fx keeps the registered leaf functions as single 
         GATv2Conv,
         GCNConv,
         GINConv,
+        GINEConv,
         GraphConv,
         LEConv,
         PNAConv,
@@ -1265,6 +1266,11 @@ GRAPH_LAYERS = {
     "resgated-no-root-relu": (lambda: ResGatedGraphConv(H, 5, act=nn.ReLU(),
                                                         root_weight=False), 5),
     "resgated-prelu": (lambda: ResGatedGraphConv(H, 5, act=nn.PReLU(5)), 5),  # kept whole
+    # GINE: relu(x_j + lin(e)) per edge; "-edge" rows pass 3 edge features
+    "gine-edge": (lambda: GINEConv(nn.Sequential(nn.Linear(H, 5), nn.ReLU(), nn.Linear(5, 5)),
+                                   edge_dim=3, train_eps=True), 5),
+    "gine-stream-edge": (lambda: GINEConv(nn.Sequential(nn.Linear(H, 8), nn.ReLU(),
+                                                        nn.Linear(8, H)), edge_dim=3), H),
 }
 #: PNA with every aggregator and scaler PyG has for it (a degree histogram of small graphs)
 PNA_AGGREGATORS = ["mean", "min", "max", "std", "var", "sum"]
@@ -1323,6 +1329,9 @@ class GraphNet(nn.Module):
             edges = edge_index.shape[1]
             h = self.conv(h, edge_index, torch.linspace(0.1, 1.9, edges),
                           torch.linspace(-1, 1, 3 * edges).view(edges, 3))
+        elif self.kind.endswith("-stream-edge"):  # h + conv(h): reads what it writes
+            edges = edge_index.shape[1]
+            h = h + self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
         elif self.kind.endswith("-edge"):
             edges = edge_index.shape[1]
             h = self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
@@ -1384,6 +1393,8 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "scatter-mean": ("scatter", ("scatter",), ()),
     "scatter-sum": ("scatter-sum", ("scatter",), ()),
     "EdgeConv": ("edge", ("scatter",), ("EdgeConv",)),
+    "GINEConv-edge": ("gine-edge", ("index_add",), ("GINEConv",)),
+    "GINEConv-stream-edge": ("gine-stream-edge", ("index_add",), ("GINEConv",)),
     "GraphConv": ("graphconv", ("GraphConv",), ()),
     "GraphConv-mean": ("graphconv-mean", ("GraphConv",), ()),
     "GraphConv-mixing-aggregation": ("graphconv-lstm", ("GraphConv",), ()),

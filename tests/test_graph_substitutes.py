@@ -119,3 +119,19 @@ def test_an_aggregation_module_is_one_gated_layer_and_the_results_reload(aggr, t
                                    small(x, batch))
         torch.testing.assert_close(torch.load(tmp_path / "sm.pt", weights_only=False)(x, batch),
                                    sm(x, batch))
+
+
+@pytest.mark.parametrize("options", [
+    dict(edge_dim=3), dict(edge_dim=3, train_eps=True, eps=0.3), dict(edge_dim=None),
+], ids=["edge-lin", "train-eps", "no-lin"])
+def test_gine_substitute_equals_the_layer(options):
+    from lumos.topology.rules_graph import _gine_forward
+
+    torch.manual_seed(0)
+    x, edge_index, edge_attr = _graph()
+    if options["edge_dim"] is None:
+        edge_attr = torch.randn(edge_index.shape[1], 6)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    conv = pyg_nn.GINEConv(mlp, **options).eval()
+    torch.testing.assert_close(_gine_forward(conv, x, edge_index, edge_attr),
+                               conv(x, edge_index, edge_attr), rtol=1e-6, atol=1e-6)

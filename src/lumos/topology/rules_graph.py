@@ -23,6 +23,7 @@ from torch_geometric.nn import (
     GATv2Conv,
     GCNConv,
     GINConv,
+    GINEConv,
     GraphConv,
     LEConv,
     PNAConv,
@@ -468,6 +469,21 @@ def _gin_forward(self: GINConv, x, edge_index, size=None):
 
 
 
+def _gine_forward(self: GINEConv, x, edge_index, edge_attr=None, size=None):
+    """``GINEConv.forward``: ``nn((1 + eps) * x_i + sum_j relu(x_j + lin(e_ji)))``, the sum
+    written in torch ops (a closed channel of ``x`` and of ``lin``'s output share one gate:
+    the ReLU of their gated sum is the gate times the ReLU of the sum)."""
+    if isinstance(x, (tuple, list)) or edge_attr is None or self.aggr != "add":
+        raise TypeError("LUMOS reads GINEConv with one node feature tensor, edge features and "
+                        "the sum aggregation; keep this layer whole (keep=) otherwise")
+    src, dst = (0, 1) if self.flow == "source_to_target" else (1, 0)
+    edges = self.lin(edge_attr) if self.lin is not None else edge_attr
+    messages = (x.index_select(0, edge_index[src]) + edges).relu()
+    out = torch.zeros_like(x).index_add(0, edge_index[dst], messages)
+    out = out + (1 + self.eps) * x
+    return self.nn(out)
+
+
 # ---- EdgeConv: nn([x_i, x_j - x_i]) per edge, aggregated per node, in plain torch -----------
 def _edge_conv_forward(self: EdgeConv, x, edge_index):
     """``EdgeConv.forward`` for one node feature tensor and a string aggregation: the message
@@ -671,7 +687,8 @@ def register_all() -> None:
     # node each, kept whole; traced into, they size their output from data (index.max())
     REGISTRY.register_opaque_base(Aggregation)
     forwards = REGISTRY.trace_forwards()
-    for layer, forward in ((GINConv, _gin_forward), (EdgeConv, _edge_conv_forward),
+    for layer, forward in ((GINConv, _gin_forward), (GINEConv, _gine_forward),
+                           (EdgeConv, _edge_conv_forward),
                            (PNAConv, _pna_forward), (GATEConv, _gate_conv_forward),
                            (CFConv, _cfconv_forward)):
         if layer not in forwards:
