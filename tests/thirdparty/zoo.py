@@ -84,8 +84,6 @@ def _import(module: str):
     return importlib.import_module(module)
 
 
-
-
 def _stub_wandb() -> None:
     """neuraloperator 0.3.0 imports wandb at the top of ``neuralop.utils`` (undeclared, unused
     by the models): an empty module stands in when wandb is not installed."""
