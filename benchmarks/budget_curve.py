@@ -108,9 +108,8 @@ def workload_rows(name: str, size: str, budgets: list[float], seed: int, cache_d
 
 
 def write_markdown(result: dict) -> list[str]:
-    lines = results_header("Budget curves: the metric at each kept fraction", result)
-    lines[-2] = lines[-2].replace("1 torch thread", f"{result['machine']['torch_threads']} torch "
-                                  "threads (the metric does not depend on it)")
+    lines = results_header("Budget curves: the metric at each kept fraction", result,
+                           threads_note="(the metric does not depend on it)")
     lines += ["Each workload: dense model and one LUMOS model per budget (parameters), same "
               "recipe and seed; metric on the reporting half of the validation set; change "
               "against dense, + better; *within*: within the 1% tolerance.", ""]

@@ -30,6 +30,7 @@ from pathlib import Path
 import lumos
 from benchmarks.suite import (
     RESULTS,
+    results_header,
     results_record,
     validation_loaders,
     write_results,
@@ -95,13 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[darcy_warm] {name}: {curve}", flush=True)
     result = results_record("benchmarks.darcy_warm", rows)
     result["epochs"], result["seed"] = args.epochs, args.seed
-    m = result["machine"]
-    lines = [
-        "# Darcy FNO, first epochs with every unit kept: dense vs. gated", "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['torch_threads']} torch "
-        f"threads, torch {m['torch']}; {result['date']}; code {m['code']}", "",
-    ]
+    lines = results_header("Darcy FNO, first epochs with every unit kept: dense vs. gated",
+                           result)
     lines += [
         "The Darcy workload's FNO trained as the tolerance walk's warm phase trains it "
         "(`sparsify(budget=1.0)`, one epoch at a time on the recipe's annealed schedule), "

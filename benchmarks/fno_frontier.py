@@ -27,7 +27,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.suite import RESULTS, results_record, validation_loaders, write_results
+from benchmarks.suite import (
+    RESULTS,
+    results_header,
+    results_record,
+    validation_loaders,
+    write_results,
+)
 from lumos.measure import count_flops, count_params
 from lumos.training import predict
 from lumos.workloads import example_inputs, get_workload, train_recipe
@@ -85,12 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         row["within"] = row["change"] >= -args.tolerance
     result = results_record("benchmarks.fno_frontier", rows)
     result["tolerance"], result["seed"] = args.tolerance, args.seed
-    m = result["machine"]
-    lines = [
-        "# Darcy FNO frontier: the smallest dense FNO within the tolerance", "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['torch_threads']} torch "
-        f"threads, torch {m['torch']}; {result['date']}; code {m['code']}", "",
+    lines = results_header("Darcy FNO frontier: the smallest dense FNO within the tolerance",
+                           result) + [
         "Each FNO trained dense with the Darcy workload's full recipe (seed "
         f"{args.seed}), relative L2 on the report half of the validation set; change against "
         f"the first row, + better; within: inside {100 * args.tolerance:g}% of it.", "",

@@ -91,11 +91,15 @@ def results_record(module: str, rows: list) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
 
 
-def results_header(title: str, result: dict) -> list[str]:
-    """The markdown title, command and machine lines of a ``results_record``."""
+def results_header(title: str, result: dict, threads_note: str = "") -> list[str]:
+    """The markdown title, command and machine lines of a ``results_record`` (the torch
+    threads it ran with, then ``threads_note``)."""
     m = result["machine"]
+    n = m["torch_threads"]
+    threads = f"{n} torch thread{'' if n == 1 else 's'}" + (f" {threads_note}" if threads_note
+                                                            else "")
     return [f"# {title}", "", f"Command: `{result['command']}`  ",
-            f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, 1 torch thread, torch "
+            f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {threads}, torch "
             f"{m['torch']}; {result['date']}; code {m['code']}", ""]
 
 

@@ -1252,7 +1252,7 @@ GRAPH_LAYERS = {
     # sums of Linear children over channelwise propagations
     "graphconv": (lambda: GraphConv(H, 5), 5),
     "graphconv-mean": (lambda: GraphConv(H, 5, aggr="mean"), 5),
-    "graphconv-lstm": (lambda: GraphConv(H, 5, aggr=pyg_aggr.MultiAggregation(
+    "graphconv-multi": (lambda: GraphConv(H, 5, aggr=pyg_aggr.MultiAggregation(
         ["mean", "std"], mode="proj", mode_kwargs={"in_channels": H, "out_channels": H})),
         5),  # an aggregation that mixes channels: kept whole
     "sgconv": (lambda: SGConv(H, 5, K=2), 5),
@@ -1329,12 +1329,10 @@ class GraphNet(nn.Module):
             edges = edge_index.shape[1]
             h = self.conv(h, edge_index, torch.linspace(0.1, 1.9, edges),
                           torch.linspace(-1, 1, 3 * edges).view(edges, 3))
-        elif self.kind.endswith("-stream-edge"):  # h + conv(h): reads what it writes
+        elif self.kind.endswith("-edge"):  # "-stream-edge": h + conv(h), reads what it writes
             edges = edge_index.shape[1]
-            h = h + self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
-        elif self.kind.endswith("-edge"):
-            edges = edge_index.shape[1]
-            h = self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
+            out = self.conv(h, edge_index, torch.linspace(-1, 1, 3 * edges).view(edges, 3))
+            h = h + out if self.kind.endswith("-stream-edge") else out
         elif self.kind.endswith("-stream"):
             h = h + self.conv(h, edge_index)
         elif self.kind in GRAPH_LAYERS:
@@ -1397,7 +1395,7 @@ _GRAPH_ROWS = {  # id: (GraphNet kind, targets (names in this module), layers tr
     "GINEConv-stream-edge": ("gine-stream-edge", ("index_add",), ("GINEConv",)),
     "GraphConv": ("graphconv", ("GraphConv",), ()),
     "GraphConv-mean": ("graphconv-mean", ("GraphConv",), ()),
-    "GraphConv-mixing-aggregation": ("graphconv-lstm", ("GraphConv",), ()),
+    "GraphConv-mixing-aggregation": ("graphconv-multi", ("GraphConv",), ()),
     "SGConv": ("sgconv", ("SGConv",), ()),
     "SGConv-cached": ("sgconv-cached", ("SGConv",), ()),
     "TAGConv": ("tagconv", ("TAGConv",), ()),

@@ -32,7 +32,7 @@ from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.node import map_aggregate
 
 from . import mode_flags
-from .rule_helpers import target_path
+from .rule_helpers import source_line, target_path
 
 #: methods and attributes whose result depends on a tensor's shape/type only
 _STATIC_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "type", "is_floating_point",
@@ -312,7 +312,7 @@ def _code_location() -> str:
     for frame in reversed(traceback.extract_stack()):
         f = os.path.abspath(frame.filename)
         if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
-            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+            return source_line(frame)
     return "an unknown line"
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from torch import fx, nn
 
+from .rule_helpers import source_line
+
 #: name of the probe module whose ``training`` flag the graph reads at run time
 PROBE = "mode_flag"
 
@@ -64,7 +66,7 @@ def _caller() -> str:
     for frame in reversed(traceback.extract_stack()[:-2]):
         f = frame.filename.replace("\\", "/")
         if "/torch/fx/" not in f and not f.endswith("mode_flags.py"):
-            return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+            return source_line(frame)
     return "unknown location"
 
 

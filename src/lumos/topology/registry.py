@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import torch
 from torch import fx, nn
 
 from ..errors import ConfigurationError
@@ -368,6 +369,9 @@ class RuleRegistry:
 
 #: The registry every LUMOS pass reads.
 REGISTRY = RuleRegistry()
+# TorchScript submodules (torch.jit.script / trace): compiled, fx cannot read them; they run as
+# they are, their channels kept whole
+REGISTRY.register_opaque_base(torch.jit.ScriptModule)
 
 
 def register_rule(

@@ -140,3 +140,8 @@ def call_override(module: nn.Module) -> type | None:
             owner, fx.GraphModule):
         return None
     return owner
+
+
+def source_line(frame) -> str:  # noqa: ANN001 - a traceback.FrameSummary
+    """``file:line: "code"``: how LUMOS's messages point at a line of the user's code."""
+    return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'

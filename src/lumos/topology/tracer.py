@@ -25,7 +25,7 @@ from . import mode_flags
 from .known_values import KnownValueTracer, jit_isinstance_patched, tensor_conversions_patched
 from .mode_merge import MergeRefused, merge_mode_graphs
 from .registry import REGISTRY
-from .rule_helpers import call_override
+from .rule_helpers import call_override, source_line
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _LUMOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -67,8 +67,6 @@ class LumosTracer(KnownValueTracer):
         if module_qualified_name in self.mode_leaves or module_qualified_name in self.keep \
                 or module_qualified_name in self.region_leaves:
             return True
-        if isinstance(m, torch.jit.ScriptModule):
-            return True  # compiled: fx cannot read it; run as it is, its channels kept whole
         if REGISTRY.trace_forward(m) is not None:
             return False
         if REGISTRY.is_leaf(m):
@@ -113,7 +111,7 @@ def _user_frame(exc: BaseException) -> str:
     fallback = None
     for frame in reversed(frames):
         f = os.path.abspath(frame.filename)
-        where = f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+        where = source_line(frame)
         if not f.startswith((_TORCH_DIR, _LUMOS_DIR)) and not frame.filename.startswith("<"):
             return where
         if fallback is None and f.startswith(_TORCH_DIR) and os.sep + "fx" + os.sep not in f:
@@ -274,7 +272,7 @@ def _caller_line() -> str | None:
             continue
         if f.startswith((_TORCH_DIR, _LUMOS_DIR)):
             return None
-        return f'{frame.filename}:{frame.lineno}: "{(frame.line or "").strip()}"'
+        return source_line(frame)
     return None
 
 
