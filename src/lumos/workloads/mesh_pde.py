@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ._common import graph_split, node_rows, regression_metrics
 from .base import (
+    ANNEALED_LR,
     TrainRecipe,
     Workload,
     WorkloadData,
@@ -240,7 +241,7 @@ WORKLOAD = Workload(
     metrics=metrics,
     recipes={
         "smoke": TrainRecipe(epochs=20, batch_size=8, lr=3e-3),
-        "full": TrainRecipe(epochs=60, batch_size=8, lr=2e-3),
+        "full": TrainRecipe(epochs=60, batch_size=8, lr=2e-3, lr_schedule=ANNEALED_LR),
     },
     requires=("skfem", "torch_geometric"),
 )
