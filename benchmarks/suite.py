@@ -260,7 +260,7 @@ def run_workload(name: str, size: str, budget: float | None, seed: int, cache_di
             base, example, data.loader("train", recipe.batch_size, shuffle=True, seed=seed),
             select, metrics=wl.metrics, primary=wl.primary,
             higher_is_better=wl.higher_is_better, epochs=recipe.epochs, tolerance=tolerance,
-            reference=dense_curve, compare_to=compare_to,
+            reference=dense_curve, dense=dense, compare_to=compare_to,
             loss_fn=wl.loss, lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
             lr_schedule=recipe.lr_schedule, budget_on=budget_on, decide_on=decide_on, gates=gates,
             **feature_options(base, data),
@@ -393,6 +393,12 @@ def _steady(epoch_seconds: list[float]) -> list[float]:
     return epoch_seconds[1:] if len(epoch_seconds) > 2 else epoch_seconds
 
 
+def _dense_answer(record: dict) -> str:
+    """' *(dense)*' where the tolerance walk returned the dense model (nothing smaller held)."""
+    walk = record.get("tolerance_walk") or {}
+    return " *(dense)*" if walk.get("returned") == "dense" else ""
+
+
 def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -435,8 +441,9 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
             f"| {r['workload']} | {r['architecture']} | {r['metric']} | "
             f"{r['metric_dense']:.4f} | {r['metric_lumos']:.4f} | "
             f"{100 * signed_better(r):+.2f}% | "
-            f"{_fmt_pct(1 - r['param_reduction'])} | {_fmt_pct(1 - r['flop_reduction'])} | "
-            f"{r['speedup_b1']:.2f}x | {r['speedup_b256']:.2f}x | "
+            f"{_fmt_pct(1 - r['param_reduction'])}{_dense_answer(r)} | "
+            f"{_fmt_pct(1 - r['flop_reduction'])} | {r['speedup_b1']:.2f}x | "
+            f"{r['speedup_b256']:.2f}x | "
             f"{r['speedup_b256_over_flop_ratio']:.2f} | {100 * r['train_overhead']:+.1f}% | "
             f"{r['features_irrelevant_dropped']}/{r['features_irrelevant']} | "
             f"{r['features_true_kept']}/{r['features_true']} | "
@@ -461,6 +468,10 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
             f"true inputs kept: **{_fmt_pct(a['true_kept'])}**",
             f"- energy: {records[0]['energy_note']}",
             "",
+            "",
+            "*(dense)*: no model the tolerance walk trained ended within the tolerance on the "
+            "selection half, so the walk returned the dense model, every gate open "
+            "(`fit_within_tolerance(dense=...)`).",
             "",
             "Dense last-epochs change: the dense model's validation metric (selection half) "
             "over its last tenth of epochs against the tenth before, + still improving; near "

@@ -117,8 +117,9 @@ def test_a_settled_walk_judges_each_cut_after_an_epoch_with_its_gates_frozen(mon
         metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
         epochs=13, tolerance=0.01, lr=2e-3, batch_size=512, interval_rounds=50,
         on_epoch=lambda point: frozen_at_record.append(banks[-1].frozen))
-    phases = [p.phase for p in result.walk]
-    assert [p.epoch for p in result.walk] == list(range(13))
+    trained = [p for p in result.walk if p.phase != "dense"]  # (a dense answer comes last)
+    phases = [p.phase for p in trained]
+    assert [p.epoch for p in trained] == list(range(13))
     judged = [i for i, phase in enumerate(phases) if phase == "walk"]
     assert judged and all(phases[i - 1] == "cut" for i in judged)
     assert all(result.walk[i].budget == result.walk[i - 1].budget for i in judged)
@@ -380,3 +381,104 @@ def test_the_best_model_is_the_smallest_then_the_better_at_the_same_size(higher_
     assert not _improves(point(0.4, 2 * good), best, higher_is_better)  # larger never
     better = (0.99 if higher_is_better else 0.01)
     assert _improves(point(0.3 * (1 + 1e-12), better), best, higher_is_better)
+
+
+def _trained_dense(train_data, hidden: int = 16):
+    torch.manual_seed(0)
+    dense = demo_mlp(train_data[0].shape[1], hidden, 2)
+    lumos.training.train(dense, train_data, epochs=2, lr=2e-3, batch_size=512, progress=False)
+    return dense.eval()
+
+
+@pytest.mark.parametrize("with_curve", [False, True])
+def test_when_nothing_smaller_is_within_the_walk_returns_the_dense_model(with_curve):
+    """A metric only the dense model's own predictions meet (their distance to them, with no
+    slack): every model the walk trains ends outside. The answer is the dense model, gates
+    fixed open: within, equal to it before and after compaction, the user's model untouched."""
+    train_data, val_data, _ = _data()
+    dense = _trained_dense(train_data)
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    with torch.no_grad():
+        own = dense(val_data[0])
+
+    def metrics(pred, target):
+        return {"gap": -float((pred - own).abs().max())}
+
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 16, 2), train_data[0][:8], train_data, val_data,
+        metrics=metrics, primary="gap", higher_is_better=True, epochs=8, tolerance=0.0,
+        reference=[0.0] * 8 if with_curve else None, dense=dense, lr=2e-3, batch_size=512,
+        interval_rounds=0)
+    assert result.returned == "dense" and result.to_dict()["returned"] == "dense"
+    assert result.within and result.metric == 0.0 and result.kept_fraction == 1.0
+    assert [p.phase for p in result.walk][-2:] == ["finetune", "dense"]
+    assert not any(p.within for p in result.walk[:-1])  # the walk's own models all missed
+    sm = result.model
+    assert not sm.training
+    with torch.no_grad():
+        assert torch.equal(sm(val_data[0]), own)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lumos.LumosWarning)
+        small = sm.compact()
+    assert lumos.count_params(small) == lumos.count_params(dense)
+    with torch.no_grad():
+        torch.testing.assert_close(small(val_data[0]), own, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in dense.state_dict().items())
+    # a run directory keeps the answer: the state reloads into the same frozen-open gates
+    again = lumos.sparsify(_trained_dense(train_data), train_data[0][:8], budget=1.0)
+    again.load_state_dict(sm.state_dict())
+    again.eval()
+    with torch.no_grad():
+        assert torch.equal(again(val_data[0]), own)
+
+
+def test_a_walk_that_ends_within_returns_its_own_model_even_with_a_dense_one():
+    train_data, val_data, _ = _data()
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 16, 2), train_data[0][:8], train_data, val_data,
+        metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True, epochs=6,
+        tolerance=0.5, reference=[0.0] * 6, dense=_trained_dense(train_data), lr=2e-3,
+        batch_size=512, interval_rounds=0)
+    assert result.within and result.returned == "walk"
+    assert all(p.phase != "dense" for p in result.walk)
+
+
+def test_without_a_reference_the_walk_falls_back_on_the_dense_model_it_trained(monkeypatch):
+    """No ``reference``: the walk trains the dense model itself, and that model is the answer
+    when nothing smaller is within. The metric here rewards only predictions equal to the
+    dense model's final ones, recorded when the walk scores it."""
+    import lumos.tolerance as tolerance_module
+
+    train_data, val_data, _ = _data()
+    seen = {}
+    real_copy = tolerance_module.copy_model
+
+    def copy_and_remember(model):
+        copied = real_copy(model)
+        seen.setdefault("dense", copied)  # the walk's first copy is the dense model it trains
+        return copied
+
+    monkeypatch.setattr(tolerance_module, "copy_model", copy_and_remember)
+
+    def metrics(pred, target):
+        with torch.no_grad():
+            own = seen["dense"].eval()(val_data[0])
+        return {"gap": -float((pred - own).abs().max())}
+
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 16, 2), train_data[0][:8], train_data, val_data,
+        metrics=metrics, primary="gap", higher_is_better=True, epochs=6, tolerance=0.0,
+        lr=2e-3, batch_size=512, interval_rounds=0)
+    assert result.returned == "dense" and result.within and result.metric == 0.0
+
+
+def test_a_dense_fallback_that_is_not_a_module_is_refused():
+    train_data, val_data, _ = _data()
+    with pytest.raises(lumos.ConfigurationError, match="dense must be the trained dense"):
+        fit_within_tolerance(
+            demo_mlp(train_data[0].shape[1], 8, 1), train_data[0][:8], train_data, val_data,
+            metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
+            epochs=4, dense="model.pt")

@@ -336,6 +336,13 @@ class GateBank(nn.Module):
         self.frozen_values = (values * self.open_mask).to(self.log_alpha.dtype)
         self.frozen = True
 
+    def freeze_open(self) -> None:
+        """Fix every gate open at exactly 1: the network computes the model it wraps (the
+        tolerance walk's answer when no smaller model is within its tolerance)."""
+        self.shut.zero_()
+        self.frozen_values = torch.ones_like(self.frozen_values)
+        self.frozen = True
+
     def unfreeze(self) -> None:
         """Let the gates train again from their log alpha; the gates ``freeze`` closed stay
         shut (the tolerance walk freezes a cut's structure for one epoch, then goes on)."""

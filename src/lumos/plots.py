@@ -306,7 +306,7 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
         ax.axhline(reference, color=_DENSE, lw=1, label="dense reference")
         ax.axhline(limit, color=_DENSE, lw=1, ls="--", label=f"tolerance {100 * tolerance:g}%")
     styles = {"warm": ("o", _DROPPED), "cut": ("x", _DROPPED), "walk": ("o", _KEPT),
-              "finetune": ("s", "#2ca02c")}
+              "finetune": ("s", "#2ca02c"), "dense": ("*", _DENSE)}
     for phase, (marker, colour) in styles.items():
         points = [p for p in walk if p["phase"] == phase]
         if not points:
@@ -320,7 +320,8 @@ def plot_tolerance_walk(result: dict, path: str | Path, primary: str = "metric",
                               [p["high"] - p["metric"] for p in have]],
                         fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.7)
         label = {"warm": "warm (all gates open)", "cut": "cut (gates training)",
-                 "walk": "judged", "finetune": "fine-tune"}[phase]
+                 "walk": "judged", "finetune": "fine-tune",
+                 "dense": "returned: the dense model (nothing smaller within)"}[phase]
         ax.scatter(epochs, values, marker=marker, color=colour, s=18, label=label, zorder=3)
         if phase == "walk":
             outside = [p for p in points if not p["within"]]

@@ -12,7 +12,10 @@ than at its first miss (a final walk cannot tell a miss from an unfinished recip
 where it stands); when the next step could only repeat a size that already failed (coarse
 units: a GAT's heads), or two cuts failed with none held (``GIVE_UP_AFTER``: each leaves its mark
 on the weights), the walk ends and the remaining epochs train the best model. The last
-epochs fine-tune the best model. Every point of the walk (kept fraction, metric, the reference
+epochs fine-tune the best model. If that model still ends outside the tolerance, the dense
+model is the answer (``dense``; the walk trains one itself when no ``reference`` is given):
+the smallest model within the tolerance is then the dense model, not one worse than allowed.
+Every point of the walk (kept fraction, metric, the reference
 it was judged against, a bootstrap interval over the validation samples) is returned, so the
 trade-off curve and how sure each decision was are visible.
 
@@ -113,10 +116,14 @@ class ToleranceResult:
     gate_probabilities: list[list[float]] = field(default_factory=list)
     decide_on: str = "settled"
     compare_to: str = "final"
+    #: "walk" (the model the walk trained) or "dense" (no model the walk trained was within
+    #: the tolerance, so the dense model is returned, every gate fixed open; see ``dense``)
+    returned: str = "walk"
 
     def to_dict(self) -> dict:
         return {
             "reference": self.reference,
+            "returned": self.returned,
             "tolerance": self.tolerance,
             "decide_on": self.decide_on,
             "compare_to": self.compare_to,
@@ -160,6 +167,7 @@ def fit_within_tolerance(
     compare_to: str = "paced",
     interval_rounds: int = 200,
     lr_schedule: Schedule | None = None,
+    dense: nn.Module | None = None,
     **sparsify_kwargs,
 ) -> ToleranceResult:
     """Train ``model`` with LUMOS and return the smallest version within ``tolerance``.
@@ -177,6 +185,16 @@ def fit_within_tolerance(
     ``metrics`` once; 0 skips the intervals); ``lr_schedule`` the learning-rate multiplier over
     the whole run (the dense reference is trained with it too), as in
     :func:`lumos.training.train`.
+
+    ``dense`` is the dense model trained with the same recipe, if you have one (the one
+    ``reference`` describes; without a ``reference`` its metric on ``val_data`` is the single
+    number judged against). When no model the walk trained ends within the tolerance, the
+    answer is the dense model itself: a SparseModel of a copy of ``dense`` with every gate
+    fixed open (it computes what ``dense`` computes, and compacts to its size), marked
+    ``returned="dense"`` and shown as the walk's last point. Without a ``reference`` the walk
+    trains that dense model itself, so the fallback is always there; with a ``reference``
+    and no ``dense``, a walk that ends outside returns its own model (``within`` False).
+    ``dense`` is copied, never changed.
     """
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise ConfigurationError(
@@ -197,6 +215,11 @@ def fit_within_tolerance(
         raise ConfigurationError(
             f"decide_on must be one of {DECISION_RULES}, got {decide_on!r}: 'settled' judges "
             "a cut after an epoch with its gates frozen, 'last' right after the cut's epoch.")
+    if dense is not None and not isinstance(dense, nn.Module):
+        raise ConfigurationError(
+            f"dense must be the trained dense nn.Module (the fallback when no smaller model is "
+            f"within the tolerance), got {type(dense).__name__}; pass the model or leave it "
+            "out.")
     fit_kwargs = {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
                   "seed": seed, "progress": False, "lr_schedule": lr_schedule}
     if loss_fn is not None:
@@ -220,6 +243,8 @@ def fit_within_tolerance(
     def score(m: nn.Module) -> float:
         return scored(m)[0]
 
+    if reference is None and dense is not None:
+        reference = score(dense)
     if reference is None:
         dense = copy_model(model)
         history = train(dense, train_loader, epochs=epochs, val_data=val_data,
@@ -361,12 +386,29 @@ def fit_within_tolerance(
     controller.settled = True  # the walk enforced its budgets: compact() has nothing to add
     sm.eval()
     metric = score(sm)
-    fraction = sm.kept_fraction()
+    within = within_tolerance(metric, final_reference, tolerance, higher_is_better)
+    returned = "walk"
+    if not within and dense is not None:  # no smaller model is within: the dense one is
+        sm = _gates_open(dense, example_inputs, options, sparsify_kwargs)
+        seconds[0] = 0.0
+        point = record(epochs - 1, 1.0, "dense")
+        metric, within, returned = point.metric, point.within, "dense"
     return ToleranceResult(
-        sm, final_reference, tolerance, metric, fraction,
-        within_tolerance(metric, final_reference, tolerance, higher_is_better), walk,
-        gate_probabilities, decide_on, rule,
+        sm, final_reference, tolerance, metric, sm.kept_fraction(), within, walk,
+        gate_probabilities, decide_on, rule, returned,
     )
+
+
+def _gates_open(dense: nn.Module, example_inputs, options: GateOptions,
+                sparsify_kwargs: dict) -> SparseModel:
+    """A SparseModel of a copy of ``dense`` with every gate fixed at exactly 1: the dense
+    model, in the form a tolerance walk returns (it compacts to the dense size)."""
+    sm = sparsify(copy_model(dense), example_inputs, budget=1.0,
+                  gates=dataclasses.replace(options, finetune=0.0), **sparsify_kwargs)
+    sm.gates.freeze_open()
+    sm.controller.settled = True
+    sm.eval()
+    return sm
 
 
 #: failed cuts, with none held, after which the walk ends and trains the warm structure

@@ -168,6 +168,8 @@ def format_summary(m: dict) -> str:
             f"tolerance {100 * walk['tolerance']:g}% of the dense {primary} "
             f"{walk['reference']:.4g}: {'met' if walk['within'] else 'MISSED'} at "
             f"{100 * walk['kept_fraction']:.1f}% of the parameters"
+            + (" (no smaller model was within: the dense model)"
+               if walk.get("returned") == "dense" else "")
         )
     f = m["features"]
     if f["names"]:
