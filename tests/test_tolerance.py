@@ -412,8 +412,11 @@ def test_when_nothing_smaller_is_within_the_walk_returns_the_dense_model(with_cu
         interval_rounds=0)
     assert result.returned == "dense" and result.to_dict()["returned"] == "dense"
     assert result.within and result.metric == 0.0 and result.kept_fraction == 1.0
-    assert [p.phase for p in result.walk][-2:] == ["finetune", "dense"]
-    assert not any(p.within for p in result.walk[:-1])  # the walk's own models all missed
+    phases = [p.phase for p in result.walk]
+    assert phases[-1] == "dense" and "finetune" in phases
+    # the walk's own models all missed, and so did the dense model without the inputs it
+    # dropped (tried first when it dropped some): only the whole dense model is exact
+    assert not any(p.within for p in result.walk[:-1])
     sm = result.model
     assert not sm.training
     with torch.no_grad():
@@ -482,3 +485,33 @@ def test_a_dense_fallback_that_is_not_a_module_is_refused():
             demo_mlp(train_data[0].shape[1], 8, 1), train_data[0][:8], train_data, val_data,
             metrics=lambda p, t: {"r2": r2(p, t)}, primary="r2", higher_is_better=True,
             epochs=4, dense="model.pt")
+
+
+def test_the_dense_answer_drops_the_inputs_the_walk_dropped_when_that_stays_within():
+    """Validation rows whose noise columns are 0: the dense model without those inputs
+    predicts exactly what it does with them, so that smaller answer is within a zero
+    tolerance and is returned, its dropped columns compacted away; a true column it needs is
+    never dropped."""
+    train_data, val_data, data = _data()
+    noise = [i for i in range(val_data[0].shape[1]) if i not in data.true_features]
+    val_x = val_data[0].clone()
+    val_x[:, noise] = 0.0
+    dense = _trained_dense(train_data)
+    with torch.no_grad():
+        own = dense(val_x)
+
+    torch.manual_seed(0)
+    result = fit_within_tolerance(
+        demo_mlp(train_data[0].shape[1], 16, 2), train_data[0][:8], train_data,
+        (val_x, val_data[1]), metrics=lambda p, t: {"gap": -float((p - own).abs().max())},
+        primary="gap", higher_is_better=True, epochs=16, tolerance=0.0, reference=[0.0] * 16,
+        dense=dense, lr=2e-3, batch_size=512, interval_rounds=0, feature_penalty=0.5)
+    sm = result.model
+    dropped = [i for i, kept in enumerate(sm.kept_mask()[sm.feature_mask].tolist()) if not kept]
+    assert result.returned == "dense" and result.within and result.metric == 0.0
+    assert dropped and set(dropped) <= set(noise)  # the walk dropped noise; so does the answer
+    assert result.kept_fraction < 1.0 and result.walk[-1].phase == "dense"
+    small = sm.compact()
+    with torch.no_grad():
+        torch.testing.assert_close(small(val_x), own, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sm(val_x), own, rtol=0, atol=0)

@@ -336,11 +336,15 @@ class GateBank(nn.Module):
         self.frozen_values = (values * self.open_mask).to(self.log_alpha.dtype)
         self.frozen = True
 
-    def freeze_open(self) -> None:
-        """Fix every gate open at exactly 1: the network computes the model it wraps (the
-        tolerance walk's answer when no smaller model is within its tolerance)."""
+    def freeze_open(self, closed: Tensor | None = None) -> None:
+        """Fix every gate at exactly 1, those in the boolean mask ``closed`` at 0: the network
+        computes the model it wraps, less the closed units (the tolerance walk's answer when
+        no smaller model is within its tolerance: the dense model, without the inputs the walk
+        dropped where that stays within)."""
         self.shut.zero_()
-        self.frozen_values = torch.ones_like(self.frozen_values)
+        if closed is not None:
+            self.shut |= closed.to(self.shut.device)
+        self.frozen_values = (~self.shut).to(self.frozen_values.dtype)
         self.frozen = True
 
     def unfreeze(self) -> None:

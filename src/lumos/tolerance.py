@@ -13,8 +13,9 @@ where it stands); when the next step could only repeat a size that already faile
 units: a GAT's heads), or two cuts failed with none held (``GIVE_UP_AFTER``: each leaves its mark
 on the weights), the walk ends and the remaining epochs train the best model. The last
 epochs fine-tune the best model. If that model still ends outside the tolerance, the dense
-model is the answer (``dense``; the walk trains one itself when no ``reference`` is given):
-the smallest model within the tolerance is then the dense model, not one worse than allowed.
+model is the answer (``dense``; the walk trains one itself when no ``reference`` is given),
+without the input features the walk dropped if it stays within so: the smallest model within
+the tolerance is then the dense one, not one worse than allowed.
 Every point of the walk (kept fraction, metric, the reference
 it was judged against, a bootstrap interval over the validation samples) is returned, so the
 trade-off curve and how sure each decision was are visible.
@@ -190,7 +191,8 @@ def fit_within_tolerance(
     ``reference`` describes; without a ``reference`` its metric on ``val_data`` is the single
     number judged against). When no model the walk trained ends within the tolerance, the
     answer is the dense model itself: a SparseModel of a copy of ``dense`` with every gate
-    fixed open (it computes what ``dense`` computes, and compacts to its size), marked
+    fixed open (it computes what ``dense`` computes, and compacts to its size), less the input
+    features the walk dropped where that scores within the tolerance too, marked
     ``returned="dense"`` and shown as the walk's last point. Without a ``reference`` the walk
     trains that dense model itself, so the fallback is always there; with a ``reference``
     and no ``dense``, a walk that ends outside returns its own model (``within`` False).
@@ -388,11 +390,18 @@ def fit_within_tolerance(
     metric = score(sm)
     within = within_tolerance(metric, final_reference, tolerance, higher_is_better)
     returned = "walk"
-    if not within and dense is not None:  # no smaller model is within: the dense one is
-        sm = _gates_open(dense, example_inputs, options, sparsify_kwargs)
-        seconds[0] = 0.0
-        point = record(epochs - 1, 1.0, "dense")
-        metric, within, returned = point.metric, point.within, "dense"
+    if not within and dense is not None:  # no smaller model is within: the dense one is,
+        # without the inputs the walk dropped if it stays within so, else whole
+        dropped = sm.feature_mask & ~sm.kept_mask()
+        for closed in ([dropped, None] if bool(dropped.any()) else [None]):
+            answer = _gates_open(dense, example_inputs, options, sparsify_kwargs, closed)
+            if answer is None:
+                continue
+            sm, seconds[0] = answer, 0.0
+            point = record(epochs - 1, sm.kept_fraction(), "dense")
+            metric, within, returned = point.metric, point.within, "dense"
+            if within:
+                break
     return ToleranceResult(
         sm, final_reference, tolerance, metric, sm.kept_fraction(), within, walk,
         gate_probabilities, decide_on, rule, returned,
@@ -400,12 +409,16 @@ def fit_within_tolerance(
 
 
 def _gates_open(dense: nn.Module, example_inputs, options: GateOptions,
-                sparsify_kwargs: dict) -> SparseModel:
-    """A SparseModel of a copy of ``dense`` with every gate fixed at exactly 1: the dense
-    model, in the form a tolerance walk returns (it compacts to the dense size)."""
+                sparsify_kwargs: dict, closed: Tensor | None = None) -> SparseModel | None:
+    """A SparseModel of a copy of ``dense`` with every gate fixed at exactly 1, those in
+    ``closed`` (a mask over the walk's gates) at 0: the dense model, in the form a tolerance
+    walk returns (it compacts to the dense size, less the closed units). None when
+    ``closed`` does not fit its gates (the dense model is not the walk's architecture)."""
     sm = sparsify(copy_model(dense), example_inputs, budget=1.0,
                   gates=dataclasses.replace(options, finetune=0.0), **sparsify_kwargs)
-    sm.gates.freeze_open()
+    if closed is not None and closed.shape != sm.gates.shut.shape:
+        return None
+    sm.gates.freeze_open(closed)
     sm.controller.settled = True
     sm.eval()
     return sm
