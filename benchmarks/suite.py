@@ -470,8 +470,9 @@ def write_markdown(records: list[dict], meta: dict, path: Path) -> None:
             "",
             "",
             "*(dense)*: no model the tolerance walk trained ended within the tolerance on the "
-            "selection half, so the walk returned the dense model, every gate open "
-            "(`fit_within_tolerance(dense=...)`).",
+            "selection half, so the walk returned the dense model, every unit kept (less the "
+            "inputs the walk dropped where it stays within without them; "
+            "`fit_within_tolerance(dense=...)`).",
             "",
             "Dense last-epochs change: the dense model's validation metric (selection half) "
             "over its last tenth of epochs against the tenth before, + still improving; near "
